@@ -1,0 +1,96 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "toudtls",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "TOUDTLS", targets: ["TOUDTLS"]),
+        .executable(name: "toudtls-cat", targets: ["toudtls-cat"]),
+        .executable(name: "toudtls-bench", targets: ["toudtls-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+    ],
+    targets: [
+        // The system OpenSSL (Debian: libssl-dev), found through pkg-config.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        // The only code that touches OpenSSL: contexts, sessions, a datagram BIO, cookies, HMAC.
+        .target(
+            name: "CTOUOpenSSL",
+            dependencies: ["COpenSSL"]
+        ),
+        // Value types and codecs: GUE/TOU header, TCP header and options, checksums.
+        .target(
+            name: "TOUWire",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // Sans-IO TCP: segments and time in, segments and deadlines out.
+        .target(
+            name: "TCPEngine",
+            dependencies: [
+                "TOUWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        // Sans-IO DTLS 1.2 over the shim: datagrams in, datagrams and plaintext out.
+        .target(
+            name: "DTLS",
+            dependencies: [
+                "CTOUOpenSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // The library users import: sessions, endpoint (SwiftNIO UDP), public async API.
+        .target(
+            name: "TOUDTLS",
+            dependencies: [
+                "TOUWire", "TCPEngine", "DTLS", "CTOUOpenSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        .executableTarget(
+            name: "toudtls-cat",
+            dependencies: [
+                "TOUDTLS",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "toudtls-bench",
+            dependencies: [
+                "TOUDTLS",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "TOUWireTests", dependencies: ["TOUWire"]),
+        .testTarget(name: "TCPEngineTests", dependencies: ["TCPEngine", "TOUWire"]),
+        .testTarget(name: "DTLSTests", dependencies: ["DTLS"]),
+        .testTarget(
+            name: "TOUDTLSTests",
+            dependencies: [
+                "TOUDTLS", "TOUWire", "TCPEngine", "DTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "CLITests", dependencies: []),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,2 @@
+// TOUDTLS module.
+import TCPEngine
