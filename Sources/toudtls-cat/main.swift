@@ -1,1 +1,155 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOCore
 import TOUDTLS
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Exit codes the outside world relies on.
+enum ExitCode32: Int32 {
+    case success = 0, other = 1, usage = 2, authentication = 3, unreachable = 4, reset = 5
+}
+
+struct CatCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "toudtls-cat",
+        abstract: "netcat over TCP-in-DTLS-in-GUE (TOU): stdin to the peer, the peer to stdout.",
+        usage: """
+            toudtls-cat [options] HOST PORT
+            toudtls-cat -l [options] [HOST] PORT
+            """
+    )
+
+    @Flag(name: [.short, .customLong("listen")], help: "Listen on UDP [HOST] PORT (default: all addresses); serve one connection.")
+    var listen = false
+
+    @Flag(name: [.short, .customLong("keep-open")], help: "With -l: keep serving connections until killed.")
+    var keepOpen = false
+
+    @Option(name: .customLong("ca"), help: ArgumentHelp("PEM trust anchors for the peer's certificate.", valueName: "FILE"))
+    var caFile: String?
+
+    @Option(name: .customLong("cert"), help: ArgumentHelp("Own certificate chain (PEM); required with -l.", valueName: "FILE"))
+    var certFile: String?
+
+    @Option(name: .customLong("key"), help: ArgumentHelp("Own private key (PEM); required with -l.", valueName: "FILE"))
+    var keyFile: String?
+
+    @Option(name: .customLong("server-name"), help: ArgumentHelp("Name the server certificate must carry (default: HOST).", valueName: "NAME"))
+    var serverName: String?
+
+    @Flag(name: .customLong("require-client-cert"), help: "With -l: the client must present a certificate trusted by --ca.")
+    var requireClientCert = false
+
+    @Flag(name: .customLong("plain"), help: "No DTLS: cleartext TCP in GUE, for debugging; both ends must say it.")
+    var plain = false
+
+    @Option(name: .customLong("mtu"), help: ArgumentHelp("Path MTU to assume.", valueName: "N"))
+    var mtu: Int = 1500
+
+    @Flag(name: [.short, .customLong("verbose")], help: "Progress on stderr; with -l prints \"listening on ADDR:PORT\" once ready.")
+    var verbose = false
+
+    @Argument(help: ArgumentHelp("[HOST] PORT", valueName: "HOST-PORT"))
+    var positional: [String] = []
+
+    var host: String?
+    var port: Int = 0
+
+    mutating func validate() throws {
+        switch (listen, positional.count) {
+        case (false, 2):
+            host = positional[0]
+            port = try Self.parsePort(positional[1])
+        case (true, 1):
+            port = try Self.parsePort(positional[0], allowZero: true)
+        case (true, 2):
+            host = positional[0]
+            port = try Self.parsePort(positional[1], allowZero: true)
+        case (false, _):
+            throw ValidationError("expected HOST PORT")
+        case (true, _):
+            throw ValidationError("expected [HOST] PORT with -l")
+        }
+        if keepOpen && !listen { throw ValidationError("-k/--keep-open needs -l") }
+        if requireClientCert && !listen { throw ValidationError("--require-client-cert needs -l") }
+        if !(576...65_535).contains(mtu) { throw ValidationError("--mtu must be within 576...65535") }
+        if plain {
+            if caFile != nil || certFile != nil || keyFile != nil || requireClientCert {
+                throw ValidationError("--plain has no certificates: drop --ca, --cert, --key and --require-client-cert")
+            }
+        } else if listen {
+            if certFile == nil || keyFile == nil { throw ValidationError("-l needs --cert FILE and --key FILE") }
+            if requireClientCert && caFile == nil { throw ValidationError("--require-client-cert needs --ca FILE") }
+        } else {
+            if caFile == nil { throw ValidationError("a client needs --ca FILE to verify the server (or --plain)") }
+            if (certFile == nil) != (keyFile == nil) { throw ValidationError("--cert and --key go together") }
+        }
+    }
+
+    /// A listener may ask for port 0 (any free port; -v prints which).
+    static func parsePort(_ text: String, allowZero: Bool = false) throws -> Int {
+        guard let port = Int(text), ((allowZero ? 0 : 1)...65_535).contains(port) else {
+            throw ValidationError("invalid port \"\(text)\" (expected \(allowZero ? 0 : 1)-65535)")
+        }
+        return port
+    }
+
+    func makeConfiguration() -> TOUConfiguration {
+        var configuration: TOUConfiguration
+        if plain {
+            configuration = .plain
+        } else if listen {
+            configuration = .server(certificateChain: .pemFile(certFile ?? ""), privateKey: .pemFile(keyFile ?? ""),
+                                    clientTrustRoots: caFile.map { .pemFile($0) },
+                                    requireClientCertificate: requireClientCert)
+        } else {
+            configuration = .client(trustRoots: .pemFile(caFile ?? ""), serverName: serverName,
+                                    certificateChain: certFile.map { .pemFile($0) },
+                                    privateKey: keyFile.map { .pemFile($0) })
+        }
+        configuration.pathMTU = mtu
+        if verbose {
+            var logger = Logger(label: "toudtls")
+            logger.logLevel = .info
+            configuration.logger = logger
+        }
+        return configuration
+    }
+}
+
+func exitCode(for error: Error) -> ExitCode32 {
+    guard let error = error as? TOUError else { return .other }
+    switch error {
+    case .invalidConfiguration, .unreadableFile: return .usage
+    case .handshakeFailed, .untrustedCertificate, .nameMismatch, .peerCertificateMissing: return .authentication
+    case .unreachable, .timedOut: return .unreachable
+    case .connectionReset: return .reset
+    case .truncated, .protocolError, .closed, .socketError: return .other
+    }
+}
+
+// Parse: usage errors exit 2 (ArgumentParser's default would be 64).
+let command: CatCommand
+do {
+    command = try CatCommand.parseAsRoot() as! CatCommand
+} catch {
+    let code = CatCommand.exitCode(for: error)
+    if code == .success {
+        print(CatCommand.fullMessage(for: error))
+        exit(0)
+    }
+    printError("toudtls-cat: \(CatCommand.message(for: error))")
+    printError("usage: toudtls-cat [options] HOST PORT | toudtls-cat -l [options] [HOST] PORT (see --help)")
+    exit(ExitCode32.usage.rawValue)
+}
+
+LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+signal(SIGPIPE, SIG_IGN)
+
+let runner = CatRunner(command: command)
+let code = await runner.run()
+exit(code.rawValue)

@@ -1,0 +1,167 @@
+import DequeModule
+import NIOCore
+
+/// The event-loop side of one connection: its session plus the application's waiting reads,
+/// writes and closes. Touched on the endpoint's loop only.
+final class ConnectionCore {
+    let session: TOUSession
+    /// Listener sessions are reachable by (address, port, S) until established.
+    var admissionKey: PeerKey?
+    var timer: Scheduled<Void>?
+    var timerDeadline: NIODeadline?
+
+    var connectPromise: EventLoopPromise<TOUConnection>?
+    private var pendingWrites: Deque<(buffer: ByteBuffer, promise: EventLoopPromise<Void>)> = []
+    private var pendingRead: EventLoopPromise<ByteBuffer?>?
+    private var closePromises: [EventLoopPromise<Void>] = []
+    private var closeTimer: Scheduled<Void>?
+    private var writeSideClosed = false
+    private var finishAfterPendingWrites = false
+    private var peerFinished = false
+    private var discardInbound = false
+    private(set) var outcome: Result<Void, TOUError>?
+
+    /// Largest chunk handed to one `inbound` iteration.
+    static let readChunk = 256 << 10
+
+    init(session: TOUSession) {
+        self.session = session
+    }
+
+    // MARK: Application requests (on the loop)
+
+    func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>, now: NIODeadline) {
+        if let error = failureForWrites {
+            promise.fail(error)
+            return
+        }
+        if buffer.readableBytes == 0 {
+            promise.succeed(())
+            return
+        }
+        pendingWrites.append((buffer, promise))
+        serviceWrites(now: now)
+    }
+
+    func finishWriting(now: NIODeadline) {
+        guard !writeSideClosed else { return }
+        writeSideClosed = true
+        if pendingWrites.isEmpty {
+            session.finishWriting(now: now)
+        } else {
+            finishAfterPendingWrites = true
+        }
+    }
+
+    func read(promise: EventLoopPromise<ByteBuffer?>, now: NIODeadline) {
+        if pendingRead != nil {
+            promise.fail(TOUError.protocolError("only one task may read a connection's inbound bytes at a time"))
+            return
+        }
+        pendingRead = promise
+        serviceRead(now: now)
+    }
+
+    /// Graceful close: FIN after what is queued, drop further inbound bytes, and complete once the
+    /// session has ended under the closing rules; after `timeout` the connection is reset.
+    func close(promise: EventLoopPromise<Void>, timeout: TimeAmount, loop: EventLoop,
+               now: NIODeadline, onTimeout: @escaping () -> Void) {
+        if let outcome {
+            promise.completeWith(outcome.mapError { $0 as Error })
+            return
+        }
+        closePromises.append(promise)
+        discardInbound = true
+        finishWriting(now: now)
+        serviceRead(now: now)
+        if closeTimer == nil {
+            closeTimer = loop.assumeIsolated().scheduleTask(in: timeout) { onTimeout() }
+        }
+    }
+
+    // MARK: Session events
+
+    func handle(_ event: SessionEvent, now: NIODeadline) {
+        switch event {
+        case .established:
+            break  // the endpoint creates the public connection
+        case .readable:
+            serviceRead(now: now)
+        case .writable:
+            serviceWrites(now: now)
+        case .peerFinished:
+            peerFinished = true
+            serviceRead(now: now)
+        case .finished(let error):
+            finish(error.map { .failure($0) } ?? .success(()), now: now)
+        }
+    }
+
+    private func finish(_ result: Result<Void, TOUError>, now: NIODeadline) {
+        guard outcome == nil else { return }
+        outcome = result
+        closeTimer?.cancel()
+        closeTimer = nil
+        let writeError = failureForWrites ?? .closed
+        while let (_, promise) = pendingWrites.popFirst() {
+            promise.fail(writeError)
+        }
+        serviceRead(now: now)
+        for promise in closePromises {
+            promise.completeWith(result.mapError { $0 as Error })
+        }
+        closePromises.removeAll()
+        if let connectPromise {
+            self.connectPromise = nil
+            connectPromise.fail(result.failureValue ?? .closed)
+        }
+    }
+
+    private var failureForWrites: TOUError? {
+        if case .failure(let error) = outcome { return error }
+        if outcome != nil || writeSideClosed { return .closed }
+        return nil
+    }
+
+    private func serviceWrites(now: NIODeadline) {
+        while var head = pendingWrites.first {
+            let taken = session.write(head.buffer, now: now)
+            if taken >= head.buffer.readableBytes {
+                pendingWrites.removeFirst()
+                head.promise.succeed(())
+                continue
+            }
+            head.buffer.moveReaderIndex(forwardBy: taken)
+            pendingWrites[pendingWrites.startIndex] = head
+            break
+        }
+        if pendingWrites.isEmpty && finishAfterPendingWrites {
+            finishAfterPendingWrites = false
+            session.finishWriting(now: now)
+        }
+    }
+
+    private func serviceRead(now: NIODeadline) {
+        if discardInbound {
+            while session.read(maximumBytes: Self.readChunk, now: now) != nil {}
+        }
+        guard let promise = pendingRead else { return }
+        if let data = session.read(maximumBytes: Self.readChunk, now: now) {
+            pendingRead = nil
+            promise.succeed(data)
+        } else if peerFinished || outcome == .success(()) {
+            pendingRead = nil
+            promise.succeed(nil)
+        } else if case .failure(let error) = outcome {
+            pendingRead = nil
+            promise.fail(error)
+        }
+    }
+}
+
+extension Result {
+    var failureValue: Failure? {
+        if case .failure(let error) = self { return error }
+        return nil
+    }
+}

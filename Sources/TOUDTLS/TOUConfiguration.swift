@@ -1,0 +1,154 @@
+import DTLS
+import Foundation
+import Logging
+import NIOCore
+
+/// Where PEM material comes from.
+public enum PEMSource: Sendable, Hashable {
+    case pemFile(String)
+    case pemBytes([UInt8])
+
+    func load() throws(TOUError) -> [UInt8] {
+        switch self {
+        case .pemBytes(let bytes):
+            return bytes
+        case .pemFile(let path):
+            do {
+                let data = try Data(contentsOf: URL(fileURLWithPath: path))
+                return [UInt8](data)
+            } catch {
+                let reason = (error as NSError).localizedFailureReason ?? (error as NSError).localizedDescription
+                throw .unreadableFile(path: path, reason: reason)
+            }
+        }
+    }
+
+    var displayName: String {
+        switch self {
+        case .pemFile(let path): return path
+        case .pemBytes: return "the configured PEM bytes"
+        }
+    }
+}
+
+/// How a connection or listener behaves. Build one with `.client(...)`, `.server(...)` or `.plain`.
+public struct TOUConfiguration: Sendable {
+    public enum Security: Sendable, Hashable {
+        /// TCP inside DTLS 1.2 (the default and the only authenticated mode).
+        case dtls
+        /// Cleartext TCP in GUE, for debugging and baselines. No authentication at all.
+        case plain
+    }
+
+    public var security: Security
+    /// Trust anchors for the peer's certificate (client: the server's; server: clients').
+    public var trustRoots: PEMSource?
+    /// Our own certificate chain and key (required on a server; optional client certificate).
+    public var certificateChain: PEMSource?
+    public var privateKey: PEMSource?
+    /// Client: the name the server certificate must carry; defaults to the host connected to.
+    public var serverName: String?
+    /// Server: refuse clients without a certificate trusted by `trustRoots`.
+    public var requireClientCertificate: Bool
+
+    /// Path MTU assumed for sizing the handshake and TCP segments.
+    public var pathMTU: Int = 1500
+    /// How long a connection attempt (DTLS and TCP handshakes) may take.
+    public var handshakeTimeout: TimeAmount = .seconds(10)
+    /// A session with no traffic for this long is ended; `.zero` means never.
+    public var idleTimeout: TimeAmount = .minutes(5)
+    /// How long `close()` waits for the peer to finish before it resets the connection.
+    public var closeTimeout: TimeAmount = .seconds(30)
+    /// TCP buffer sizes; the receive buffer bounds the advertised window.
+    public var receiveBufferSize: Int = 4 << 20
+    public var sendBufferSize: Int = 4 << 20
+
+    /// Listener limits (wire format defaults).
+    public var maximumHalfOpenSessions: Int = 1024
+    public var maximumSessions: Int = 10_000
+    public var newSessionsPerSecondPerSource: Double = 100
+    public var newSessionBurstPerSource: Double = 200
+    /// Listener: how many accepted connections may wait for the application to take them.
+    public var acceptBacklog: Int = 128
+
+    /// Where the library logs; silent unless the application provides a logger.
+    public var logger: Logger = Logger(label: "toudtls", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    public init(security: Security, trustRoots: PEMSource? = nil, certificateChain: PEMSource? = nil,
+                privateKey: PEMSource? = nil, serverName: String? = nil,
+                requireClientCertificate: Bool = false) {
+        self.security = security
+        self.trustRoots = trustRoots
+        self.certificateChain = certificateChain
+        self.privateKey = privateKey
+        self.serverName = serverName
+        self.requireClientCertificate = requireClientCertificate
+    }
+
+    /// A client that verifies the server against `trustRoots` and `serverName` (default: the host).
+    public static func client(trustRoots: PEMSource, serverName: String? = nil,
+                              certificateChain: PEMSource? = nil, privateKey: PEMSource? = nil) -> TOUConfiguration {
+        TOUConfiguration(security: .dtls, trustRoots: trustRoots, certificateChain: certificateChain,
+                         privateKey: privateKey, serverName: serverName)
+    }
+
+    /// A server presenting `certificateChain`; with `requireClientCertificate`, clients must present a
+    /// certificate trusted by `clientTrustRoots`.
+    public static func server(certificateChain: PEMSource, privateKey: PEMSource,
+                              clientTrustRoots: PEMSource? = nil,
+                              requireClientCertificate: Bool = false) -> TOUConfiguration {
+        TOUConfiguration(security: .dtls, trustRoots: clientTrustRoots, certificateChain: certificateChain,
+                         privateKey: privateKey, requireClientCertificate: requireClientCertificate)
+    }
+
+    /// Cleartext TCP in GUE: no DTLS, no authentication. For debugging and measurements only.
+    public static var plain: TOUConfiguration { TOUConfiguration(security: .plain) }
+
+    func validate() throws(TOUError) {
+        guard pathMTU >= 576, pathMTU <= 65_535 else {
+            throw .invalidConfiguration("path MTU \(pathMTU) is outside 576...65535")
+        }
+        guard receiveBufferSize >= 16 << 10, sendBufferSize >= 16 << 10 else {
+            throw .invalidConfiguration("TCP buffers must be at least 16 KiB")
+        }
+        guard maximumSessions > 0, maximumHalfOpenSessions > 0, acceptBacklog > 0 else {
+            throw .invalidConfiguration("session limits and the accept backlog must be positive")
+        }
+    }
+
+    func makeClientContext() throws(TOUError) -> DTLSContext {
+        guard let trustRoots else {
+            throw .invalidConfiguration("a DTLS client needs trust roots (--ca) to verify the server")
+        }
+        let roots = try trustRoots.load()
+        let chain = try certificateChain?.load()
+        let key = try privateKey?.load()
+        if (chain == nil) != (key == nil) {
+            throw .invalidConfiguration("a client certificate needs both a certificate chain and a private key")
+        }
+        do {
+            return try DTLSContext.client(trustRootsPEM: roots, certificateChainPEM: chain, privateKeyPEM: key)
+        } catch {
+            throw TOUError(error)
+        }
+    }
+
+    func makeServerContext() throws(TOUError) -> DTLSContext {
+        guard let certificateChain, let privateKey else {
+            throw .invalidConfiguration("a DTLS server needs a certificate chain and a private key (--cert, --key)")
+        }
+        let chain = try certificateChain.load()
+        let key = try privateKey.load()
+        let roots = try trustRoots?.load()
+        if requireClientCertificate && roots == nil {
+            throw .invalidConfiguration("requiring client certificates needs trust roots (--ca) to verify them")
+        }
+        do {
+            return try DTLSContext.server(certificateChainPEM: chain, privateKeyPEM: key,
+                                          clientTrustRootsPEM: roots,
+                                          requireClientCertificate: requireClientCertificate)
+        } catch {
+            throw TOUError(error)
+        }
+    }
+}

@@ -1,0 +1,171 @@
+import DTLS
+import NIOCore
+import NIOPosix
+
+/// One secure (or plain) TOU connection: a TCP byte stream inside DTLS inside GUE over UDP.
+///
+/// Writes suspend under backpressure and never drop; `inbound` yields the peer's bytes until its FIN;
+/// `finishWriting()` half-closes; `close()` returns once everything written has been acknowledged and
+/// the session has ended as the wire format's closing rules say.
+public final class TOUConnection: Sendable {
+    // All access to `core` happens on `endpoint.loop`.
+    nonisolated(unsafe) let core: ConnectionCore
+    let endpoint: TOUEndpoint
+
+    /// The subject of the peer's certificate (e.g. "CN=localhost"), nil in plain mode or without one.
+    public let peerCertificateSubject: String?
+    /// The negotiated DTLS cipher suite, nil in plain mode.
+    public let cipherSuite: String?
+    public let localAddress: SocketAddress?
+    public let remoteAddress: SocketAddress
+
+    init(core: ConnectionCore, endpoint: TOUEndpoint) {
+        self.core = core
+        self.endpoint = endpoint
+        self.peerCertificateSubject = core.session.peerCertificateSubject
+        self.cipherSuite = core.session.negotiatedCipherSuite
+        self.localAddress = endpoint.context?.channel.localAddress
+        self.remoteAddress = core.session.peerAddress
+    }
+
+    // MARK: Connecting
+
+    /// Connects to `host`:`port` over UDP and completes the DTLS and TCP handshakes.
+    /// - Throws: `TOUError` (configuration, unreachable, handshake or certificate failures, timeout).
+    public static func connect(host: String, port: Int, configuration: TOUConfiguration) async throws -> TOUConnection {
+        try configuration.validate()
+        guard (1...65_535).contains(port) else {
+            throw TOUError.invalidConfiguration("port \(port) is outside 1...65535")
+        }
+        let context: DTLSContext? = configuration.security == .dtls ? try configuration.makeClientContext() : nil
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let endpoint = TOUEndpoint(loop: loop, role: .client, configuration: configuration, dtlsContext: context)
+        let remote: SocketAddress
+        do {
+            remote = try SocketAddress.makeAddressResolvingHost(host, port: port)
+        } catch {
+            throw TOUError.unreachable("cannot resolve \(host): \(error)")
+        }
+        let channel: Channel
+        do {
+            channel = try await DatagramBootstrap(group: loop)
+                .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
+                .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
+                .channelOption(.datagramVectorReadMessageCount, value: 64)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(EndpointHandler(endpoint: endpoint))
+                    }
+                }
+                .connect(to: remote)
+                .get()
+        } catch {
+            throw TOUError.unreachable("cannot open a UDP socket to \(host):\(port): \(error)")
+        }
+        let serverName = configuration.serverName ?? host
+        let promise = loop.makePromise(of: TOUConnection.self)
+        loop.execute {
+            endpoint.startClientSession(serverName: serverName, peer: remote, innerRemotePort: UInt16(port),
+                                        promise: promise)
+        }
+        do {
+            return try await promise.futureResult.get()
+        } catch let error as TOUError {
+            channel.close(promise: nil)
+            throw error
+        } catch {
+            channel.close(promise: nil)
+            throw TOUError.socketError("\(error)")
+        }
+    }
+
+    // MARK: Data
+
+    /// Sends `buffer`, suspending while the send buffer is full. Returns once every byte is queued
+    /// for TCP (which will deliver it or fail the connection).
+    public func write(_ buffer: ByteBuffer) async throws {
+        let promise = endpoint.loop.makePromise(of: Void.self)
+        let core = self.core
+        endpoint.loop.execute { [endpoint] in
+            endpoint.withCore(core) { core, now in core.write(buffer, promise: promise, now: now) }
+        }
+        try await promise.futureResult.get()
+    }
+
+    /// Half-closes: a FIN follows everything written so far. Reading goes on.
+    public func finishWriting() async throws {
+        let core = self.core
+        try await endpoint.loop.submit { [endpoint] in
+            endpoint.withCore(core) { core, now in core.finishWriting(now: now) }
+        }.get()
+    }
+
+    /// Ends the connection gracefully: finishes writing, discards unread inbound bytes, and returns
+    /// once our data is acknowledged and the session has closed (or throws; after
+    /// `configuration.closeTimeout` the connection is reset and `TOUError.timedOut` thrown).
+    public func close() async throws {
+        let promise = endpoint.loop.makePromise(of: Void.self)
+        let core = self.core
+        let timeout = endpoint.configuration.closeTimeout
+        endpoint.loop.execute { [endpoint] in
+            endpoint.withCore(core) { core, now in
+                core.close(promise: promise, timeout: timeout, loop: endpoint.loop, now: now) {
+                    endpoint.withCore(core) { core, now in
+                        core.session.abort(now: now, error: .timedOut("the peer did not finish closing"))
+                    }
+                }
+            }
+        }
+        try await promise.futureResult.get()
+    }
+
+    /// Resets the connection at once (TCP RST); pending and later operations fail.
+    public func abort() {
+        let core = self.core
+        endpoint.loop.execute { [endpoint] in
+            endpoint.withCore(core) { core, now in core.session.abort(now: now, error: .closed) }
+        }
+    }
+
+    /// A snapshot of the connection's counters.
+    public var stats: TOUConnectionStats {
+        get async {
+            let core = self.core
+            return (try? await endpoint.loop.submit { core.session.stats }.get())
+                ?? TOUConnectionStats(tcp: nil, droppedDatagrams: 0, malformedSegments: 0, cipherSuite: nil)
+        }
+    }
+
+    /// The peer's bytes, in order, until its FIN. Throws `TOUError` if the connection fails.
+    public var inbound: Inbound { Inbound(connection: self) }
+
+    fileprivate func read() async throws -> ByteBuffer? {
+        let promise = endpoint.loop.makePromise(of: ByteBuffer?.self)
+        let core = self.core
+        endpoint.loop.execute { [endpoint] in
+            endpoint.withCore(core) { core, now in core.read(promise: promise, now: now) }
+        }
+        return try await promise.futureResult.get()
+    }
+
+    public struct Inbound: AsyncSequence, Sendable {
+        public typealias Element = ByteBuffer
+        let connection: TOUConnection
+
+        public struct AsyncIterator: AsyncIteratorProtocol {
+            let connection: TOUConnection
+            var done = false
+
+            public mutating func next() async throws -> ByteBuffer? {
+                if done { return nil }
+                let chunk = try await connection.read()
+                if chunk == nil { done = true }
+                return chunk
+            }
+        }
+
+        public func makeAsyncIterator() -> AsyncIterator {
+            AsyncIterator(connection: connection)
+        }
+    }
+}

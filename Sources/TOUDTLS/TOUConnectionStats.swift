@@ -1,0 +1,84 @@
+import NIOCore
+import TCPEngine
+
+/// A snapshot of one connection's counters.
+public struct TOUConnectionStats: Sendable, CustomStringConvertible {
+    /// Payload bytes sent (first transmissions) and delivered to us.
+    public var bytesSent: Int
+    public var bytesReceived: Int
+    public var segmentsSent: Int
+    public var segmentsReceived: Int
+    public var retransmissions: Int
+    public var retransmissionTimeouts: Int
+    public var fastRetransmits: Int
+    public var smoothedRTT: TimeAmount?
+    public var rttVariance: TimeAmount?
+    public var retransmissionTimeout: TimeAmount
+    public var congestionWindow: Int
+    public var slowStartThreshold: Int
+    /// Datagrams this session dropped (wrong SID, DTLS rejects) and undecodable TCP segments.
+    public var droppedDatagrams: Int
+    public var malformedSegments: Int
+    /// The negotiated DTLS suite, nil in plain mode.
+    public var cipherSuite: String?
+
+    init(tcp: TCPStats?, droppedDatagrams: Int, malformedSegments: Int, cipherSuite: String?) {
+        bytesSent = tcp?.bytesSent ?? 0
+        bytesReceived = tcp?.bytesReceived ?? 0
+        segmentsSent = tcp?.segmentsSent ?? 0
+        segmentsReceived = tcp?.segmentsReceived ?? 0
+        retransmissions = tcp?.retransmissions ?? 0
+        retransmissionTimeouts = tcp?.rtoExpiries ?? 0
+        fastRetransmits = tcp?.fastRetransmits ?? 0
+        smoothedRTT = tcp?.smoothedRTT
+        rttVariance = tcp?.rttVariance
+        retransmissionTimeout = tcp?.rto ?? .seconds(1)
+        congestionWindow = tcp?.congestionWindow ?? 0
+        slowStartThreshold = tcp?.slowStartThreshold ?? 0
+        self.droppedDatagrams = droppedDatagrams
+        self.malformedSegments = malformedSegments
+        self.cipherSuite = cipherSuite
+    }
+
+    public var description: String {
+        let srtt = smoothedRTT.map { String(format: "%.3f ms", Double($0.nanoseconds) / 1e6) } ?? "-"
+        return "sent \(bytesSent) B in \(segmentsSent) segments, received \(bytesReceived) B in "
+            + "\(segmentsReceived) segments, \(retransmissions) retransmissions "
+            + "(\(retransmissionTimeouts) timeouts, \(fastRetransmits) fast), srtt \(srtt), "
+            + "cwnd \(congestionWindow) B"
+    }
+}
+
+/// Per-endpoint counters of what arrived and what was dropped, by reason.
+public struct TOUEndpointCounters: Sendable, CustomStringConvertible {
+    public var datagramsReceived = 0
+    public var datagramsSent = 0
+    /// GUE header failed a receiver rule (truncated, bad flags, wrong mode...).
+    public var droppedMalformed = 0
+    /// No session for D and not an acceptable new-session attempt.
+    public var droppedUnknownSession = 0
+    /// A new-session attempt that was not a ClientHello (or SYN in plain mode), or that DTLS refused.
+    public var droppedBadAttempt = 0
+    /// Over the half-open, session or per-source rate limit.
+    public var droppedOverLimit = 0
+    /// Dropped inside a session (wrong source SID, undecodable segment).
+    public var droppedBySession = 0
+    /// HelloVerifyRequests sent (cookie missing, stale, replayed or wrong D).
+    public var helloVerifyRequestsSent = 0
+    /// Repeats of an already admitted (address, port, SID) answered with a fresh HelloVerifyRequest.
+    public var replayedAttempts = 0
+    public var sessionsAccepted = 0
+
+    public init() {}
+
+    public var totalDropped: Int {
+        droppedMalformed + droppedUnknownSession + droppedBadAttempt + droppedOverLimit + droppedBySession
+    }
+
+    public var description: String {
+        "datagrams received \(datagramsReceived), sent \(datagramsSent); dropped: malformed \(droppedMalformed), "
+            + "unknown session \(droppedUnknownSession), bad attempt \(droppedBadAttempt), "
+            + "over limit \(droppedOverLimit), in session \(droppedBySession); "
+            + "hello-verify-requests \(helloVerifyRequestsSent), replayed attempts \(replayedAttempts)"
+    }
+}

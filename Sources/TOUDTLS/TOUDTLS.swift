@@ -1,2 +1,0 @@
-// TOUDTLS module.
-import TCPEngine

@@ -1,0 +1,397 @@
+import DTLS
+import Logging
+import NIOCore
+import NIOPosix
+import TCPEngine
+import TOUWire
+
+/// One UDP socket and its sessions. Demultiplexes by session ID (never by address), admits new
+/// sessions statelessly until a valid cookie, and drives every session's timers. All mutable state
+/// lives on `loop`; the public API hops here.
+final class TOUEndpoint: @unchecked Sendable {
+    enum Role { case client, listener }
+
+    let loop: EventLoop
+    let role: Role
+    let configuration: TOUConfiguration
+    let parameters: SessionParameters
+    let dtlsContext: DTLSContext?
+    private var logger: Logger { configuration.logger }
+    private var mode: TOUMode { configuration.security == .dtls ? .secure : .plain }
+
+    var context: ChannelHandlerContext?
+    private var sessions: [UInt64: ConnectionCore] = [:]
+    private var halfOpen: [PeerKey: UInt64] = [:]
+    private var admission: StatelessAdmission
+    private var admitted: AdmittedAttemptCache
+    private var rateLimiter: SourceRateLimiter
+    private(set) var counters = TOUEndpointCounters()
+
+    /// Listener: called with each connection that completed both handshakes.
+    var onAccept: ((TOUConnection) -> Void)?
+    /// Listener: no new sessions once closed; the socket closes when the last session ends.
+    private var accepting = true
+    private var closePromise: EventLoopPromise<Void>?
+    private var inReadBatch = false
+    private var needsFlush = false
+
+    init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?) {
+        let now = NIODeadline.now()
+        self.loop = loop
+        self.role = role
+        self.configuration = configuration
+        self.parameters = SessionParameters(configuration)
+        self.dtlsContext = dtlsContext
+        self.admission = StatelessAdmission(now: now)
+        self.admitted = AdmittedAttemptCache()
+        self.rateLimiter = SourceRateLimiter(ratePerSecond: configuration.newSessionsPerSecondPerSource,
+                                             burst: configuration.newSessionBurstPerSource)
+    }
+
+    var sessionCount: Int { sessions.count }
+
+    // MARK: Client
+
+    /// Starts the one session of a client endpoint; the promise completes once TCP is established.
+    func startClientSession(serverName: String, peer: SocketAddress, innerRemotePort: UInt16,
+                            promise: EventLoopPromise<TOUConnection>) {
+        let now = NIODeadline.now()
+        let session: TOUSession
+        do {
+            session = try TOUSession.initiate(context: dtlsContext, serverName: serverName, peer: peer,
+                                              parameters: parameters, innerRemotePort: innerRemotePort, now: now)
+        } catch {
+            promise.fail(error)
+            closeSocket()
+            return
+        }
+        let core = ConnectionCore(session: session)
+        core.connectPromise = promise
+        sessions[session.localSID] = core
+        drive(core, now: now)
+    }
+
+    // MARK: Datagrams in
+
+    func receive(_ envelope: AddressedEnvelope<ByteBuffer>) {
+        counters.datagramsReceived += 1
+        let now = NIODeadline.now()
+        var payload = envelope.data
+        let header: GUEHeader
+        do {
+            header = try GUEHeader.parse(from: &payload, mode: mode)
+        } catch {
+            counters.droppedMalformed += 1
+            return
+        }
+        // 1. D names a local session: that session, whatever the source address.
+        if let destination = header.destinationSID, let core = sessions[destination] {
+            let droppedBefore = core.session.droppedDatagrams + core.session.malformedSegments
+            core.session.receive(header: header, payload: payload, from: envelope.remoteAddress, now: now)
+            counters.droppedBySession += core.session.droppedDatagrams + core.session.malformedSegments
+                - droppedBefore
+            drive(core, now: now)
+            return
+        }
+        // 2. S present: a new-session attempt keyed by (address, port, S).
+        guard role == .listener, let source = header.sourceSID,
+              let address = IPAddressBytes(from: envelope.remoteAddress),
+              let port = envelope.remoteAddress.port else {
+            counters.droppedUnknownSession += 1
+            return
+        }
+        let key = PeerKey(address: address, port: UInt16(truncatingIfNeeded: port), sid: source)
+        if let sid = halfOpen[key], let core = sessions[sid] {
+            core.session.receive(header: header, payload: payload, from: envelope.remoteAddress, now: now)
+            drive(core, now: now)
+            return
+        }
+        guard accepting else {
+            counters.droppedOverLimit += 1
+            return
+        }
+        switch mode {
+        case .secure:
+            admitSecure(header: header, payload: payload, key: key, from: envelope.remoteAddress, now: now)
+        case .plain:
+            admitPlain(header: header, payload: payload, key: key, from: envelope.remoteAddress, now: now)
+        }
+    }
+
+    private func admitSecure(header: GUEHeader, payload: ByteBuffer, key: PeerKey, from address: SocketAddress,
+                             now: NIODeadline) {
+        guard let dtlsContext, DTLSDatagramSummary.scan(payload)?.isClientHello == true else {
+            counters.droppedBadAttempt += 1
+            return
+        }
+        admission.rotateIfNeeded(now: now)
+        let derivedSID = admission.derivedSID(for: key)
+        // A D that is not the SID we would derive now means a stale attempt: cookie it again.
+        let destinationCurrent = header.destinationSID == derivedSID
+        let acceptable = destinationCurrent ? admission.acceptableCookies(for: key) : []
+        let mtu = parameters.pathMTU - (address.isIPv4OrMapped ? 20 : 40) - 8 - 24
+        let result = dtlsContext.listen(datagram: payload, cookieToIssue: admission.cookieToIssue(for: key),
+                                        acceptableCookies: acceptable, mtu: mtu, now: now)
+        switch result {
+        case .helloVerifyRequest(let request):
+            sendHelloVerifyRequest(request, derivedSID: derivedSID, key: key, to: address)
+        case .dropped:
+            counters.droppedBadAttempt += 1
+        case .accepted(let connection):
+            guard admitted.insertIfNew(key, now: now) else {
+                // A captured ClientHello+cookie replayed: never a second session from it.
+                counters.replayedAttempts += 1
+                if case .helloVerifyRequest(let request) = dtlsContext.listen(
+                    datagram: payload, cookieToIssue: admission.cookieToIssue(for: key),
+                    acceptableCookies: [], mtu: mtu, now: now) {
+                    sendHelloVerifyRequest(request, derivedSID: derivedSID, key: key, to: address)
+                }
+                return
+            }
+            guard withinLimits(key: key, now: now), sessions[derivedSID] == nil else {
+                counters.droppedOverLimit += 1
+                return
+            }
+            let session = TOUSession.accept(dtls: connection, localSID: derivedSID, remoteSID: key.sid,
+                                            peer: address, parameters: parameters, now: now)
+            register(session, key: key, now: now)
+        }
+    }
+
+    private func admitPlain(header: GUEHeader, payload: ByteBuffer, key: PeerKey, from address: SocketAddress,
+                            now: NIODeadline) {
+        guard let syn = try? TCPSegment.parse(payload, checksum: .addressFree),
+              syn.flags.contains(.syn), !syn.flags.contains(.ack) else {
+            counters.droppedBadAttempt += 1
+            return
+        }
+        guard withinLimits(key: key, now: now) else {
+            counters.droppedOverLimit += 1
+            return
+        }
+        var localSID = SessionID.random()
+        while sessions[localSID] != nil { localSID = SessionID.random() }
+        guard let session = TOUSession.acceptPlain(syn: syn, localSID: localSID, remoteSID: key.sid,
+                                                   peer: address, parameters: parameters, now: now) else {
+            counters.droppedBadAttempt += 1
+            return
+        }
+        register(session, key: key, now: now)
+    }
+
+    private func withinLimits(key: PeerKey, now: NIODeadline) -> Bool {
+        halfOpen.count < configuration.maximumHalfOpenSessions
+            && sessions.count < configuration.maximumSessions
+            && rateLimiter.allow(key.address, now: now)
+    }
+
+    private func register(_ session: TOUSession, key: PeerKey, now: NIODeadline) {
+        let core = ConnectionCore(session: session)
+        core.admissionKey = key
+        sessions[session.localSID] = core
+        halfOpen[key] = session.localSID
+        logger.debug("new session attempt", metadata: ["sid": "\(session.localSID)", "peer": "\(session.peerAddress)"])
+        drive(core, now: now)
+    }
+
+    private func sendHelloVerifyRequest(_ request: ByteBuffer, derivedSID: UInt64, key: PeerKey,
+                                        to address: SocketAddress) {
+        counters.helloVerifyRequestsSent += 1
+        let header = GUEHeader.secure(source: derivedSID, destination: key.sid)
+        var datagram = ByteBufferAllocator().buffer(capacity: header.encodedLength + request.readableBytes)
+        header.write(into: &datagram)
+        datagram.writeImmutableBuffer(request)
+        emit(datagram, to: address)
+        flushIfOutsideReadBatch()
+    }
+
+    // MARK: Driving sessions
+
+    /// After any input to a session: send its datagrams, hand its events on, re-arm its timer.
+    func drive(_ core: ConnectionCore, now: NIODeadline) {
+        let session = core.session
+        while let datagram = session.pollDatagram() {
+            emit(datagram, to: session.peerAddress)
+        }
+        while let event = session.pollEvent() {
+            if event == .established { established(core) }
+            core.handle(event, now: now)
+        }
+        if session.isFinished {
+            // Events may have produced more output (a final ACK, close_notify).
+            while let datagram = session.pollDatagram() {
+                emit(datagram, to: session.peerAddress)
+            }
+            remove(core)
+        } else {
+            armTimer(core)
+        }
+        flushIfOutsideReadBatch()
+    }
+
+    private func established(_ core: ConnectionCore) {
+        let connection = TOUConnection(core: core, endpoint: self)
+        if let key = core.admissionKey {
+            halfOpen[key] = nil
+            core.admissionKey = nil
+        }
+        switch role {
+        case .client:
+            if let promise = core.connectPromise {
+                core.connectPromise = nil
+                promise.succeed(connection)
+            }
+        case .listener:
+            counters.sessionsAccepted += 1
+            onAccept?(connection)
+        }
+    }
+
+    private func remove(_ core: ConnectionCore) {
+        core.timer?.cancel()
+        core.timer = nil
+        if let key = core.admissionKey { halfOpen[key] = nil }
+        sessions[core.session.localSID] = nil
+        if role == .client || (!accepting && sessions.isEmpty) {
+            // Let the final datagrams leave before the socket goes.
+            flush()
+            closeSocket()
+        }
+    }
+
+    private func armTimer(_ core: ConnectionCore) {
+        guard let deadline = core.session.nextDeadline else { return }
+        // A timer that fires early does no harm; re-arming on every segment would.
+        if let current = core.timerDeadline, current <= deadline { return }
+        core.timer?.cancel()
+        core.timerDeadline = deadline
+        core.timer = loop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self, weak core] in
+            guard let self, let core else { return }
+            core.timer = nil
+            core.timerDeadline = nil
+            let now = NIODeadline.now()
+            core.session.handleTimeout(now: now)
+            self.drive(core, now: now)
+        }
+    }
+
+    /// Runs an application request on the loop, then drives the session it touched.
+    func withCore(_ core: ConnectionCore, _ body: (ConnectionCore, NIODeadline) -> Void) {
+        let now = NIODeadline.now()
+        body(core, now)
+        if sessions[core.session.localSID] === core {
+            drive(core, now: now)
+        }
+    }
+
+    // MARK: Socket
+
+    private func emit(_ datagram: ByteBuffer, to address: SocketAddress) {
+        guard let context else { return }
+        counters.datagramsSent += 1
+        context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: datagram)), promise: nil)
+        needsFlush = true
+    }
+
+    private func flush() {
+        guard needsFlush, let context else { return }
+        needsFlush = false
+        context.flush()
+    }
+
+    private func flushIfOutsideReadBatch() {
+        if !inReadBatch { flush() }
+    }
+
+    func beginReadBatch() { inReadBatch = true }
+
+    func endReadBatch() {
+        inReadBatch = false
+        flush()
+    }
+
+    /// The socket reported an error: port unreachable (ICMP) ends a client's handshake at once.
+    func socketError(_ error: Error) {
+        guard role == .client, let ioError = error as? IOError, ioError.errnoCode == ECONNREFUSED else {
+            logger.debug("socket error", metadata: ["error": "\(error)"])
+            return
+        }
+        for core in sessions.values where !core.session.isEstablished {
+            let now = NIODeadline.now()
+            core.session.abort(now: now, error: .unreachable("\(core.session.peerAddress) refused (ICMP port unreachable)"))
+            drive(core, now: now)
+        }
+    }
+
+    /// Listener close: stop admitting; the socket closes once the last session has ended.
+    func stopAccepting(promise: EventLoopPromise<Void>?) {
+        accepting = false
+        onAccept = nil
+        if let promise {
+            if let existing = closePromise { existing.futureResult.cascade(to: promise) } else { closePromise = promise }
+        }
+        for (_, core) in sessions where !core.session.isEstablished {
+            core.session.abort(now: .now(), error: .closed)
+            drive(core, now: .now())
+        }
+        if sessions.isEmpty { closeSocket() }
+    }
+
+    private func closeSocket() {
+        guard let context else {
+            closePromise?.succeed(())
+            closePromise = nil
+            return
+        }
+        self.context = nil
+        let promise = closePromise
+        closePromise = nil
+        context.close(promise: nil)
+        promise?.succeed(())
+    }
+
+    func channelClosed() {
+        context = nil
+        for core in Array(sessions.values) {
+            core.session.abort(now: .now(), error: .socketError("the UDP socket was closed"))
+            core.handle(.finished(.socketError("the UDP socket was closed")), now: .now())
+        }
+        sessions.removeAll()
+        halfOpen.removeAll()
+        closePromise?.succeed(())
+        closePromise = nil
+    }
+}
+
+/// Feeds the endpoint from the UDP channel.
+final class EndpointHandler: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+
+    let endpoint: TOUEndpoint
+
+    init(endpoint: TOUEndpoint) {
+        self.endpoint = endpoint
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        endpoint.context = context
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        endpoint.beginReadBatch()
+        endpoint.receive(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        endpoint.endReadBatch()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        endpoint.socketError(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        endpoint.channelClosed()
+    }
+}

@@ -1,0 +1,507 @@
+import DTLS
+import DequeModule
+import NIOCore
+import TCPEngine
+import TOUWire
+
+/// What a session tells the layer above it (the connection's async API).
+enum SessionEvent: Equatable {
+    case established
+    case readable
+    case writable
+    case peerFinished
+    /// The session is over; `nil` means it closed cleanly under the wire format's closing rules.
+    case finished(TOUError?)
+}
+
+/// The parts of the configuration a session needs, fixed at creation.
+struct SessionParameters {
+    var security: TOUConfiguration.Security
+    var pathMTU: Int
+    var handshakeTimeout: TimeAmount
+    var idleTimeout: TimeAmount
+    var receiveBufferSize: Int
+    var sendBufferSize: Int
+
+    init(_ configuration: TOUConfiguration) {
+        security = configuration.security
+        pathMTU = configuration.pathMTU
+        handshakeTimeout = configuration.handshakeTimeout
+        idleTimeout = configuration.idleTimeout
+        receiveBufferSize = configuration.receiveBufferSize
+        sendBufferSize = configuration.sendBufferSize
+    }
+}
+
+/// One TOU connection, sans-IO: one DTLS association carrying one TCP connection under a pair of
+/// session IDs. The endpoint feeds it datagrams and time and sends what `pollDatagram` returns.
+final class TOUSession {
+    enum Role { case initiator, target }
+
+    let role: Role
+    let localSID: UInt64
+    private(set) var remoteSID: UInt64?
+    /// Once the initiator has processed a ServerHello (plain: SYN-ACK) the target's SID is fixed.
+    private var remoteSIDLocked = false
+    private(set) var peerAddress: SocketAddress
+    private let parameters: SessionParameters
+    private let ipHeaderLength: Int
+    private let innerRemotePort: UInt16
+
+    private var dtls: DTLSConnection?
+    private(set) var tcp: TCPConnection?
+
+    private var outbound: Deque<ByteBuffer> = []
+    private var events: Deque<SessionEvent> = []
+    private var segmentScratch: ByteBuffer
+    private let allocator = ByteBufferAllocator()
+
+    private(set) var isFinished = false
+    private(set) var finishError: TOUError?
+    private var handshakeDeadline: NIODeadline?
+    /// The shortened TIME-WAIT of the wire format's closing rules.
+    private var lingerDeadline: NIODeadline?
+    private var lastReceived: NIODeadline
+    private var peerCloseNotifyReceived = false
+    private var tcpClosedNormally = false
+    private var establishedReported = false
+    private(set) var droppedDatagrams = 0
+    private(set) var malformedSegments = 0
+
+    private init(role: Role, localSID: UInt64, remoteSID: UInt64?, peer: SocketAddress,
+                 parameters: SessionParameters, innerRemotePort: UInt16, now: NIODeadline) {
+        self.role = role
+        self.localSID = localSID
+        self.remoteSID = remoteSID
+        self.peerAddress = peer
+        self.parameters = parameters
+        self.ipHeaderLength = peer.isIPv4OrMapped ? 20 : 40
+        self.innerRemotePort = innerRemotePort
+        self.segmentScratch = ByteBufferAllocator().buffer(capacity: 2048)
+        self.handshakeDeadline = now + parameters.handshakeTimeout
+        self.lastReceived = now
+    }
+
+    // MARK: Creation
+
+    /// A new connection attempt with a fresh SID (secure: starts the DTLS handshake; plain: sends the SYN).
+    static func initiate(context: DTLSContext?, serverName: String, peer: SocketAddress,
+                         parameters: SessionParameters, innerRemotePort: UInt16,
+                         now: NIODeadline) throws(TOUError) -> TOUSession {
+        let session = TOUSession(role: .initiator, localSID: SessionID.random(), remoteSID: nil, peer: peer,
+                                 parameters: parameters, innerRemotePort: innerRemotePort, now: now)
+        switch parameters.security {
+        case .dtls:
+            guard let context else { throw .invalidConfiguration("DTLS session without a DTLS context") }
+            do {
+                session.dtls = try DTLSConnection(client: context, serverName: serverName,
+                                                  mtu: session.handshakeMTU)
+            } catch {
+                throw TOUError(error)
+            }
+            session.dtls?.startHandshake(now: now)
+        case .plain:
+            session.startTCP(now: now)
+        }
+        session.pump(now: now)
+        return session
+    }
+
+    /// A target session for a ClientHello whose cookie the endpoint accepted.
+    static func accept(dtls: DTLSConnection, localSID: UInt64, remoteSID: UInt64, peer: SocketAddress,
+                       parameters: SessionParameters, now: NIODeadline) -> TOUSession {
+        let session = TOUSession(role: .target, localSID: localSID, remoteSID: remoteSID, peer: peer,
+                                 parameters: parameters, innerRemotePort: 0, now: now)
+        session.dtls = dtls
+        session.pump(now: now)
+        return session
+    }
+
+    /// A plain-mode target session from a SYN (there is no cookie in plain mode).
+    static func acceptPlain(syn: TCPSegment, localSID: UInt64, remoteSID: UInt64, peer: SocketAddress,
+                            parameters: SessionParameters, now: NIODeadline) -> TOUSession? {
+        let session = TOUSession(role: .target, localSID: localSID, remoteSID: remoteSID, peer: peer,
+                                 parameters: parameters, innerRemotePort: 0, now: now)
+        guard let tcp = TCPConnection.accept(syn: syn, configuration: session.tcpConfiguration(),
+                                             initialSequenceNumber: SessionID.randomISN(), now: now) else {
+            return nil
+        }
+        session.tcp = tcp
+        session.pump(now: now)
+        return session
+    }
+
+    // MARK: Sizes
+
+    /// DTLS MTU = path MTU - IP header - UDP - the largest GUE header (T+S+D).
+    var handshakeMTU: Int { parameters.pathMTU - ipHeaderLength - 8 - 24 }
+
+    /// MSS so that a full segment never makes a datagram larger than the path MTU (wire format, "MSS").
+    var maximumSegmentSize: Int {
+        switch parameters.security {
+        case .plain:
+            return parameters.pathMTU - ipHeaderLength - 8 - 12 - 20
+        case .dtls:
+            let recordOverhead = dtls?.recordOverhead ?? (13 + 24)
+            return parameters.pathMTU - ipHeaderLength - 8 - 16 - recordOverhead - 20
+        }
+    }
+
+    private func tcpConfiguration() -> TCPConfiguration {
+        var configuration = TCPConfiguration(maximumSegmentSize: maximumSegmentSize)
+        configuration.receiveBufferSize = parameters.receiveBufferSize
+        configuration.sendBufferSize = parameters.sendBufferSize
+        return configuration
+    }
+
+    private func startTCP(now: NIODeadline) {
+        tcp = TCPConnection.connect(localPort: SessionID.randomEphemeralPort(), remotePort: innerRemotePort,
+                                    configuration: tcpConfiguration(),
+                                    initialSequenceNumber: SessionID.randomISN(), now: now)
+    }
+
+    // MARK: Network side
+
+    /// A datagram the endpoint routed here, with its GUE header already parsed off.
+    func receive(header: GUEHeader, payload: ByteBuffer, from address: SocketAddress, now: NIODeadline) {
+        guard !isFinished else { return }
+        switch parameters.security {
+        case .dtls:
+            guard acceptSourceSID(header.sourceSID, answersHello: Self.serverHelloKind(payload)) else {
+                droppedDatagrams += 1
+                return
+            }
+            dtls?.receiveDatagram(payload, now: now)
+        case .plain:
+            let segment: TCPSegment
+            do {
+                segment = try TCPSegment.parse(payload, checksum: .addressFree)
+            } catch {
+                malformedSegments += 1
+                return
+            }
+            let kind: HelloKind? = segment.flags.contains(.syn) ? .final : nil
+            guard acceptSourceSID(header.sourceSID, answersHello: kind) else {
+                droppedDatagrams += 1
+                return
+            }
+            deliver(segment, now: now)
+        }
+        lastReceived = now
+        pump(now: now)
+    }
+
+    private enum HelloKind { case provisional, final }
+
+    /// The initiator learns the target's SID from HelloVerifyRequest (may change) and ServerHello (final).
+    private func acceptSourceSID(_ source: UInt64?, answersHello kind: HelloKind?) -> Bool {
+        guard let source else { return true }
+        if role == .target || remoteSIDLocked {
+            return source == remoteSID
+        }
+        switch kind {
+        case .provisional:
+            remoteSID = source
+        case .final:
+            remoteSID = source
+            remoteSIDLocked = true
+        case nil:
+            // A handshake datagram that answers nothing we know yet (e.g. a later flight) must match.
+            return remoteSID == nil || source == remoteSID
+        }
+        return true
+    }
+
+    /// Looks at the first record of a cleartext handshake datagram: HelloVerifyRequest (3) or ServerHello (2).
+    private static func serverHelloKind(_ payload: ByteBuffer) -> HelloKind? {
+        let start = payload.readerIndex
+        guard payload.readableBytes > 13,
+              payload.getInteger(at: start, as: UInt8.self) == 22,
+              payload.getInteger(at: start + 3, as: UInt16.self) == 0,
+              let type = payload.getInteger(at: start + 13, as: UInt8.self) else { return nil }
+        switch type {
+        case 3: return .provisional
+        case 2: return .final
+        default: return nil
+        }
+    }
+
+    /// The next framed datagram to send to `peerAddress`.
+    func pollDatagram() -> ByteBuffer? {
+        outbound.popFirst()
+    }
+
+    func pollEvent() -> SessionEvent? {
+        events.popFirst()
+    }
+
+    var nextDeadline: NIODeadline? {
+        var deadline = handshakeDeadline
+        func consider(_ candidate: NIODeadline?) {
+            guard let candidate else { return }
+            deadline = deadline.map { min($0, candidate) } ?? candidate
+        }
+        if isFinished { return nil }
+        consider(lingerDeadline)
+        if parameters.idleTimeout > .zero { consider(lastReceived + parameters.idleTimeout) }
+        consider(dtls?.nextDeadline)
+        consider(tcp?.nextDeadline)
+        return deadline
+    }
+
+    func handleTimeout(now: NIODeadline) {
+        guard !isFinished else { return }
+        if let handshakeDeadline, now >= handshakeDeadline {
+            fail(.timedOut("no handshake with the peer within \(parameters.handshakeTimeout.seconds) s"))
+            return
+        }
+        if parameters.idleTimeout > .zero, now >= lastReceived + parameters.idleTimeout {
+            fail(.timedOut("nothing received from the peer for \(parameters.idleTimeout.seconds) s"))
+            return
+        }
+        if let lingerDeadline, now >= lingerDeadline {
+            sendCloseNotifyAndFinish()
+            return
+        }
+        if let deadline = dtls?.nextDeadline, now >= deadline {
+            dtls?.handleTimeout(now: now)
+        }
+        if let deadline = tcp?.nextDeadline, now >= deadline {
+            tcp?.handleTimeout(now: now)
+        }
+        pump(now: now)
+    }
+
+    // MARK: Application side
+
+    var isEstablished: Bool { establishedReported }
+    var peerCertificateSubject: String? { dtls?.peerCertificateSubject }
+    var negotiatedCipherSuite: String? { dtls?.negotiatedCipherSuite }
+    var readableBytes: Int { tcp?.readableBytes ?? 0 }
+
+    /// Queues as much of `data` as the send buffer takes; returns the number of bytes taken.
+    func write(_ data: ByteBuffer, now: NIODeadline) -> Int {
+        guard !isFinished, tcp != nil else { return 0 }
+        let taken = tcp?.write(data) ?? 0
+        if taken > 0 { pump(now: now) }
+        return taken
+    }
+
+    func read(maximumBytes: Int, now: NIODeadline) -> ByteBuffer? {
+        guard let data = tcp?.read(maximumBytes: maximumBytes) else { return nil }
+        // Reading opens the window; let the engine announce it.
+        pump(now: now)
+        return data
+    }
+
+    func finishWriting(now: NIODeadline) {
+        guard !isFinished else { return }
+        tcp?.finishWriting()
+        pump(now: now)
+    }
+
+    /// Resets the connection and ends the session with `error`.
+    func abort(now: NIODeadline, error: TOUError) {
+        guard !isFinished else { return }
+        fail(error)
+    }
+
+    var stats: TOUConnectionStats {
+        TOUConnectionStats(tcp: tcp?.stats, droppedDatagrams: droppedDatagrams,
+                           malformedSegments: malformedSegments, cipherSuite: negotiatedCipherSuite)
+    }
+
+    // MARK: The pump
+
+    /// Moves everything that can move: DTLS events and plaintext into TCP, TCP output into DTLS
+    /// records and GUE datagrams, and the closing rules.
+    private func pump(now: NIODeadline) {
+        if dtls != nil {
+            while let event = dtls?.pollEvent() {
+                switch event {
+                case .handshakeCompleted:
+                    if role == .initiator && tcp == nil {
+                        startTCP(now: now)
+                    }
+                case .closeNotifyReceived:
+                    peerCloseNotifyReceived = true
+                case .failed(let error):
+                    fail(TOUError(error))
+                }
+            }
+            while !isFinished, let plaintext = dtls?.readApplicationData() {
+                do {
+                    let segment = try TCPSegment.parse(plaintext, checksum: .zero)
+                    deliver(segment, now: now)
+                } catch {
+                    malformedSegments += 1
+                }
+            }
+        }
+        driveTCP(now: now)
+        applyClosingRules(now: now)
+        drainDTLS()
+    }
+
+    private func deliver(_ segment: TCPSegment, now: NIODeadline) {
+        if tcp != nil {
+            tcp?.receive(segment, now: now)
+        } else if role == .target {
+            // The first segment must be the SYN; anything else before it is dropped.
+            if let connection = TCPConnection.accept(syn: segment, configuration: tcpConfiguration(),
+                                                     initialSequenceNumber: SessionID.randomISN(), now: now) {
+                tcp = connection
+            } else {
+                malformedSegments += 1
+            }
+        }
+    }
+
+    private func driveTCP(now: NIODeadline) {
+        guard tcp != nil else { return }
+        while let event = tcp?.pollEvent() {
+            switch event {
+            case .connected:
+                if !establishedReported {
+                    establishedReported = true
+                    handshakeDeadline = nil
+                    events.append(.established)
+                }
+            case .readable:
+                events.append(.readable)
+            case .writable:
+                events.append(.writable)
+            case .peerFinished:
+                events.append(.peerFinished)
+            case .closed(let reason):
+                switch reason {
+                case .normal: tcpClosedNormally = true
+                case .reset: fail(.connectionReset)
+                case .timedOut: fail(.timedOut("the peer stopped acknowledging data"))
+                case .aborted: break
+                }
+            }
+        }
+        while let segment = tcp?.pollTransmit(now: now) {
+            send(segment)
+        }
+    }
+
+    private func applyClosingRules(now: NIODeadline) {
+        guard !isFinished, let tcp else {
+            if peerCloseNotifyReceived && !isFinished {
+                fail(.protocolError("the peer closed the DTLS session before any TCP connection"))
+            }
+            return
+        }
+        if peerCloseNotifyReceived {
+            // The peer only says close_notify once it has our FIN and its own FIN is done.
+            if tcp.hasReceivedFIN {
+                sendCloseNotifyAndFinish()
+            } else {
+                fail(.truncated)
+            }
+            return
+        }
+        if tcpClosedNormally {
+            // Passive closer: our FIN is acknowledged last, so nothing is left to send or resend.
+            sendCloseNotifyAndFinish()
+            return
+        }
+        if tcp.state == .timeWait && lingerDeadline == nil {
+            // Active closer: keep re-acknowledging a retransmitted FIN for a while, not 2*MSL.
+            let threeRTO = tcp.retransmissionTimeout * 3
+            lingerDeadline = now + max(.seconds(2), threeRTO)
+        }
+    }
+
+    private func sendCloseNotifyAndFinish() {
+        guard !isFinished else { return }
+        if let dtls, dtls.state == .established {
+            dtls.sendCloseNotify()
+            drainDTLS()
+        }
+        isFinished = true
+        events.append(.finished(nil))
+    }
+
+    private func fail(_ error: TOUError) {
+        guard !isFinished else { return }
+        if let state = tcp?.state, state != .closed, error != .connectionReset {
+            // Tell the peer at once rather than letting it time out.
+            tcp?.abort()
+            while let segment = tcp?.pollTransmit(now: lastReceived) {
+                send(segment)
+            }
+        }
+        drainDTLS()
+        isFinished = true
+        finishError = error
+        events.append(.finished(error))
+    }
+
+    // MARK: Framing
+
+    private func send(_ segment: TCPSegment) {
+        switch parameters.security {
+        case .dtls:
+            guard let dtls, dtls.state == .established else { return }
+            segmentScratch.clear()
+            segment.write(into: &segmentScratch, checksum: .zero)
+            do {
+                try dtls.writeApplicationData(segmentScratch)
+            } catch {
+                fail(TOUError(error))
+                return
+            }
+            drainDTLS()
+        case .plain:
+            let source: UInt64? = segment.flags.contains(.syn) ? localSID : nil
+            let header = GUEHeader.plain(source: source, destination: remoteSID)
+            var datagram = allocator.buffer(capacity: header.encodedLength + segment.headerLength
+                                            + segment.payload.readableBytes)
+            header.write(into: &datagram)
+            segment.write(into: &datagram, checksum: .addressFree)
+            outbound.append(datagram)
+        }
+    }
+
+    private func drainDTLS() {
+        while let record = dtls?.pollDatagram() {
+            // S marks exactly the datagrams that carry handshake, CCS or epoch-0 records.
+            let needsSource = DTLSDatagramSummary.scan(record)?.carriesHandshakeOrEpoch0 ?? true
+            let header = GUEHeader.secure(source: needsSource ? localSID : nil, destination: remoteSID)
+            var datagram = allocator.buffer(capacity: header.encodedLength + record.readableBytes)
+            header.write(into: &datagram)
+            datagram.writeImmutableBuffer(record)
+            outbound.append(datagram)
+        }
+    }
+}
+
+extension TCPConnection {
+    /// Whether the peer's FIN has arrived (so every byte of its stream is here).
+    var hasReceivedFIN: Bool {
+        switch state {
+        case .closeWait, .lastAck, .closing, .timeWait, .closed: return true
+        default: return false
+        }
+    }
+}
+
+extension TimeAmount {
+    var seconds: Int64 { nanoseconds / 1_000_000_000 }
+}
+
+extension SocketAddress {
+    /// IPv4, or IPv4 seen through a dual-stack socket as ::ffff:a.b.c.d.
+    var isIPv4OrMapped: Bool {
+        switch self {
+        case .v4: return true
+        case .v6(let address):
+            let bytes = withUnsafeBytes(of: address.address.sin6_addr) { Array($0) }
+            return bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xff && bytes[11] == 0xff
+        default: return false
+        }
+    }
+}

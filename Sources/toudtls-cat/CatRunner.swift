@@ -1,0 +1,174 @@
+import Foundation
+import NIOCore
+import TOUDTLS
+
+/// Runs one toudtls-cat invocation and returns its exit code.
+struct CatRunner: Sendable {
+    let command: CatCommand
+    let streams = StandardStreams()
+
+    func run() async -> ExitCode32 {
+        do {
+            if command.listen {
+                try await runListener()
+            } else {
+                try await runClient()
+            }
+            return .success
+        } catch {
+            printError("toudtls-cat: \(describe(error))")
+            return exitCode(for: error)
+        }
+    }
+
+    private func describe(_ error: Error) -> String {
+        if let error = error as? TOUError { return error.description }
+        return "\(error)"
+    }
+
+    private func verbose(_ message: @autoclosure () -> String) {
+        if command.verbose { printError("toudtls-cat: \(message())") }
+    }
+
+    // MARK: Client
+
+    private func runClient() async throws {
+        let host = command.host ?? "localhost"
+        let connection = try await TOUConnection.connect(host: host, port: command.port,
+                                                         configuration: command.makeConfiguration())
+        verbose("connected to \(connection.remoteAddress)"
+                + (connection.cipherSuite.map { " with \($0)" } ?? " in plain mode")
+                + (connection.peerCertificateSubject.map { ", peer \($0)" } ?? ""))
+        try await serve(connection, sendStandardInput: true)
+    }
+
+    // MARK: Listener
+
+    private func runListener() async throws {
+        let listener = try await TOUListener.bind(host: command.host, port: command.port,
+                                                  configuration: command.makeConfiguration())
+        let address = listener.localAddress
+        if command.verbose {
+            printError("listening on \(Self.format(address))")
+        }
+        if command.keepOpen {
+            try await serveForever(listener)
+        } else {
+            for await connection in listener.connections {
+                verbose("connection from \(connection.remoteAddress)"
+                        + (connection.peerCertificateSubject.map { ", peer \($0)" } ?? ""))
+                // One connection only: stop admitting others while this one is served.
+                let closing = Task { try? await listener.close() }
+                try await serve(connection, sendStandardInput: true)
+                await closing.value
+                if command.verbose { printError("toudtls-cat: \(await listener.counters)") }
+                return
+            }
+            throw TOUError.closed
+        }
+    }
+
+    /// -k: every connection's bytes go to stdout; stdin is broadcast to the connections open when it is read.
+    private func serveForever(_ listener: TOUListener) async throws {
+        let hub = BroadcastHub()
+        let stdinPump = Task {
+            while let chunk = try await streams.read() {
+                await hub.broadcast(chunk)
+            }
+            await hub.finish()
+        }
+        defer { stdinPump.cancel() }
+        await withTaskGroup(of: Void.self) { group in
+            for await connection in listener.connections {
+                verbose("connection from \(connection.remoteAddress)")
+                group.addTask {
+                    await hub.add(connection)
+                    do {
+                        try await receive(connection)
+                        await hub.remove(connection)
+                        try await connection.close()
+                    } catch {
+                        await hub.remove(connection)
+                        printError("toudtls-cat: \(describe(error))")
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: Both
+
+    /// stdin -> peer (FIN at EOF), peer -> stdout; returns once both directions are finished and
+    /// the session has closed.
+    private func serve(_ connection: TOUConnection, sendStandardInput: Bool) async throws {
+        // Not a task group: a blocking stdin read cannot be cancelled, and a failed connection
+        // must not wait for the next line of input before we exit.
+        let sender = Task {
+            if sendStandardInput {
+                while let chunk = try await streams.read() {
+                    try await connection.write(chunk)
+                }
+            }
+            try await connection.finishWriting()
+        }
+        do {
+            try await receive(connection)
+            try await sender.value
+            try await connection.close()
+        } catch {
+            sender.cancel()
+            connection.abort()
+            throw error
+        }
+        if command.verbose {
+            printError("toudtls-cat: \(await connection.stats)")
+        }
+    }
+
+    private func receive(_ connection: TOUConnection) async throws {
+        for try await chunk in connection.inbound {
+            try await streams.write(chunk)
+        }
+    }
+
+    static func format(_ address: SocketAddress) -> String {
+        let ip = address.ipAddress ?? "?"
+        let port = address.port.map(String.init) ?? "?"
+        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+    }
+}
+
+/// Fans stdin out to every open connection (ncat -k semantics).
+actor BroadcastHub {
+    private var connections: [ObjectIdentifier: TOUConnection] = [:]
+    private var finished = false
+
+    func add(_ connection: TOUConnection) async {
+        if finished {
+            try? await connection.finishWriting()
+        } else {
+            connections[ObjectIdentifier(connection)] = connection
+        }
+    }
+
+    func remove(_ connection: TOUConnection) {
+        connections[ObjectIdentifier(connection)] = nil
+    }
+
+    func broadcast(_ chunk: ByteBuffer) async {
+        for connection in connections.values {
+            do {
+                try await connection.write(chunk)
+            } catch {
+                connections[ObjectIdentifier(connection)] = nil
+            }
+        }
+    }
+
+    func finish() async {
+        finished = true
+        for connection in connections.values {
+            try? await connection.finishWriting()
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+
+/// Runs the built toudtls-cat as a subprocess, as a user would.
+struct CLIProcess {
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+    static var certs: String { packageRoot.appendingPathComponent("certs").path }
+
+    /// The executable sits next to the test bundle in the build directory.
+    static var executable: URL {
+        let candidates = [
+            Bundle.main.bundleURL.appendingPathComponent("toudtls-cat"),
+            Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("toudtls-cat"),
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("toudtls-cat"),
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("toudtls-cat"),
+            packageRoot.appendingPathComponent(".build/debug/toudtls-cat"),
+        ]
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) } ?? candidates[0]
+    }
+
+    let process = Process()
+    let stdout = Pipe()
+    let stderr = Pipe()
+    private let outputData = LockedData()
+    private let errorData = LockedData()
+
+    init(_ arguments: [String], stdin: URL? = nil) throws {
+        process.executableURL = Self.executable
+        process.arguments = arguments
+        process.standardOutput = stdout
+        process.standardError = stderr
+        if let stdin {
+            process.standardInput = try FileHandle(forReadingFrom: stdin)
+        } else {
+            process.standardInput = FileHandle.nullDevice
+        }
+        let outputData = self.outputData
+        let errorData = self.errorData
+        stdout.fileHandleForReading.readabilityHandler = { handle in outputData.append(handle.availableData) }
+        stderr.fileHandleForReading.readabilityHandler = { handle in errorData.append(handle.availableData) }
+        try process.run()
+    }
+
+    /// Waits for exit (killing the process after `timeout` seconds) and returns the exit code.
+    @discardableResult
+    func wait(timeout: TimeInterval = 60) -> Int32 {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        process.waitUntilExit()
+        // Drain what is left in the pipes.
+        stdout.fileHandleForReading.readabilityHandler = nil
+        stderr.fileHandleForReading.readabilityHandler = nil
+        outputData.append(stdout.fileHandleForReading.readDataToEndOfFile())
+        errorData.append(stderr.fileHandleForReading.readDataToEndOfFile())
+        return process.terminationStatus
+    }
+
+    func terminate() {
+        if process.isRunning { process.terminate() }
+    }
+
+    var output: Data { outputData.value }
+    var errorOutput: String { String(decoding: errorData.value, as: UTF8.self) }
+
+    /// Waits until stderr shows `text` (e.g. "listening on").
+    func waitForError(containing text: String, timeout: TimeInterval = 30) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if errorOutput.contains(text) { return true }
+            if !process.isRunning { return errorOutput.contains(text) }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return false
+    }
+
+    /// The port printed by `-v` in "listening on ADDR:PORT".
+    var listeningPort: Int? {
+        guard let line = errorOutput.split(separator: "\n").first(where: { $0.contains("listening on") }),
+              let portText = line.split(separator: ":").last else { return nil }
+        return Int(portText.trimmingCharacters(in: .whitespaces))
+    }
+}
+
+final class LockedData: @unchecked Sendable {
+    private let lock = NSLock()
+    private var data = Data()
+    func append(_ more: Data) { lock.lock(); data.append(more); lock.unlock() }
+    var value: Data { lock.lock(); defer { lock.unlock() }; return data }
+}
+
+/// A temporary file of random bytes, removed by the caller.
+func makeRandomFile(bytes: Int) throws -> URL {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-\(UUID().uuidString).bin")
+    var generator = SystemRandomNumberGenerator()
+    var data = Data(count: bytes)
+    data.withUnsafeMutableBytes { raw in
+        for index in 0..<bytes { raw[index] = generator.next() }
+    }
+    try data.write(to: url)
+    return url
+}

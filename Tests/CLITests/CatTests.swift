@@ -1,0 +1,138 @@
+import Foundation
+import Testing
+
+/// toudtls-cat as a subprocess: real sockets, real exit codes, stdout and stderr.
+@Suite("toudtls-cat", .serialized)
+struct CatTests {
+    let certs = CLIProcess.certs
+
+    func listen(_ extra: [String], host: String? = "127.0.0.1") throws -> CLIProcess {
+        var arguments = ["-l", "-v"] + extra
+        if let host { arguments.append(host) }
+        arguments.append("0")
+        return try CLIProcess(arguments)
+    }
+
+    func secureServerArguments() -> [String] {
+        ["--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"]
+    }
+
+    /// Sends `file` from a client to a listener and checks the listener's stdout is identical.
+    func transfer(host: String, listenHost: String?, serverExtra: [String], clientExtra: [String],
+                  bytes: Int) throws {
+        let file = try makeRandomFile(bytes: bytes)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let server = try listen(serverExtra, host: listenHost)
+        defer { server.terminate() }
+        #expect(server.waitForError(containing: "listening on"), "listener never became ready: \(server.errorOutput)")
+        let port = try #require(server.listeningPort)
+        let client = try CLIProcess(clientExtra + [host, "\(port)"], stdin: file)
+        defer { client.terminate() }
+        let clientStatus = client.wait(timeout: 120)
+        let serverStatus = server.wait(timeout: 30)
+        #expect(clientStatus == 0, "client: \(client.errorOutput)")
+        #expect(serverStatus == 0, "server: \(server.errorOutput)")
+        let expected = try Data(contentsOf: file)
+        #expect(server.output.count == expected.count)
+        #expect(server.output == expected)
+    }
+
+    @Test("4 MB over IPv4 with DTLS arrives intact; both ends exit 0")
+    func secureIPv4() throws {
+        try transfer(host: "127.0.0.1", listenHost: "127.0.0.1", serverExtra: secureServerArguments(),
+                     clientExtra: ["--ca", "\(certs)/ca.pem", "--server-name", "localhost"], bytes: 4 << 20)
+    }
+
+    @Test("IPv6 with DTLS, the server name defaulting to the IP literal ::1")
+    func secureIPv6() throws {
+        try transfer(host: "::1", listenHost: "::1", serverExtra: secureServerArguments(),
+                     clientExtra: ["--ca", "\(certs)/ca.pem"], bytes: 1 << 20)
+    }
+
+    @Test("a listener without HOST accepts IPv4 and IPv6")
+    func dualStack() throws {
+        try transfer(host: "127.0.0.1", listenHost: nil, serverExtra: secureServerArguments(),
+                     clientExtra: ["--ca", "\(certs)/ca.pem"], bytes: 256 << 10)
+        try transfer(host: "::1", listenHost: nil, serverExtra: secureServerArguments(),
+                     clientExtra: ["--ca", "\(certs)/ca.pem"], bytes: 256 << 10)
+    }
+
+    @Test("--plain moves bytes too")
+    func plain() throws {
+        try transfer(host: "127.0.0.1", listenHost: "127.0.0.1", serverExtra: ["--plain"],
+                     clientExtra: ["--plain"], bytes: 2 << 20)
+    }
+
+    @Test("both directions: the listener's stdin reaches the client")
+    func bothDirections() throws {
+        let toClient = try makeRandomFile(bytes: 300_000)
+        let toServer = try makeRandomFile(bytes: 200_000)
+        defer {
+            try? FileManager.default.removeItem(at: toClient)
+            try? FileManager.default.removeItem(at: toServer)
+        }
+        let server = try CLIProcess(["-l", "-v"] + secureServerArguments() + ["127.0.0.1", "0"], stdin: toClient)
+        defer { server.terminate() }
+        #expect(server.waitForError(containing: "listening on"))
+        let port = try #require(server.listeningPort)
+        let client = try CLIProcess(["--ca", "\(certs)/ca.pem", "--server-name", "localhost", "127.0.0.1", "\(port)"],
+                                    stdin: toServer)
+        defer { client.terminate() }
+        #expect(client.wait() == 0, "client: \(client.errorOutput)")
+        #expect(server.wait() == 0, "server: \(server.errorOutput)")
+        #expect(client.output == (try Data(contentsOf: toClient)))
+        #expect(server.output == (try Data(contentsOf: toServer)))
+    }
+
+    func failingClient(_ clientExtra: [String], expectedStatus: Int32, message: String) throws {
+        let server = try listen(secureServerArguments())
+        defer { server.terminate() }
+        #expect(server.waitForError(containing: "listening on"))
+        let port = try #require(server.listeningPort)
+        let file = try makeRandomFile(bytes: 1000)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let client = try CLIProcess(clientExtra + ["127.0.0.1", "\(port)"], stdin: file)
+        defer { client.terminate() }
+        #expect(client.wait(timeout: 30) == expectedStatus, "client: \(client.errorOutput)")
+        #expect(client.errorOutput.contains(message), "stderr: \(client.errorOutput)")
+        #expect(client.errorOutput.split(separator: "\n").count == 1, "one line: \(client.errorOutput)")
+        server.terminate()
+        server.wait()
+        #expect(server.output.isEmpty, "nothing may reach the listener")
+    }
+
+    @Test("a client that does not trust the CA exits 3 and nothing is transferred")
+    func untrustedCA() throws {
+        try failingClient(["--ca", "\(certs)/other-ca.pem", "--server-name", "localhost"], expectedStatus: 3,
+                          message: "not trusted")
+    }
+
+    @Test("a client expecting another name exits 3")
+    func wrongName() throws {
+        try failingClient(["--ca", "\(certs)/ca.pem", "--server-name", "example.com"], expectedStatus: 3,
+                          message: "example.com")
+    }
+
+    @Test("bad usage and unreadable files exit 2")
+    func usageErrors() throws {
+        for arguments in [[String](), ["127.0.0.1"], ["-l"], ["127.0.0.1", "notaport"],
+                          ["--ca", "/nonexistent.pem", "127.0.0.1", "9"],
+                          ["-l", "--cert", "\(certs)/server.pem", "--key", "/nonexistent.key", "127.0.0.1", "0"]] {
+            let process = try CLIProcess(arguments)
+            #expect(process.wait() == 2, "\(arguments): \(process.errorOutput)")
+            #expect(!process.errorOutput.isEmpty)
+        }
+    }
+
+    @Test("nobody listening exits 4")
+    func unreachable() throws {
+        // A port from a listener that is gone again.
+        let server = try listen(["--plain"])
+        #expect(server.waitForError(containing: "listening on"))
+        let port = try #require(server.listeningPort)
+        server.terminate()
+        server.wait()
+        let client = try CLIProcess(["--plain", "127.0.0.1", "\(port)"])
+        #expect(client.wait(timeout: 30) == 4, "client: \(client.errorOutput)")
+    }
+}

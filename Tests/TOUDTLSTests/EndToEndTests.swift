@@ -1,0 +1,201 @@
+import Foundation
+import NIOCore
+import Testing
+@testable import TOUDTLS
+
+/// Real UDP sockets on loopback, real OpenSSL, both ends of the library.
+@Suite("End to end over loopback UDP")
+struct EndToEndTests {
+    static let certs = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("certs").path
+
+    static func serverConfiguration(requireClientCertificate: Bool = false) -> TOUConfiguration {
+        .server(certificateChain: .pemFile("\(certs)/server.pem"), privateKey: .pemFile("\(certs)/server.key"),
+                clientTrustRoots: .pemFile("\(certs)/ca.pem"), requireClientCertificate: requireClientCertificate)
+    }
+
+    static func clientConfiguration(ca: String = "ca.pem", serverName: String? = "localhost",
+                                    clientCertificate: Bool = false) -> TOUConfiguration {
+        .client(trustRoots: .pemFile("\(certs)/\(ca)"), serverName: serverName,
+                certificateChain: clientCertificate ? .pemFile("\(certs)/client.pem") : nil,
+                privateKey: clientCertificate ? .pemFile("\(certs)/client.key") : nil)
+    }
+
+    /// Deterministic bytes so the receiver can check every byte without keeping a copy.
+    struct Pattern {
+        var state: UInt64
+        mutating func fill(_ buffer: inout ByteBuffer, count: Int) {
+            for _ in 0..<count {
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                buffer.writeInteger(UInt8(truncatingIfNeeded: state >> 33))
+            }
+        }
+    }
+
+    static func send(_ connection: TOUConnection, bytes: Int, seed: UInt64) async throws {
+        var pattern = Pattern(state: seed)
+        var sent = 0
+        while sent < bytes {
+            let count = min(64 << 10, bytes - sent)
+            var chunk = ByteBufferAllocator().buffer(capacity: count)
+            pattern.fill(&chunk, count: count)
+            try await connection.write(chunk)
+            sent += count
+        }
+        try await connection.finishWriting()
+    }
+
+    /// Reads until the peer's FIN; returns the byte count, checking each byte against the pattern.
+    static func receive(_ connection: TOUConnection, seed: UInt64) async throws -> (count: Int, intact: Bool) {
+        var pattern = Pattern(state: seed)
+        var count = 0
+        var intact = true
+        for try await var chunk in connection.inbound {
+            var expected = ByteBufferAllocator().buffer(capacity: chunk.readableBytes)
+            pattern.fill(&expected, count: chunk.readableBytes)
+            if chunk.readSlice(length: chunk.readableBytes) != expected { intact = false }
+            count += expected.readableBytes
+        }
+        return (count, intact)
+    }
+
+    func transfer(server: TOUConfiguration, client: TOUConfiguration, host: String = "127.0.0.1",
+                  bytes: Int) async throws {
+        let listener = try await TOUListener.bind(host: host, port: 0, configuration: server)
+        let port = try #require(listener.localAddress.port)
+        let serverSide = Task {
+            var iterator = listener.connections.makeAsyncIterator()
+            let connection = try #require(await iterator.next())
+            async let received = Self.receive(connection, seed: 2)
+            try await Self.send(connection, bytes: bytes, seed: 1)
+            let result = try await received
+            try await connection.close()
+            return result
+        }
+        let connection = try await TOUConnection.connect(host: host, port: port, configuration: client)
+        async let received = Self.receive(connection, seed: 1)
+        try await Self.send(connection, bytes: bytes, seed: 2)
+        let clientResult = try await received
+        try await connection.close()
+        let serverResult = try await serverSide.value
+        #expect(clientResult.count == bytes && clientResult.intact)
+        #expect(serverResult.count == bytes && serverResult.intact)
+        try await listener.close()
+    }
+
+    @Test("10 MB each way with DTLS over IPv4, every byte checked")
+    func bulkBothWaysDTLS() async throws {
+        try await transfer(server: Self.serverConfiguration(), client: Self.clientConfiguration(), bytes: 10 << 20)
+    }
+
+    @Test("10 MB each way in plain mode")
+    func bulkBothWaysPlain() async throws {
+        try await transfer(server: .plain, client: .plain, bytes: 10 << 20)
+    }
+
+    @Test("IPv6 loopback with DTLS")
+    func ipv6() async throws {
+        try await transfer(server: Self.serverConfiguration(), client: Self.clientConfiguration(), host: "::1",
+                           bytes: 1 << 20)
+    }
+
+    @Test("the client sees the server's subject and the server the client's")
+    func certificateSubjects() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0,
+                                                  configuration: Self.serverConfiguration(requireClientCertificate: true))
+        let port = try #require(listener.localAddress.port)
+        let serverSide = Task {
+            var iterator = listener.connections.makeAsyncIterator()
+            let connection = try #require(await iterator.next())
+            let subject = connection.peerCertificateSubject
+            try await connection.finishWriting()
+            for try await _ in connection.inbound {}
+            try await connection.close()
+            return subject
+        }
+        let connection = try await TOUConnection.connect(host: "127.0.0.1", port: port,
+                                                         configuration: Self.clientConfiguration(clientCertificate: true))
+        #expect(connection.peerCertificateSubject?.contains("localhost") == true)
+        #expect(connection.cipherSuite?.contains("AES256-GCM") == true)
+        try await connection.finishWriting()
+        for try await _ in connection.inbound {}
+        try await connection.close()
+        #expect(try await serverSide.value?.contains("toudtls-test-client") == true)
+        let stats = await connection.stats
+        #expect(stats.smoothedRTT != nil)
+        try await listener.close()
+    }
+
+    @Test("an untrusted CA fails the handshake with a typed error")
+    func untrustedCA() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: Self.serverConfiguration())
+        let port = try #require(listener.localAddress.port)
+        await #expect {
+            _ = try await TOUConnection.connect(host: "127.0.0.1", port: port,
+                                                configuration: Self.clientConfiguration(ca: "other-ca.pem"))
+        } throws: { error in
+            guard case .untrustedCertificate = error as? TOUError else { return false }
+            return true
+        }
+        #expect(await listener.counters.sessionsAccepted == 0)
+        try await listener.close()
+    }
+
+    @Test("a wrong server name fails the handshake with a typed error")
+    func wrongName() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: Self.serverConfiguration())
+        let port = try #require(listener.localAddress.port)
+        await #expect {
+            _ = try await TOUConnection.connect(host: "127.0.0.1", port: port,
+                                                configuration: Self.clientConfiguration(serverName: "example.com"))
+        } throws: { error in
+            guard case .nameMismatch = error as? TOUError else { return false }
+            return true
+        }
+        try await listener.close()
+    }
+
+    @Test("a missing client certificate is refused when required")
+    func missingClientCertificate() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0,
+                                                  configuration: Self.serverConfiguration(requireClientCertificate: true))
+        let port = try #require(listener.localAddress.port)
+        await #expect {
+            _ = try await TOUConnection.connect(host: "127.0.0.1", port: port, configuration: Self.clientConfiguration())
+        } throws: { error in
+            (error as? TOUError)?.isAuthenticationFailure == true
+        }
+        #expect(await listener.counters.sessionsAccepted == 0)
+        try await listener.close()
+    }
+
+    @Test("nothing listening: unreachable, quickly")
+    func unreachable() async throws {
+        // Bind and close a socket to find a port nobody listens on.
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: .plain)
+        let port = try #require(listener.localAddress.port)
+        try await listener.close()
+        var configuration = TOUConfiguration.plain
+        configuration.handshakeTimeout = .seconds(3)
+        await #expect {
+            _ = try await TOUConnection.connect(host: "127.0.0.1", port: port, configuration: configuration)
+        } throws: { error in
+            switch error as? TOUError {
+            case .unreachable, .timedOut: return true
+            default: return false
+            }
+        }
+    }
+
+    @Test("an unreadable key file is a configuration error")
+    func unreadableFile() async throws {
+        let configuration = TOUConfiguration.server(certificateChain: .pemFile("\(Self.certs)/server.pem"),
+                                                    privateKey: .pemFile("/nonexistent/key.pem"))
+        await #expect {
+            _ = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: configuration)
+        } throws: { error in
+            guard case .unreadableFile = error as? TOUError else { return false }
+            return true
+        }
+    }
+}
