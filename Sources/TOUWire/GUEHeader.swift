@@ -79,6 +79,21 @@ public struct GUEHeader: Sendable, Hashable {
         GUEHeader(proto: protoPlain, transform: nil, sourceSID: source, destinationSID: destination)
     }
 
+    /// The header for a secure-mode datagram: S exactly when it carries handshake, change_cipher_spec
+    /// or epoch-0 records; D whenever the peer's SID is known. Without a known peer SID, S is
+    /// always set, since a header naming no session would be dropped.
+    public static func secure(carrying summary: DTLSDatagramSummary, localSID: UInt64, remoteSID: UInt64?) -> GUEHeader {
+        let needsS = summary.carriesHandshakeOrEpoch0 || remoteSID == nil
+        return secure(source: needsS ? localSID : nil, destination: remoteSID)
+    }
+
+    /// The header for a plain-mode segment: S exactly on SYN segments (or while the peer's SID is
+    /// unknown), D whenever the peer's SID is known.
+    public static func plain(synSet: Bool, localSID: UInt64, remoteSID: UInt64?) -> GUEHeader {
+        let needsS = synSet || remoteSID == nil
+        return plain(source: needsS ? localSID : nil, destination: remoteSID)
+    }
+
     /// The 16-bit flags value this header encodes.
     public var flags: UInt16 {
         (transform != nil ? Self.flagT : 0)

@@ -85,6 +85,32 @@ private let transform: [UInt8] = [1, 6, 0, 0]
         #expect(parsed.destinationSID == 42)
     }
 
+    // MARK: choosing flags on send
+
+    @Test func secureSendFlagsFollowTheRecords() {
+        let handshake = DTLSDatagramSummary(recordCount: 1, carriesHandshakeOrEpoch0: true, isClientHello: true,
+                                            lastApplicationData: nil)
+        let data = DTLSDatagramSummary(recordCount: 1, carriesHandshakeOrEpoch0: false, isClientHello: false,
+                                       lastApplicationData: DTLSRecordPosition(epoch: 1, sequenceNumber: 4))
+        // Initiator's first ClientHello: S only.
+        #expect(GUEHeader.secure(carrying: handshake, localSID: 5, remoteSID: nil)
+                == .secure(source: 5, destination: nil))
+        // Handshake once the peer is known: S and D.
+        #expect(GUEHeader.secure(carrying: handshake, localSID: 5, remoteSID: 9)
+                == .secure(source: 5, destination: 9))
+        // Data after the handshake: D only.
+        #expect(GUEHeader.secure(carrying: data, localSID: 5, remoteSID: 9)
+                == .secure(source: nil, destination: 9))
+        // Never a header that names no session.
+        #expect(GUEHeader.secure(carrying: data, localSID: 5, remoteSID: nil).sourceSID == 5)
+    }
+
+    @Test func plainSendFlagsFollowSYN() {
+        #expect(GUEHeader.plain(synSet: true, localSID: 5, remoteSID: nil) == .plain(source: 5, destination: nil))
+        #expect(GUEHeader.plain(synSet: true, localSID: 5, remoteSID: 9) == .plain(source: 5, destination: 9))
+        #expect(GUEHeader.plain(synSet: false, localSID: 5, remoteSID: 9) == .plain(source: nil, destination: 9))
+    }
+
     // MARK: drop rules, one test per reason and mode
 
     private static func valid(_ mode: TOUMode) -> [UInt8] {

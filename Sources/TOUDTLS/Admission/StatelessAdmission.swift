@@ -60,17 +60,27 @@ struct StatelessAdmission: Sendable {
         return cookies
     }
 
-    /// Checks a received cookie against the acceptable ones in constant time per candidate,
+    /// Checks a received cookie against the current and previous keys without allocating
+    /// (bogus cookies can arrive at line rate from spoofed sources), comparing in constant time
     /// so response timing reveals nothing about how much of a forged cookie was right.
     func isAcceptableCookie(_ cookie: some Collection<UInt8>, for peer: PeerKey) -> Bool {
         guard cookie.count == Self.cookieLength else { return false }
-        var accepted = false
-        for candidate in acceptableCookies(for: peer) {
-            var difference: UInt8 = 0
-            for (a, b) in zip(candidate, cookie) { difference |= a ^ b }
-            accepted = accepted || (difference == 0 && candidate.count == Self.cookieLength)
+        var accepted = Self.matches(cookie, key: current.cookieKey, peer: peer)
+        if let previous {
+            accepted = Self.matches(cookie, key: previous.cookieKey, peer: peer) || accepted
         }
         return accepted
+    }
+
+    private static func matches(_ cookie: some Collection<UInt8>, key: [UInt8], peer: PeerKey) -> Bool {
+        withDigest(key: key, peer: peer) { digest -> Bool in
+            guard let digest else { return false }
+            var difference: UInt8 = 0
+            for (expected, received) in zip(digest.prefix(cookieLength), cookie) {
+                difference |= expected ^ received
+            }
+            return difference == 0
+        }
     }
 
     // MARK: - HMAC
