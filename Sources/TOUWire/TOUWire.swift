@@ -1,1 +1,0 @@
-// TOUWire module.
