@@ -728,7 +728,8 @@ public struct TCPConnection {
 
     /// New data (or our SYN or FIN) acknowledged up to `ack`.
     private mutating func acknowledge(upTo ack: UInt32, now: NIODeadline) {
-        let acked = ack.seqDistance(from: sndUna)
+        // The SYN's sequence number carries no data and does not grow the congestion window.
+        let acked = ack.seqDistance(from: sndUna) - (sndUna == iss ? 1 : 0)
         let dataAcked = min(max(0, ack.seqDistance(from: sendBufferSequence)), sendBuffer.count)
         if dataAcked > 0 {
             sendBuffer.removeFirst(dataAcked)
