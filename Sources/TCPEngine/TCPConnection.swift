@@ -242,11 +242,13 @@ public struct TCPConnection {
     // MARK: - Timers
 
     public var nextDeadline: NIODeadline? {
-        var earliest: NIODeadline?
-        for deadline in [rtoDeadline, persistDeadline, delayedACKDeadline, timeWaitDeadline] {
-            if let deadline, earliest.map({ deadline < $0 }) ?? true { earliest = deadline }
+        // No array literal here: this runs after every event and should not allocate.
+        func earlier(_ a: NIODeadline?, _ b: NIODeadline?) -> NIODeadline? {
+            guard let a else { return b }
+            guard let b else { return a }
+            return min(a, b)
         }
-        return earliest
+        return earlier(earlier(rtoDeadline, persistDeadline), earlier(delayedACKDeadline, timeWaitDeadline))
     }
 
     public mutating func handleTimeout(now: NIODeadline) {
