@@ -785,6 +785,15 @@ int tou_dtls_conn_record_overhead(const tou_dtls_conn *c) {
     }
 }
 
+int tou_dtls_conn_aead_expansion(const tou_dtls_conn *c) {
+    const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
+    if (ci != NULL) {
+        int nid = SSL_CIPHER_get_cipher_nid(ci);
+        if (nid == NID_aes_128_gcm || nid == NID_aes_256_gcm) return 8 + 16;
+    }
+    return 16;
+}
+
 size_t tou_dtls_conn_data_mtu(const tou_dtls_conn *c) { return DTLS_get_data_mtu(c->ssl); }
 
 int tou_dtls_conn_peer_subject(const tou_dtls_conn *c, char *buf, size_t cap) {

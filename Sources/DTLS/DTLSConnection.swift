@@ -94,6 +94,12 @@ public final class DTLSConnection {
                 for i in 5..<11 { sequence = sequence << 8 | UInt64(raw[offset + i]) }
                 let record = UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + 13 + length)])
                 offset += 13 + length
+                // OpenSSL 3.0 fails the whole session on a protected record shorter than the AEAD
+                // nonce + tag instead of discarding it; such a record can only be forged.
+                guard epoch == 0 || length >= Int(tou_dtls_conn_aead_expansion(handle)) else {
+                    droppedRecords += 1
+                    continue
+                }
                 // Only the four DTLS 1.2 content types, and never unprotected application data:
                 // OpenSSL would treat such a record as fatal, which would let anyone kill a session.
                 guard (20...23).contains(type), !(type == 23 && epoch == 0) else {

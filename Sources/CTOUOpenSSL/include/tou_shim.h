@@ -117,6 +117,8 @@ int tou_dtls_conn_set_mtu(tou_dtls_conn *conn, int mtu);
 int tou_dtls_conn_is_established(const tou_dtls_conn *conn);
 const char *tou_dtls_conn_cipher(const tou_dtls_conn *conn);          /* NULL before handshake */
 int tou_dtls_conn_record_overhead(const tou_dtls_conn *conn);         /* 0 before handshake */
+/* Smallest valid protected record body for the (pending or current) suite: nonce + tag. */
+int tou_dtls_conn_aead_expansion(const tou_dtls_conn *conn);
 size_t tou_dtls_conn_data_mtu(const tou_dtls_conn *conn);             /* plaintext room at handshake MTU */
 int tou_dtls_conn_peer_subject(const tou_dtls_conn *conn, char *buf, size_t cap); /* 1 if present */
 int tou_dtls_conn_error_kind(const tou_dtls_conn *conn);
