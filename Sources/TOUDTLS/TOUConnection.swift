@@ -9,7 +9,7 @@ import NIOPosix
 /// the session has ended as the wire format's closing rules say.
 public final class TOUConnection: Sendable {
     // All access to `core` happens on `endpoint.loop`.
-    nonisolated(unsafe) let core: ConnectionCore
+    let core: ConnectionCore
     let endpoint: TOUEndpoint
 
     /// The subject of the peer's certificate (e.g. "CN=localhost"), nil in plain mode or without one.
@@ -51,7 +51,8 @@ public final class TOUConnection: Sendable {
             channel = try await DatagramBootstrap(group: loop)
                 .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
                 .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
-                .channelOption(.datagramVectorReadMessageCount, value: 64)
+                .channelOption(.datagramVectorReadMessageCount, value: configuration.receiveBatch.count)
+                .channelOption(.recvAllocator, value: configuration.receiveBatch.allocator)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(EndpointHandler(endpoint: endpoint))

@@ -35,7 +35,8 @@ public final class TOUListener: Sendable {
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
             .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
-            .channelOption(.datagramVectorReadMessageCount, value: 64)
+            .channelOption(.datagramVectorReadMessageCount, value: configuration.receiveBatch.count)
+            .channelOption(.recvAllocator, value: configuration.receiveBatch.allocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(EndpointHandler(endpoint: endpoint))
