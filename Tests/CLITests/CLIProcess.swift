@@ -100,7 +100,7 @@ func makeRandomFile(bytes: Int) throws -> URL {
     let url = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-\(UUID().uuidString).bin")
     var generator = SystemRandomNumberGenerator()
     var data = Data(count: bytes)
-    data.withUnsafeMutableBytes { raw in
+    data.withUnsafeMutableBytes { (raw: UnsafeMutableRawBufferPointer) in
         for index in 0..<bytes { raw[index] = generator.next() }
     }
     try data.write(to: url)
