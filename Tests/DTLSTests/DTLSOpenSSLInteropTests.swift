@@ -51,6 +51,21 @@ private final class UDPSocket {
         _ = datagram.withUnsafeReadableBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
     }
 
+    /// Receives one datagram and connects the socket to its sender, so replies go back there.
+    func receiveAndConnect() -> ByteBuffer? {
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        var from = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let n = withUnsafeMutablePointer(to: &from) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, &buffer, buffer.count, 0, $0, &length) }
+        }
+        guard n > 0 else { return nil }
+        _ = withUnsafePointer(to: &from) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) }
+        }
+        return ByteBuffer(bytes: buffer[0..<n])
+    }
+
     func receive() -> ByteBuffer? {
         var buffer = [UInt8](repeating: 0, count: 65_536)
         let n = recv(fd, &buffer, buffer.count, 0)
@@ -60,18 +75,22 @@ private final class UDPSocket {
 }
 
 /// Runs `openssl s_server -dtls1_2`, collecting its stdout.
-private final class OpenSSLServer: @unchecked Sendable {
+private final class OpenSSLProcess: @unchecked Sendable {
     let process = Process()
     private let output = Pipe()
     private let input = Pipe()
     private let lock = NSLock()
     private var collected = Data()
 
-    init(port: UInt16, extraArguments: [String] = []) throws {
+    convenience init(port: UInt16) throws {
+        try self.init(arguments: ["s_server", "-dtls1_2", "-accept", "127.0.0.1:\(port)",
+                                  "-cert", Certs.path("server.pem"), "-key", Certs.path("server.key"),
+                                  "-mtu", "1400"])
+    }
+
+    init(arguments: [String]) throws {
         process.executableURL = URL(fileURLWithPath: opensslPath ?? "/usr/bin/openssl")
-        process.arguments = ["s_server", "-dtls1_2", "-accept", "127.0.0.1:\(port)",
-                             "-cert", Certs.path("server.pem"), "-key", Certs.path("server.key"),
-                             "-mtu", "1400"] + extraArguments
+        process.arguments = arguments
         process.standardOutput = output
         process.standardError = output
         process.standardInput = input
@@ -107,7 +126,7 @@ private final class OpenSSLServer: @unchecked Sendable {
     @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"))
     func clientHandshakesWithOpenSSLServer() throws {
         let port = try UDPSocket().localPort  // a free port, released for the server to take
-        let server = try OpenSSLServer(port: port)
+        let server = try OpenSSLProcess(port: port)
         defer { server.stop() }
         Thread.sleep(forTimeInterval: 0.3)
 
@@ -138,5 +157,59 @@ private final class OpenSSLServer: @unchecked Sendable {
         #expect(client.negotiatedCipherSuite == "ECDHE-ECDSA-AES256-GCM-SHA384")
         client.sendCloseNotify()
         while let datagram = client.pollDatagram() { socket.send(datagram) }
+    }
+
+    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"))
+    func serverAcceptsOpenSSLClientThroughCookieExchange() throws {
+        let socket = try UDPSocket()
+        let context = try Certs.server()
+        let client = try OpenSSLProcess(arguments: [
+            "s_client", "-dtls1_2", "-connect", "127.0.0.1:\(socket.localPort)", "-mtu", "1400",
+            "-CAfile", Certs.path("ca.pem"), "-verify_return_error", "-servername", "localhost",
+        ])
+        defer { client.stop() }
+        let cookie: [UInt8] = Array("interop-cookie".utf8)
+        var connection: DTLSConnection?
+        var helloVerifyRequests = 0
+        var events: [DTLSEvent] = []
+        var received = ""
+        var sentHello = false
+        let start = NIODeadline.now()
+        while NIODeadline.now() < start + .seconds(10) {
+            if let connection {
+                if let datagram = socket.receive() { connection.receiveDatagram(datagram, now: .now()) }
+                if let deadline = connection.nextDeadline, deadline <= .now() { connection.handleTimeout(now: .now()) }
+                while let datagram = connection.pollDatagram() { socket.send(datagram) }
+                while let event = connection.pollEvent() { events.append(event) }
+                while var data = connection.readApplicationData() {
+                    received += data.readString(length: data.readableBytes) ?? ""
+                }
+                if events.contains(.handshakeCompleted), !sentHello {
+                    client.write("hello from openssl\n")
+                    try connection.writeApplicationData(ByteBuffer(string: "hello from toudtls\n"))
+                    while let datagram = connection.pollDatagram() { socket.send(datagram) }
+                    sentHello = true
+                }
+                if received.contains("hello from openssl"), client.text.contains("hello from toudtls") { break }
+                if events.contains(where: { if case .failed = $0 { return true } else { return false } }) { break }
+            } else if let datagram = socket.receiveAndConnect() {
+                switch context.listen(datagram: datagram, cookieToIssue: cookie, acceptableCookies: [cookie],
+                                      mtu: 1400, now: .now()) {
+                case .helloVerifyRequest(let hvr):
+                    helloVerifyRequests += 1
+                    socket.send(hvr)
+                case .accepted(let accepted):
+                    connection = accepted
+                    while let datagram = accepted.pollDatagram() { socket.send(datagram) }
+                case .dropped:
+                    break
+                }
+            }
+        }
+        #expect(helloVerifyRequests >= 1)
+        #expect(events.first == .handshakeCompleted, "events: \(events); openssl said: \(client.text)")
+        #expect(received.contains("hello from openssl"))
+        #expect(client.text.contains("hello from toudtls"))
+        #expect(client.text.contains("Verify return code: 0 (ok)"))
     }
 }
