@@ -120,12 +120,18 @@ public final class TOUConnection: Sendable {
         try await promise.futureResult.get()
     }
 
-    /// Resets the connection at once (TCP RST); pending and later operations fail.
-    public func abort() {
+    /// Resets the connection at once (TCP RST); pending and later operations fail. Returns once
+    /// the reset has been handed to the socket, so a process may exit right after.
+    public func abort() async {
         let core = self.core
-        endpoint.loop.execute { [endpoint] in
+        try? await endpoint.loop.submit { [endpoint] in
             endpoint.withCore(core) { core, now in core.session.abort(now: now, error: .closed) }
-        }
+        }.get()
+    }
+
+    /// `abort()` for callers already on the endpoint's loop.
+    func abortOnLoop() {
+        endpoint.withCore(core) { core, now in core.session.abort(now: now, error: .closed) }
     }
 
     /// A snapshot of the connection's counters.

@@ -61,7 +61,7 @@ public final class TOUListener: Sendable {
             endpoint.onAccept = { connection in
                 if case .dropped(let connection) = continuation.yield(connection) {
                     // Nobody takes connections this fast: refuse rather than queue without bound.
-                    connection.abort()
+                    connection.abortOnLoop()
                 }
             }
         }.get()

@@ -88,7 +88,7 @@ struct Bench: AsyncParsableCommand {
                         }
                         try await connection.close()
                     } catch {
-                        connection.abort()
+                        await connection.abort()
                     }
                 }
             }
