@@ -104,11 +104,9 @@ final class LockedData: @unchecked Sendable {
 /// A temporary file of random bytes, removed by the caller.
 func makeRandomFile(bytes: Int) throws -> URL {
     let url = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-\(UUID().uuidString).bin")
-    var generator = SystemRandomNumberGenerator()
-    var data = Data(count: bytes)
-    data.withUnsafeMutableBytes { (raw: UnsafeMutableRawBufferPointer) in
-        for index in 0..<bytes { raw[index] = generator.next() }
-    }
+    let random = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/urandom"))
+    defer { try? random.close() }
+    let data = try random.read(upToCount: bytes) ?? Data()
     try data.write(to: url)
     return url
 }
