@@ -48,16 +48,7 @@ public final class TOUConnection: Sendable {
         }
         let channel: Channel
         do {
-            channel = try await DatagramBootstrap(group: loop)
-                .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
-                .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
-                .channelOption(.datagramVectorReadMessageCount, value: configuration.receiveBatch.count)
-                .channelOption(.recvAllocator, value: configuration.receiveBatch.allocator)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(EndpointHandler(endpoint: endpoint))
-                    }
-                }
+            channel = try await DatagramBootstrap.endpoint(endpoint)
                 .connect(to: remote)
                 .get()
         } catch {

@@ -398,3 +398,21 @@ final class EndpointHandler: ChannelInboundHandler {
         endpoint.channelClosed()
     }
 }
+
+extension DatagramBootstrap {
+    /// A UDP socket on the endpoint's loop feeding the endpoint, with buffers sized for bulk
+    /// transfer and batched receives.
+    static func endpoint(_ endpoint: TOUEndpoint) -> DatagramBootstrap {
+        let batch = endpoint.configuration.receiveBatch
+        return DatagramBootstrap(group: endpoint.loop)
+            .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
+            .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
+            .channelOption(.datagramVectorReadMessageCount, value: batch.count)
+            .channelOption(.recvAllocator, value: batch.allocator)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(EndpointHandler(endpoint: endpoint))
+                }
+            }
+    }
+}

@@ -31,17 +31,8 @@ public final class TOUListener: Sendable {
         let endpoint = TOUEndpoint(loop: loop, role: .listener, configuration: configuration, dtlsContext: context)
         let (stream, continuation) = AsyncStream.makeStream(of: TOUConnection.self,
                                                             bufferingPolicy: .bufferingOldest(configuration.acceptBacklog))
-        let bootstrap = DatagramBootstrap(group: loop)
+        let bootstrap = DatagramBootstrap.endpoint(endpoint)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
-            .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
-            .channelOption(.datagramVectorReadMessageCount, value: configuration.receiveBatch.count)
-            .channelOption(.recvAllocator, value: configuration.receiveBatch.allocator)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(EndpointHandler(endpoint: endpoint))
-                }
-            }
         let channel: Channel
         do {
             if let host {
