@@ -22,25 +22,29 @@ struct HyStartPlusPlus: Sendable {
 
     enum Verdict { case slowStart, conservative, exitToAvoidance }
 
-    /// Feeds one ACK taken in slow start; says how the window should grow for it.
+    /// Feeds one ACK taken in slow start; says how the window should grow for it. The ACK that
+    /// reaches the round's end still belongs to that round; the next round starts after it.
     mutating func onAck(_ sample: CongestionAckSample) -> Verdict {
+        if windowEnd == nil { windowEnd = sample.highestSent }
+        if let rtt = sample.rttSample {
+            currentRoundMinimumRTT = min(currentRoundMinimumRTT ?? rtt, rtt)
+            samples += 1
+        }
+        var verdict = evaluate()
         if let end = windowEnd, sample.acknowledgment.seqGE(end) {
-            // A round ended: start the next one.
             windowEnd = sample.highestSent
             lastRoundMinimumRTT = currentRoundMinimumRTT
             currentRoundMinimumRTT = nil
             samples = 0
             if cssBaselineMinimumRTT != nil {
                 roundsInCSS += 1
-                if roundsInCSS >= Self.cssRounds { return .exitToAvoidance }
+                if roundsInCSS >= Self.cssRounds { verdict = .exitToAvoidance }
             }
-        } else if windowEnd == nil {
-            windowEnd = sample.highestSent
         }
-        if let rtt = sample.rttSample {
-            currentRoundMinimumRTT = min(currentRoundMinimumRTT ?? rtt, rtt)
-            samples += 1
-        }
+        return verdict
+    }
+
+    private mutating func evaluate() -> Verdict {
         guard samples >= Self.rttSamplesPerRound, let current = currentRoundMinimumRTT else {
             return inConservativeSlowStart ? .conservative : .slowStart
         }

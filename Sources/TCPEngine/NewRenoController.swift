@@ -44,8 +44,8 @@ public struct NewRenoController: CongestionController {
     }
 
     public mutating func onRecoveryExit(now: NIODeadline, bytesInFlight: Int) {
-        // RFC 6582 3.2 (5), option 1 bounded so a drained pipe does not burst.
-        congestionWindow = min(slowStartThreshold, max(bytesInFlight, mss) + mss)
+        // RFC 6582 3.2 (5), option 2 (as Linux): pacing keeps a drained pipe from bursting.
+        congestionWindow = slowStartThreshold
     }
 
     public mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int) {

@@ -237,8 +237,8 @@ struct TCPScoreboard {
 
     mutating func noteReordering() { reorderingSeen = true }
 
+    /// A nil hint already means "from the first entry"; only a set hint moves down.
     private func lower(_ hint: inout UInt32?, to sequence: UInt32) {
-        if let current = hint, current.seqLE(sequence) { return }
-        hint = sequence
+        if let current = hint, current.seqGT(sequence) { hint = sequence }
     }
 }
