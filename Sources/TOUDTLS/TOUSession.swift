@@ -428,7 +428,8 @@ final class TOUSession {
 
     private func sendCloseNotifyAndFinish() {
         guard !isFinished else { return }
-        if let dtls, dtls.state == .established {
+        // The peer's close_notify moves DTLS to .closed, and ours must still go out then.
+        if let dtls, dtls.state == .established || dtls.state == .closed {
             dtls.sendCloseNotify()
             drainDTLS()
         }
