@@ -15,6 +15,9 @@ struct GoodputBenchmark {
     var congestion: CongestionChoice
     var duration: TimeAmount
     var warmupLimit: TimeAmount
+    /// Extra time after slow start ends before measuring, so the recovery from slow start's
+    /// overshoot of the queue is not counted against steady state.
+    var settle: TimeAmount
     var seed: UInt64
     /// Segments of trace to print to stderr (for investigating a run); 0 for none.
     var traceLines = 0
@@ -64,6 +67,7 @@ struct GoodputBenchmark {
         {
             before = simulation.run(until: before.elapsed + .milliseconds(100))
         }
+        before = simulation.run(until: before.elapsed + settle)
         // Sample srtt once per 100 ms across the measured span.
         var rttSum = 0.0
         var rttSamples = 0

@@ -17,6 +17,9 @@ struct NetSim: ParsableCommand {
     @Option(help: "Longest warm-up (virtual seconds) while waiting for slow start to end.")
     var warmupLimit: Double = 20
 
+    @Option(help: "Virtual seconds after slow start ends before measuring (lets its overshoot recover).")
+    var settle: Double = 2
+
     @Option(help: "Seed of the simulation's random generator.")
     var seed: UInt64 = 1
 
@@ -67,6 +70,7 @@ struct NetSim: ParsableCommand {
                     bandwidth: bandwidth, rtt: .milliseconds(Int64(rttMilliseconds)), queueBDP: queueBDP, loss: loss,
                     lossOnACKs: lossOnACKs, mss: mss, congestion: choice,
                     duration: .nanoseconds(Int64(duration * 1e9)), warmupLimit: .nanoseconds(Int64(warmupLimit * 1e9)),
+                    settle: .nanoseconds(Int64(settle * 1e9)),
                     seed: seed, traceLines: trace)
                 guard let outcome = benchmark.run() else {
                     if !unavailable.contains(choice.rawValue) { unavailable.append(choice.rawValue) }
@@ -103,7 +107,7 @@ struct NetSim: ParsableCommand {
     private func printTableHeader() {
         standardError(
             "\(megabits) Mbit/s, RTT \(rttMilliseconds) ms, queue \(queueBDP) BDP, MSS \(mss), "
-                + "\(duration) s measured after slow start, seed \(seed)\n")
+                + "\(duration) s measured from \(settle) s after slow start, seed \(seed)\n")
         standardError(
             pad("cc", 8) + pad("loss", 7) + pad("goodput", 11) + pad("share", 7) + pad("Mathis1.22", 11)
                 + pad("Mathis0.87", 11) + pad("CUBIC9438", 11) + pad("retx/MB", 9) + pad("RTO/1kLost", 11)
