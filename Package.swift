@@ -66,6 +66,7 @@ let package = Package(
             dependencies: [
                 "TOUWire", "TCPEngine", "DTLS", "CTOUOpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),

@@ -1,4 +1,5 @@
 import DequeModule
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// The event-loop side of one connection: its session plus the application's waiting reads,
@@ -8,6 +9,7 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     /// Listener sessions are reachable by (address, port, S) until established.
     var admissionKey: PeerKey?
     var timer: Scheduled<Void>?
+    var knownAddressChanges = 0
     var timerDeadline: NIODeadline?
 
     var connectPromise: EventLoopPromise<TOUConnection>?
@@ -24,8 +26,12 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     /// Largest chunk handed to one `inbound` iteration.
     static let readChunk = 256 << 10
 
+    /// Readable from any thread for `TOUConnection.remoteAddress`.
+    let peerAddress: NIOLockedValueBox<SocketAddress>
+
     init(session: TOUSession) {
         self.session = session
+        self.peerAddress = NIOLockedValueBox(session.peerAddress)
     }
 
     // MARK: Application requests (on the loop)

@@ -1,5 +1,6 @@
 import DTLS
 import NIOCore
+import NIOConcurrencyHelpers
 import NIOPosix
 
 /// One secure (or plain) TOU connection: a TCP byte stream inside DTLS inside GUE over UDP.
@@ -17,7 +18,8 @@ public final class TOUConnection: Sendable {
     /// The negotiated DTLS cipher suite, nil in plain mode.
     public let cipherSuite: String?
     public let localAddress: SocketAddress?
-    public let remoteAddress: SocketAddress
+    /// The peer's current address: it follows the peer when its address changes (NAT rebinding).
+    public var remoteAddress: SocketAddress { core.peerAddress.withLockedValue { $0 } }
 
     init(core: ConnectionCore, endpoint: TOUEndpoint) {
         self.core = core
@@ -25,7 +27,6 @@ public final class TOUConnection: Sendable {
         self.peerCertificateSubject = core.session.peerCertificateSubject
         self.cipherSuite = core.session.negotiatedCipherSuite
         self.localAddress = endpoint.context?.channel.localAddress
-        self.remoteAddress = core.session.peerAddress
     }
 
     // MARK: Connecting

@@ -21,6 +21,10 @@ public struct TOUConnectionStats: Sendable, CustomStringConvertible {
     public var malformedSegments: Int
     /// The negotiated DTLS suite, nil in plain mode.
     public var cipherSuite: String?
+    /// Times the peer's address moved (NAT rebinding, migration), and datagrams held back from a
+    /// new address that had not yet proven it is live (the 3x amplification limit).
+    public var addressChanges = 0
+    public var amplificationLimitedDatagrams = 0
 
     init(tcp: TCPStats?, droppedDatagrams: Int, malformedSegments: Int, cipherSuite: String?) {
         bytesSent = tcp?.bytesSent ?? 0

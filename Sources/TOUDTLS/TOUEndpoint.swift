@@ -213,6 +213,11 @@ final class TOUEndpoint: @unchecked Sendable {
     /// After any input to a session: send its datagrams, hand its events on, re-arm its timer.
     func drive(_ core: ConnectionCore, now: NIODeadline) {
         let session = core.session
+        if session.addressChanges != core.knownAddressChanges {
+            core.knownAddressChanges = session.addressChanges
+            core.peerAddress.withLockedValue { $0 = session.peerAddress }
+            logger.info("peer address changed", metadata: ["sid": "\(session.localSID)", "peer": "\(session.peerAddress)"])
+        }
         while let datagram = session.pollDatagram() {
             emit(datagram, to: session.peerAddress)
         }

@@ -74,6 +74,18 @@ final class TOUSession {
     private var establishedReported = false
     private(set) var droppedDatagrams = 0
     private(set) var malformedSegments = 0
+    /// A peer address learnt from an authenticated datagram, not yet shown to be live.
+    private var unvalidatedPath: UnvalidatedPath?
+    /// One past the highest sequence number sent: ACKs beyond what was sent before a move prove the new path.
+    private var highestSequenceSent: UInt32?
+    private(set) var addressChanges = 0
+    private(set) var amplificationLimitedDatagrams = 0
+
+    private struct UnvalidatedPath {
+        var validationPoint: UInt32
+        var bytesReceived: Int
+        var bytesSent = 0
+    }
     /// Everything this session refused: wrong SIDs, records DTLS rejected, undecodable segments.
     var droppedCount: Int { droppedDatagrams + malformedSegments + (dtls?.droppedRecords ?? 0) }
 
@@ -183,6 +195,7 @@ final class TOUSession {
                 return
             }
             dtls?.receiveDatagram(payload, now: now)
+            learnAddress(address, datagramBytes: header.encodedLength + payload.readableBytes)
         case .plain:
             let segment: TCPSegment
             do {
@@ -223,6 +236,27 @@ final class TOUSession {
         return true
     }
 
+    /// Address learning (wire format): only an established session moves, and only on a datagram
+    /// whose record authenticated and advanced the receive window, so replays never move it.
+    private func learnAddress(_ address: SocketAddress, datagramBytes: Int) {
+        if address != peerAddress, establishedReported, dtls?.lastDatagramAdvancedReceiveWindow == true {
+            peerAddress = address
+            addressChanges += 1
+            unvalidatedPath = UnvalidatedPath(validationPoint: highestSequenceSent ?? 0, bytesReceived: 0)
+        }
+        if address == peerAddress, unvalidatedPath != nil {
+            unvalidatedPath?.bytesReceived += datagramBytes
+        }
+    }
+
+    /// The new path is live once the peer acknowledges data first sent after the move.
+    private func checkPathValidation(_ segment: TCPSegment) {
+        guard let path = unvalidatedPath, segment.flags.contains(.ack) else { return }
+        if Int32(bitPattern: segment.acknowledgmentNumber &- path.validationPoint) > 0 {
+            unvalidatedPath = nil
+        }
+    }
+
     /// Looks at the first record of a cleartext handshake datagram: HelloVerifyRequest (3) or ServerHello (2).
     private static func serverHelloKind(_ payload: ByteBuffer) -> HelloKind? {
         let start = payload.readerIndex
@@ -239,7 +273,18 @@ final class TOUSession {
 
     /// The next framed datagram to send to `peerAddress`.
     func pollDatagram() -> ByteBuffer? {
-        outbound.popFirst()
+        while let datagram = outbound.popFirst() {
+            if let path = unvalidatedPath {
+                // At most three times what the unproven address sent us; TCP resends what is held back.
+                guard path.bytesSent + datagram.readableBytes <= 3 * path.bytesReceived else {
+                    amplificationLimitedDatagrams += 1
+                    continue
+                }
+                unvalidatedPath?.bytesSent += datagram.readableBytes
+            }
+            return datagram
+        }
+        return nil
     }
 
     func pollEvent() -> SessionEvent? {
@@ -318,8 +363,11 @@ final class TOUSession {
     }
 
     var stats: TOUConnectionStats {
-        TOUConnectionStats(tcp: tcp?.stats, droppedDatagrams: droppedDatagrams + (dtls?.droppedRecords ?? 0),
-                           malformedSegments: malformedSegments, cipherSuite: negotiatedCipherSuite)
+        var stats = TOUConnectionStats(tcp: tcp?.stats, droppedDatagrams: droppedDatagrams + (dtls?.droppedRecords ?? 0),
+                                       malformedSegments: malformedSegments, cipherSuite: negotiatedCipherSuite)
+        stats.addressChanges = addressChanges
+        stats.amplificationLimitedDatagrams = amplificationLimitedDatagrams
+        return stats
     }
 
     // MARK: The pump
@@ -355,6 +403,7 @@ final class TOUSession {
     }
 
     private func deliver(_ segment: TCPSegment, now: NIODeadline) {
+        checkPathValidation(segment)
         if tcp != nil {
             tcp?.receive(segment, now: now)
         } else if role == .target {
@@ -455,6 +504,12 @@ final class TOUSession {
     // MARK: Framing
 
     private func send(_ segment: TCPSegment) {
+        let end = segment.sequenceNumber &+ UInt32(truncatingIfNeeded: segment.sequenceLength)
+        if let highest = highestSequenceSent, Int32(bitPattern: end &- highest) <= 0 {
+            // Not beyond what was already sent.
+        } else {
+            highestSequenceSent = end
+        }
         switch parameters.security {
         case .dtls:
             guard let dtls, dtls.state == .established else { return }

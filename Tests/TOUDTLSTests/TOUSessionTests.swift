@@ -28,6 +28,8 @@ struct TOUSessionTests {
         var fromInitiator: [(GUEHeader, ByteBuffer)] = []
         var fromTarget: [(GUEHeader, ByteBuffer)] = []
         var initiatorEvents: [SessionEvent] = []
+        /// Where the initiator's datagrams appear to come from (a NAT may change it).
+        var initiatorAddress = TOUSessionTests.clientAddress
         var targetEvents: [SessionEvent] = []
 
         init(parameters: SessionParameters) throws {
@@ -71,7 +73,7 @@ struct TOUSessionTests {
 
         private func deliverToTarget(header: GUEHeader, payload: ByteBuffer, now: NIODeadline) {
             if let target, header.destinationSID == target.localSID {
-                target.receive(header: header, payload: payload, from: clientAddress, now: now)
+                target.receive(header: header, payload: payload, from: initiatorAddress, now: now)
                 return
             }
             guard let source = header.sourceSID,
@@ -179,5 +181,47 @@ struct TOUSessionTests {
         var events: [SessionEvent] = []
         while let event = pair.initiator.pollEvent() { events.append(event) }
         #expect(events.last == .finished(.timedOut("no handshake with the peer within 10 s")))
+    }
+
+    @Test("address learning: an authenticated, newest datagram moves the peer; a replay never does; 3x limit")
+    func addressLearning() throws {
+        var parameters = Self.parameters
+        parameters.noDelay = true  // each write leaves at once, whatever is unacknowledged
+        let pair = try Pair(parameters: parameters)
+        try pair.run()
+        let target = try #require(pair.target)
+        var data = ByteBufferAllocator().buffer(capacity: 10)
+        data.writeString("before")
+        _ = pair.initiator.write(data, now: .now())
+        try pair.run()
+        let old = try #require(pair.fromInitiator.last(where: { $0.0.sourceSID == nil }))
+
+        // The client's NAT rebinds: its next datagram arrives from another port.
+        let rebound = try SocketAddress(ipAddress: "127.0.0.1", port: 40_001)
+        pair.initiatorAddress = rebound
+        data.clear()
+        data.writeString("after")
+        _ = pair.initiator.write(data, now: .now())
+        let moving = try #require(pair.initiator.pollDatagram())
+        var payload = moving
+        let header = try GUEHeader.parse(from: &payload, mode: .secure)
+        target.receive(header: header, payload: payload, from: rebound, now: .now())
+        #expect(target.peerAddress == rebound)
+        #expect(target.stats.addressChanges == 1)
+
+        // Until the new address proves it is live, at most 3x what it sent comes back.
+        var bulk = ByteBufferAllocator().buffer(capacity: 200_000)
+        bulk.writeRepeatingByte(1, count: 200_000)
+        _ = target.write(bulk, now: .now())
+        var sent = 0
+        while let datagram = target.pollDatagram() { sent += datagram.readableBytes }
+        #expect(sent > 0 && sent <= 3 * moving.readableBytes)
+        #expect(target.stats.amplificationLimitedDatagrams > 0)
+
+        // A replayed older datagram from a third address does not move the session.
+        let attacker = try SocketAddress(ipAddress: "127.0.0.9", port: 50_000)
+        target.receive(header: old.0, payload: old.1, from: attacker, now: .now())
+        #expect(target.peerAddress == rebound)
+        #expect(target.stats.addressChanges == 1)
     }
 }
