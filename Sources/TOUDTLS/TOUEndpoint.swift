@@ -141,6 +141,11 @@ final class TOUEndpoint: @unchecked Sendable {
         case .dropped:
             counters.droppedBadAttempt += 1
         case .accepted(let connection):
+            // Limits first: a refused attempt must not burn its (address, port, S) in the replay cache.
+            guard withinLimits(key: key, now: now), sessions[derivedSID] == nil else {
+                counters.droppedOverLimit += 1
+                return
+            }
             guard admitted.insertIfNew(key, now: now) else {
                 // A captured ClientHello+cookie replayed: never a second session from it.
                 counters.replayedAttempts += 1
@@ -149,10 +154,6 @@ final class TOUEndpoint: @unchecked Sendable {
                     acceptableCookies: [], mtu: mtu, now: now) {
                     sendHelloVerifyRequest(request, derivedSID: derivedSID, key: key, to: address)
                 }
-                return
-            }
-            guard withinLimits(key: key, now: now), sessions[derivedSID] == nil else {
-                counters.droppedOverLimit += 1
                 return
             }
             let session = TOUSession.accept(dtls: connection, localSID: derivedSID, remoteSID: key.sid,
