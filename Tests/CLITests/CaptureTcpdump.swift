@@ -28,12 +28,12 @@ final class TcpdumpCapture: @unchecked Sendable {
         let errors = Pipe()
         probe.standardError = errors
         probe.standardOutput = FileHandle.nullDevice
-        do { try probe.run() } catch { return "tcpdump at \(path) cannot be run: \(error)" }
+        do { try withDefaultSignalMask { try probe.run() } } catch { return "tcpdump at \(path) cannot be run: \(error)" }
         // It either fails at once (no permission, no lo) or sits waiting for a packet.
         let deadline = Date().addingTimeInterval(3)
         while probe.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
         if probe.isRunning {
-            probe.terminate()
+            kill(probe.processIdentifier, SIGKILL)
             probe.waitUntilExit()
             return nil
         }
@@ -57,14 +57,15 @@ final class TcpdumpCapture: @unchecked Sendable {
         file = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-\(UUID().uuidString).pcap")
         process.executableURL = URL(fileURLWithPath: path)
         // -U: write each packet as it comes, so the file is whole when we stop; -s 0: whole packets;
+        // --immediate-mode: packets still waiting in a TPACKET_V3 block when SIGINT comes would be lost;
         // -B: a large kernel buffer (KiB) so a fast loopback transfer is not dropped by the capture.
-        process.arguments = ["-i", "lo", "-n", "-U", "-s", "0", "-B", "32768", "-w", file.path, "udp port \(port)"]
+        process.arguments = ["-i", "lo", "-n", "-U", "--immediate-mode", "-s", "0", "-B", "32768", "-w", file.path, "udp port \(port)"]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = errorPipe
         process.standardInput = FileHandle.nullDevice
         let errorData = self.errorData
         errorPipe.fileHandleForReading.readabilityHandler = { handle in errorData.append(handle.availableData) }
-        try process.run()
+        try withDefaultSignalMask { try process.run() }
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if errorOutput.contains("listening on") { return }
