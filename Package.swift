@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "TOUDTLS", targets: ["TOUDTLS"]),
         .executable(name: "toudtls-cat", targets: ["toudtls-cat"]),
         .executable(name: "toudtls-bench", targets: ["toudtls-bench"]),
+        .executable(name: "toudtls-netsim", targets: ["toudtls-netsim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -37,6 +38,16 @@ let package = Package(
             name: "TCPEngine",
             dependencies: [
                 "TOUWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        // A deterministic network simulator for TCPEngine: links with loss, reordering, delay,
+        // bottleneck queues and a virtual clock. Used by tests and toudtls-netsim.
+        .target(
+            name: "TCPSimulator",
+            dependencies: [
+                "TCPEngine", "TOUWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
@@ -79,8 +90,20 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // Goodput of the TCP engine over simulated links, beside the loss-based predictions.
+        .executableTarget(
+            name: "toudtls-netsim",
+            dependencies: [
+                "TCPSimulator", "TCPEngine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "TOUWireTests", dependencies: ["TOUWire"]),
-        .testTarget(name: "TCPEngineTests", dependencies: ["TCPEngine", "TOUWire"]),
+        .testTarget(
+            name: "TCPEngineTests",
+            dependencies: ["TCPEngine", "TOUWire", "TCPSimulator", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         .testTarget(name: "DTLSTests", dependencies: ["DTLS"]),
         .testTarget(
             name: "TOUDTLSTests",

@@ -3,7 +3,7 @@ import NIOCore
 
 /// The event-loop side of one connection: its session plus the application's waiting reads,
 /// writes and closes. Touched on the endpoint's loop only.
-final class ConnectionCore {
+final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's loop
     let session: TOUSession
     /// Listener sessions are reachable by (address, port, S) until established.
     var admissionKey: PeerKey?
@@ -117,6 +117,11 @@ final class ConnectionCore {
         }
     }
 
+    private var isCleanlyFinished: Bool {
+        if case .success = outcome { return true }
+        return false
+    }
+
     private var failureForWrites: TOUError? {
         if case .failure(let error) = outcome { return error }
         if outcome != nil || writeSideClosed { return .closed }
@@ -149,7 +154,7 @@ final class ConnectionCore {
         if let data = session.read(maximumBytes: Self.readChunk, now: now) {
             pendingRead = nil
             promise.succeed(data)
-        } else if peerFinished || outcome == .success(()) {
+        } else if peerFinished || isCleanlyFinished {
             pendingRead = nil
             promise.succeed(nil)
         } else if case .failure(let error) = outcome {

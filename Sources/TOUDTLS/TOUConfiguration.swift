@@ -104,6 +104,14 @@ public struct TOUConfiguration: Sendable {
     /// Cleartext TCP in GUE: no DTLS, no authentication. For debugging and measurements only.
     public static var plain: TOUConfiguration { TOUConfiguration(security: .plain) }
 
+    /// recvmmsg batching: NIO splits one receive buffer evenly across the messages of a batch, so
+    /// each slot must hold a whole datagram of the path MTU or the kernel truncates it.
+    var receiveBatch: (count: Int, allocator: FixedSizeRecvByteBufferAllocator) {
+        let slot = max(2048, pathMTU)
+        let count = max(1, min(32, (1 << 20) / slot))
+        return (count, FixedSizeRecvByteBufferAllocator(capacity: slot * count))
+    }
+
     func validate() throws(TOUError) {
         guard pathMTU >= 576, pathMTU <= 65_535 else {
             throw .invalidConfiguration("path MTU \(pathMTU) is outside 576...65535")

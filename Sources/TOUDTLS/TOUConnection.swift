@@ -9,7 +9,7 @@ import NIOPosix
 /// the session has ended as the wire format's closing rules say.
 public final class TOUConnection: Sendable {
     // All access to `core` happens on `endpoint.loop`.
-    nonisolated(unsafe) let core: ConnectionCore
+    let core: ConnectionCore
     let endpoint: TOUEndpoint
 
     /// The subject of the peer's certificate (e.g. "CN=localhost"), nil in plain mode or without one.
@@ -48,15 +48,7 @@ public final class TOUConnection: Sendable {
         }
         let channel: Channel
         do {
-            channel = try await DatagramBootstrap(group: loop)
-                .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
-                .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
-                .channelOption(.datagramVectorReadMessageCount, value: 64)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(EndpointHandler(endpoint: endpoint))
-                    }
-                }
+            channel = try await DatagramBootstrap.endpoint(endpoint)
                 .connect(to: remote)
                 .get()
         } catch {
@@ -119,12 +111,18 @@ public final class TOUConnection: Sendable {
         try await promise.futureResult.get()
     }
 
-    /// Resets the connection at once (TCP RST); pending and later operations fail.
-    public func abort() {
+    /// Resets the connection at once (TCP RST); pending and later operations fail. Returns once
+    /// the reset has been handed to the socket, so a process may exit right after.
+    public func abort() async {
         let core = self.core
-        endpoint.loop.execute { [endpoint] in
+        try? await endpoint.loop.submit { [endpoint] in
             endpoint.withCore(core) { core, now in core.session.abort(now: now, error: .closed) }
-        }
+        }.get()
+    }
+
+    /// `abort()` for callers already on the endpoint's loop.
+    func abortOnLoop() {
+        endpoint.withCore(core) { core, now in core.session.abort(now: now, error: .closed) }
     }
 
     /// A snapshot of the connection's counters.

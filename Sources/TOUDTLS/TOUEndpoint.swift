@@ -86,11 +86,7 @@ final class TOUEndpoint: @unchecked Sendable {
         }
         // 1. D names a local session: that session, whatever the source address.
         if let destination = header.destinationSID, let core = sessions[destination] {
-            let droppedBefore = core.session.droppedDatagrams + core.session.malformedSegments
-            core.session.receive(header: header, payload: payload, from: envelope.remoteAddress, now: now)
-            counters.droppedBySession += core.session.droppedDatagrams + core.session.malformedSegments
-                - droppedBefore
-            drive(core, now: now)
+            deliver(header: header, payload: payload, from: envelope.remoteAddress, to: core, now: now)
             return
         }
         // 2. S present: a new-session attempt keyed by (address, port, S).
@@ -102,8 +98,7 @@ final class TOUEndpoint: @unchecked Sendable {
         }
         let key = PeerKey(address: address, port: UInt16(truncatingIfNeeded: port), sid: source)
         if let sid = halfOpen[key], let core = sessions[sid] {
-            core.session.receive(header: header, payload: payload, from: envelope.remoteAddress, now: now)
-            drive(core, now: now)
+            deliver(header: header, payload: payload, from: envelope.remoteAddress, to: core, now: now)
             return
         }
         guard accepting else {
@@ -116,6 +111,14 @@ final class TOUEndpoint: @unchecked Sendable {
         case .plain:
             admitPlain(header: header, payload: payload, key: key, from: envelope.remoteAddress, now: now)
         }
+    }
+
+    private func deliver(header: GUEHeader, payload: ByteBuffer, from address: SocketAddress,
+                         to core: ConnectionCore, now: NIODeadline) {
+        let droppedBefore = core.session.droppedCount
+        core.session.receive(header: header, payload: payload, from: address, now: now)
+        counters.droppedBySession += core.session.droppedCount - droppedBefore
+        drive(core, now: now)
     }
 
     private func admitSecure(header: GUEHeader, payload: ByteBuffer, key: PeerKey, from address: SocketAddress,
@@ -393,5 +396,23 @@ final class EndpointHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         endpoint.channelClosed()
+    }
+}
+
+extension DatagramBootstrap {
+    /// A UDP socket on the endpoint's loop feeding the endpoint, with buffers sized for bulk
+    /// transfer and batched receives.
+    static func endpoint(_ endpoint: TOUEndpoint) -> DatagramBootstrap {
+        let batch = endpoint.configuration.receiveBatch
+        return DatagramBootstrap(group: endpoint.loop)
+            .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
+            .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
+            .channelOption(.datagramVectorReadMessageCount, value: batch.count)
+            .channelOption(.recvAllocator, value: batch.allocator)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(EndpointHandler(endpoint: endpoint))
+                }
+            }
     }
 }

@@ -31,16 +31,8 @@ public final class TOUListener: Sendable {
         let endpoint = TOUEndpoint(loop: loop, role: .listener, configuration: configuration, dtlsContext: context)
         let (stream, continuation) = AsyncStream.makeStream(of: TOUConnection.self,
                                                             bufferingPolicy: .bufferingOldest(configuration.acceptBacklog))
-        let bootstrap = DatagramBootstrap(group: loop)
+        let bootstrap = DatagramBootstrap.endpoint(endpoint)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
-            .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
-            .channelOption(.datagramVectorReadMessageCount, value: 64)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(EndpointHandler(endpoint: endpoint))
-                }
-            }
         let channel: Channel
         do {
             if let host {
@@ -60,7 +52,7 @@ public final class TOUListener: Sendable {
             endpoint.onAccept = { connection in
                 if case .dropped(let connection) = continuation.yield(connection) {
                     // Nobody takes connections this fast: refuse rather than queue without bound.
-                    connection.abort()
+                    connection.abortOnLoop()
                 }
             }
         }.get()

@@ -67,6 +67,8 @@ final class TOUSession {
     private var establishedReported = false
     private(set) var droppedDatagrams = 0
     private(set) var malformedSegments = 0
+    /// Everything this session refused: wrong SIDs, records DTLS rejected, undecodable segments.
+    var droppedCount: Int { droppedDatagrams + malformedSegments + (dtls?.droppedRecords ?? 0) }
 
     private init(role: Role, localSID: UInt64, remoteSID: UInt64?, peer: SocketAddress,
                  parameters: SessionParameters, innerRemotePort: UInt16, now: NIODeadline) {
@@ -307,7 +309,7 @@ final class TOUSession {
     }
 
     var stats: TOUConnectionStats {
-        TOUConnectionStats(tcp: tcp?.stats, droppedDatagrams: droppedDatagrams,
+        TOUConnectionStats(tcp: tcp?.stats, droppedDatagrams: droppedDatagrams + (dtls?.droppedRecords ?? 0),
                            malformedSegments: malformedSegments, cipherSuite: negotiatedCipherSuite)
     }
 

@@ -117,7 +117,7 @@ struct CatRunner: Sendable {
             try await connection.close()
         } catch {
             sender.cancel()
-            connection.abort()
+            await connection.abort()
             throw error
         }
         if command.verbose {

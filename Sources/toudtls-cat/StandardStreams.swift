@@ -72,5 +72,11 @@ final class StandardStreams: Sendable {
 func printError(_ message: String) {
     var line = message
     line.append("\n")
-    _ = line.withCString { fputs($0, stderr) }
+    var bytes = Array(line.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let written = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress! + offset, $0.count - offset) }
+        if written <= 0 { return }
+        offset += written
+    }
 }

@@ -25,7 +25,9 @@ struct CLIProcess {
     private let outputData = LockedData()
     private let errorData = LockedData()
 
-    init(_ arguments: [String], stdin: URL? = nil) throws {
+    /// With `closeStdout`, the reading end of stdout is closed at once, so the process's writes
+    /// to stdout fail (EPIPE) as they would after `| head -c 0`.
+    init(_ arguments: [String], stdin: URL? = nil, closeStdout: Bool = false) throws {
         process.executableURL = Self.executable
         process.arguments = arguments
         process.standardOutput = stdout
@@ -40,6 +42,10 @@ struct CLIProcess {
         stdout.fileHandleForReading.readabilityHandler = { handle in outputData.append(handle.availableData) }
         stderr.fileHandleForReading.readabilityHandler = { handle in errorData.append(handle.availableData) }
         try process.run()
+        if closeStdout {
+            stdout.fileHandleForReading.readabilityHandler = nil
+            try stdout.fileHandleForReading.close()
+        }
     }
 
     /// Waits for exit (killing the process after `timeout` seconds) and returns the exit code.
@@ -57,7 +63,7 @@ struct CLIProcess {
         // Drain what is left in the pipes.
         stdout.fileHandleForReading.readabilityHandler = nil
         stderr.fileHandleForReading.readabilityHandler = nil
-        outputData.append(stdout.fileHandleForReading.readDataToEndOfFile())
+        outputData.append((try? stdout.fileHandleForReading.readToEnd()) ?? Data())
         errorData.append(stderr.fileHandleForReading.readDataToEndOfFile())
         return process.terminationStatus
     }
@@ -98,11 +104,9 @@ final class LockedData: @unchecked Sendable {
 /// A temporary file of random bytes, removed by the caller.
 func makeRandomFile(bytes: Int) throws -> URL {
     let url = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-\(UUID().uuidString).bin")
-    var generator = SystemRandomNumberGenerator()
-    var data = Data(count: bytes)
-    data.withUnsafeMutableBytes { raw in
-        for index in 0..<bytes { raw[index] = generator.next() }
-    }
+    let random = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/urandom"))
+    defer { try? random.close() }
+    let data = try random.read(upToCount: bytes) ?? Data()
     try data.write(to: url)
     return url
 }

@@ -135,4 +135,45 @@ struct CatTests {
         let client = try CLIProcess(["--plain", "127.0.0.1", "\(port)"])
         #expect(client.wait(timeout: 30) == 4, "client: \(client.errorOutput)")
     }
+
+    @Test("a peer that resets the connection makes the other side exit 5")
+    func resetByPeer() throws {
+        // The listener cannot write to its stdout, so it resets the connection.
+        let server = try CLIProcess(["-l", "-v"] + secureServerArguments() + ["127.0.0.1", "0"], closeStdout: true)
+        defer { server.terminate() }
+        #expect(server.waitForError(containing: "listening on"))
+        let port = try #require(server.listeningPort)
+        let file = try makeRandomFile(bytes: 8 << 20)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let client = try CLIProcess(["--ca", "\(certs)/ca.pem", "--server-name", "localhost", "127.0.0.1", "\(port)"],
+                                    stdin: file)
+        defer { client.terminate() }
+        #expect(client.wait(timeout: 60) == 5, "client: \(client.errorOutput)")
+        #expect(client.errorOutput.contains("reset"), "stderr: \(client.errorOutput)")
+        #expect(server.wait(timeout: 30) == 1, "server: \(server.errorOutput)")
+    }
+
+    @Test("-k serves one connection after another until killed")
+    func keepOpen() throws {
+        let server = try CLIProcess(["-l", "-k", "-v"] + secureServerArguments() + ["127.0.0.1", "0"])
+        defer { server.terminate() }
+        #expect(server.waitForError(containing: "listening on"))
+        let port = try #require(server.listeningPort)
+        var expected = Data()
+        for _ in 0..<3 {
+            let file = try makeRandomFile(bytes: 100_000)
+            defer { try? FileManager.default.removeItem(at: file) }
+            let client = try CLIProcess(["--ca", "\(certs)/ca.pem", "--server-name", "localhost", "127.0.0.1", "\(port)"],
+                                        stdin: file)
+            #expect(client.wait() == 0, "client: \(client.errorOutput)")
+            expected.append(try Data(contentsOf: file))
+        }
+        // The listener is still there for a fourth.
+        let deadline = Date().addingTimeInterval(10)
+        while server.output.count < expected.count && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        #expect(server.process.isRunning)
+        server.terminate()
+        server.wait()
+        #expect(server.output == expected)
+    }
 }

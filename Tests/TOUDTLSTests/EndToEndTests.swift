@@ -21,25 +21,44 @@ struct EndToEndTests {
                 privateKey: clientCertificate ? .pemFile("\(certs)/client.key") : nil)
     }
 
-    /// Deterministic bytes so the receiver can check every byte without keeping a copy.
+    /// Deterministic bytes, a function of (seed, stream offset), so the receiver can check every
+    /// byte without keeping a copy, whatever the chunk boundaries.
     struct Pattern {
-        var state: UInt64
-        mutating func fill(_ buffer: inout ByteBuffer, count: Int) {
-            for _ in 0..<count {
-                state = state &* 6364136223846793005 &+ 1442695040888963407
-                buffer.writeInteger(UInt8(truncatingIfNeeded: state >> 33))
+        let seed: UInt64
+
+        func block(_ index: Int) -> UInt64 {
+            var z = seed &+ UInt64(truncatingIfNeeded: index) &* 0x9E37_79B9_7F4A_7C15
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+
+        func fill(_ bytes: UnsafeMutableRawBufferPointer, streamOffset: Int) {
+            var index = 0
+            while index < bytes.count {
+                let position = streamOffset + index
+                let value = block(position >> 3)
+                bytes[index] = UInt8(truncatingIfNeeded: value >> (UInt64(position & 7) * 8))
+                index += 1
             }
+        }
+
+        func bytes(count: Int, streamOffset: Int) -> ByteBuffer {
+            var buffer = ByteBufferAllocator().buffer(capacity: count)
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { pointer in
+                fill(UnsafeMutableRawBufferPointer(rebasing: pointer[0..<count]), streamOffset: streamOffset)
+                return count
+            }
+            return buffer
         }
     }
 
     static func send(_ connection: TOUConnection, bytes: Int, seed: UInt64) async throws {
-        var pattern = Pattern(state: seed)
+        let pattern = Pattern(seed: seed)
         var sent = 0
         while sent < bytes {
             let count = min(64 << 10, bytes - sent)
-            var chunk = ByteBufferAllocator().buffer(capacity: count)
-            pattern.fill(&chunk, count: count)
-            try await connection.write(chunk)
+            try await connection.write(pattern.bytes(count: count, streamOffset: sent))
             sent += count
         }
         try await connection.finishWriting()
@@ -47,14 +66,12 @@ struct EndToEndTests {
 
     /// Reads until the peer's FIN; returns the byte count, checking each byte against the pattern.
     static func receive(_ connection: TOUConnection, seed: UInt64) async throws -> (count: Int, intact: Bool) {
-        var pattern = Pattern(state: seed)
+        let pattern = Pattern(seed: seed)
         var count = 0
         var intact = true
-        for try await var chunk in connection.inbound {
-            var expected = ByteBufferAllocator().buffer(capacity: chunk.readableBytes)
-            pattern.fill(&expected, count: chunk.readableBytes)
-            if chunk.readSlice(length: chunk.readableBytes) != expected { intact = false }
-            count += expected.readableBytes
+        for try await chunk in connection.inbound {
+            if chunk != pattern.bytes(count: chunk.readableBytes, streamOffset: count) { intact = false }
+            count += chunk.readableBytes
         }
         return (count, intact)
     }

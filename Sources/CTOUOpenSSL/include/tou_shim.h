@@ -16,6 +16,114 @@ int tou_hmac_sha256(const uint8_t *key, size_t key_len,
 /* Cryptographically secure random bytes. Returns 1 on success, 0 on failure. */
 int tou_random_bytes(uint8_t *out, size_t len);
 
+/* ---------------------------------------------------------------------------------------------
+ * DTLS 1.2 over a datagram-preserving in-memory BIO. Opaque handles, no OpenSSL types.
+ * A context is immutable after creation and may be shared across threads; a connection is
+ * confined to one thread at a time. Nothing here aborts on peer input.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct tou_dtls_ctx tou_dtls_ctx;
+typedef struct tou_dtls_conn tou_dtls_conn;
+
+/* Error kinds (match DTLSError cases). */
+enum {
+    TOU_DTLS_E_NONE = 0,
+    TOU_DTLS_E_CONFIG = 1,
+    TOU_DTLS_E_UNTRUSTED = 2,
+    TOU_DTLS_E_NAME = 3,
+    TOU_DTLS_E_NO_PEER_CERT = 4,
+    TOU_DTLS_E_HANDSHAKE = 5,
+    TOU_DTLS_E_ALERT = 6,
+    TOU_DTLS_E_PROTOCOL = 7,
+};
+
+/* Results of tou_dtls_conn_step. */
+enum {
+    TOU_DTLS_STEP_FATAL = -1,          /* see tou_dtls_conn_error_kind / _message */
+    TOU_DTLS_STEP_WANT = 0,            /* nothing more to do until more input or a timeout */
+    TOU_DTLS_STEP_DATA = 1,            /* one record's plaintext was written to out */
+    TOU_DTLS_STEP_HANDSHAKE_DONE = 2,
+    TOU_DTLS_STEP_CLOSE_NOTIFY = 3,
+};
+
+/* Results of tou_dtls_listen. */
+enum {
+    TOU_DTLS_LISTEN_DROPPED = 0,
+    TOU_DTLS_LISTEN_HVR = 1,
+    TOU_DTLS_LISTEN_ACCEPTED = 2,
+};
+
+/* Contexts. PEM inputs are read from memory. On failure NULL is returned and err holds a
+ * NUL-terminated message. */
+tou_dtls_ctx *tou_dtls_ctx_new_client(const uint8_t *trust_pem, size_t trust_len,
+                                      const uint8_t *chain_pem, size_t chain_len,
+                                      const uint8_t *key_pem, size_t key_len,
+                                      char *err, size_t err_cap);
+tou_dtls_ctx *tou_dtls_ctx_new_server(const uint8_t *chain_pem, size_t chain_len,
+                                      const uint8_t *key_pem, size_t key_len,
+                                      const uint8_t *client_trust_pem, size_t client_trust_len,
+                                      int require_client_cert,
+                                      char *err, size_t err_cap);
+void tou_dtls_ctx_free(tou_dtls_ctx *ctx);
+
+/* A client connection. server_name is a DNS name (verified and sent as SNI) or an IP literal
+ * (verified against IP SANs, no SNI). */
+tou_dtls_conn *tou_dtls_conn_new_client(tou_dtls_ctx *ctx, const char *server_name, int mtu,
+                                        char *err, size_t err_cap);
+void tou_dtls_conn_free(tou_dtls_conn *conn);
+
+/* Stateless cookie exchange on a server context. acceptable cookies are concatenated in
+ * `acc` with their lengths in `acc_lens`. HVR: the HelloVerifyRequest is copied to hvr_out.
+ * ACCEPTED: *out_conn is a new server connection that has processed the ClientHello; its
+ * first flight is in its output queue. DROPPED: msg says why. */
+int tou_dtls_listen(tou_dtls_ctx *ctx, const uint8_t *dgram, size_t dgram_len,
+                    const uint8_t *cookie, size_t cookie_len,
+                    const uint8_t *acc, const size_t *acc_lens, size_t acc_count,
+                    int mtu,
+                    uint8_t *hvr_out, size_t hvr_cap, size_t *hvr_len,
+                    tou_dtls_conn **out_conn, char *msg, size_t msg_cap);
+
+/* Client: start the handshake (queues the ClientHello). Returns a STEP result. */
+int tou_dtls_conn_start(tou_dtls_conn *conn);
+
+/* Input: present one received DTLS record (or datagram) to the BIO; it stays readable until
+ * OpenSSL consumes it or tou_dtls_conn_clear_input is called. The memory must stay valid until
+ * then. */
+void tou_dtls_conn_set_input(tou_dtls_conn *conn, const uint8_t *data, size_t len);
+void tou_dtls_conn_clear_input(tou_dtls_conn *conn);
+
+/* Advance the handshake or read one record. Call until it returns WANT or FATAL. */
+int tou_dtls_conn_step(tou_dtls_conn *conn, uint8_t *out, size_t out_cap, size_t *out_len);
+
+/* Encrypt plaintext as exactly one application-data record written straight to out.
+ * Returns the record length (> 0), or -1 (see error). */
+long tou_dtls_conn_write(tou_dtls_conn *conn, const uint8_t *plaintext, size_t len,
+                         uint8_t *out, size_t out_cap);
+
+/* Queue a close_notify alert. Returns 1 on success, -1 on error. */
+int tou_dtls_conn_shutdown(tou_dtls_conn *conn);
+
+/* Retransmission timer: 1 and the remaining microseconds if running, else 0. */
+int tou_dtls_conn_get_timeout(tou_dtls_conn *conn, int64_t *remaining_us);
+/* Lets OpenSSL retransmit if its own timer has expired. Returns a STEP result (WANT or FATAL). */
+int tou_dtls_conn_handle_timeout(tou_dtls_conn *conn);
+
+/* Outgoing datagrams produced by the last calls (handshake flights, alerts). */
+size_t tou_dtls_conn_out_count(const tou_dtls_conn *conn);
+const uint8_t *tou_dtls_conn_out_get(const tou_dtls_conn *conn, size_t index, size_t *len);
+void tou_dtls_conn_out_reset(tou_dtls_conn *conn);
+
+int tou_dtls_conn_set_mtu(tou_dtls_conn *conn, int mtu);
+int tou_dtls_conn_is_established(const tou_dtls_conn *conn);
+const char *tou_dtls_conn_cipher(const tou_dtls_conn *conn);          /* NULL before handshake */
+int tou_dtls_conn_record_overhead(const tou_dtls_conn *conn);         /* 0 before handshake */
+/* Smallest valid protected record body for the (pending or current) suite: nonce + tag. */
+int tou_dtls_conn_aead_expansion(const tou_dtls_conn *conn);
+size_t tou_dtls_conn_data_mtu(const tou_dtls_conn *conn);             /* plaintext room at handshake MTU */
+int tou_dtls_conn_peer_subject(const tou_dtls_conn *conn, char *buf, size_t cap); /* 1 if present */
+int tou_dtls_conn_error_kind(const tou_dtls_conn *conn);
+const char *tou_dtls_conn_error_message(const tou_dtls_conn *conn);
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,6 +5,7 @@ import TOUDTLS
 
 /// Loopback benchmarks at path MTU 1500: bulk throughput, 1-byte request/response, setup time.
 /// Prints one JSON line. Both ends run in this process on SwiftNIO's shared event loops.
+@main
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "toudtls-bench",
@@ -87,7 +88,7 @@ struct Bench: AsyncParsableCommand {
                         }
                         try await connection.close()
                     } catch {
-                        connection.abort()
+                        await connection.abort()
                     }
                 }
             }
@@ -167,4 +168,3 @@ func percentile(_ sorted: [Double], _ p: Double) -> Double {
 
 func round2(_ value: Double) -> Double { (value * 100).rounded() / 100 }
 
-await Bench.main()

@@ -1,0 +1,815 @@
+#include "tou_shim.h"
+
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bio.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#define TOU_CIPHERS "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
+                    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
+                    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
+#define TOU_ERR_CAP 512
+/* Bounds on the outgoing queue: a flight is a handful of datagrams and the Swift side drains
+ * the queue after every call, so hitting these means something is wrong; excess is dropped
+ * the way a full socket buffer would drop it. */
+#define TOU_OUT_MAX_DATAGRAMS 64
+#define TOU_OUT_MAX_BYTES (256 * 1024)
+#define TOU_MAX_COOKIE 255
+
+struct tou_dtls_ctx {
+    SSL_CTX *ssl_ctx;
+    int is_server;
+};
+
+struct tou_dtls_conn {
+    SSL *ssl;
+    int is_server;
+    int established;
+    int close_seen;
+    int failed;
+    int mtu;
+
+    /* Input: at most one datagram/record, borrowed from the caller for the current call. */
+    const uint8_t *in_ptr;
+    size_t in_len;
+    int peek;
+
+    /* Output queue: datagrams packed in one arena, reset when drained. */
+    uint8_t *out_buf;
+    size_t out_used, out_cap;
+    size_t out_off[TOU_OUT_MAX_DATAGRAMS];
+    size_t out_len[TOU_OUT_MAX_DATAGRAMS];
+    size_t out_count;
+
+    /* Direct output target for application-data writes (avoids a copy through the queue). */
+    uint8_t *direct_ptr;
+    size_t direct_cap;
+    size_t direct_len;
+    int direct_used;
+
+    /* Cookies supplied by the current listen call, and the one accepted (for re-verification
+     * when the state machine processes the ClientHello again). */
+    const uint8_t *issue_ptr;
+    size_t issue_len;
+    const uint8_t *acc_ptr;
+    const size_t *acc_lens;
+    size_t acc_count;
+    uint8_t accepted_cookie[TOU_MAX_COOKIE];
+    size_t accepted_cookie_len;
+
+    int alert_read;          /* last alert received: (level << 8) | description, or -1 */
+    int error_kind;
+    char error_msg[TOU_ERR_CAP];
+};
+
+/* ---------------------------------------------------------------- errors */
+
+static void set_msg(char *buf, size_t cap, const char *msg) {
+    if (buf == NULL || cap == 0) return;
+    snprintf(buf, cap, "%s", msg);
+}
+
+/* Drains the thread's OpenSSL error queue into "prefix: reason (data); reason ..." so one
+ * failure never leaks into the next call. Returns the first error's reason code. */
+static int drain_errors(char *buf, size_t cap, const char *prefix) {
+    size_t used = 0;
+    int first_reason = 0;
+    if (buf != NULL && cap > 0) {
+        buf[0] = '\0';
+        if (prefix != NULL && prefix[0] != '\0') {
+            int n = snprintf(buf, cap, "%s", prefix);
+            used = n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
+        }
+    }
+    const char *data = NULL;
+    int flags = 0;
+    unsigned long e;
+    int count = 0;
+    while ((e = ERR_get_error_all(NULL, NULL, NULL, &data, &flags)) != 0) {
+        if (count == 0) first_reason = ERR_GET_REASON(e);
+        if (buf == NULL || cap == 0 || count >= 4) { count++; continue; }
+        const char *reason = ERR_reason_error_string(e);
+        char line[256];
+        if (reason == NULL) {
+            snprintf(line, sizeof line, "error %lu", e);
+        } else if ((flags & ERR_TXT_STRING) && data != NULL && data[0] != '\0') {
+            snprintf(line, sizeof line, "%s (%s)", reason, data);
+        } else {
+            snprintf(line, sizeof line, "%s", reason);
+        }
+        int n = snprintf(buf + used, cap - used, "%s%s", used > 0 ? (count == 0 ? ": " : "; ") : "", line);
+        if (n > 0) used = (size_t)n >= cap - used ? cap - 1 : used + (size_t)n;
+        count++;
+    }
+    return first_reason;
+}
+
+static void conn_fail(tou_dtls_conn *c, int kind, const char *msg) {
+    c->failed = 1;
+    c->error_kind = kind;
+    set_msg(c->error_msg, sizeof c->error_msg, msg);
+}
+
+/* Sorts a failed handshake or read into one error kind with a readable message. */
+static void classify_failure(tou_dtls_conn *c, int during_handshake) {
+    char errs[TOU_ERR_CAP];
+    int reason = drain_errors(errs, sizeof errs, NULL);
+    char msg[TOU_ERR_CAP];
+    long vr = SSL_get_verify_result(c->ssl);
+    int have_alert = c->alert_read >= 0 && ((c->alert_read >> 8) & 0xff) == SSL3_AL_FATAL;
+
+    if (vr != X509_V_OK && (reason == SSL_R_CERTIFICATE_VERIFY_FAILED || !have_alert)) {
+        snprintf(msg, sizeof msg, "certificate verify failed: %s", X509_verify_cert_error_string(vr));
+        int name = vr == X509_V_ERR_HOSTNAME_MISMATCH || vr == X509_V_ERR_IP_ADDRESS_MISMATCH ||
+                   vr == X509_V_ERR_EMAIL_MISMATCH;
+        conn_fail(c, name ? TOU_DTLS_E_NAME : TOU_DTLS_E_UNTRUSTED, msg);
+    } else if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+        conn_fail(c, TOU_DTLS_E_NO_PEER_CERT, "peer did not return a certificate");
+    } else if (have_alert) {
+        snprintf(msg, sizeof msg, "received fatal alert: %s", SSL_alert_desc_string_long(c->alert_read & 0xff));
+        conn_fail(c, during_handshake ? TOU_DTLS_E_HANDSHAKE : TOU_DTLS_E_ALERT, msg);
+    } else {
+        snprintf(msg, sizeof msg, "%s", errs[0] != '\0' ? errs : "unknown DTLS failure");
+        conn_fail(c, during_handshake ? TOU_DTLS_E_HANDSHAKE : TOU_DTLS_E_PROTOCOL, msg);
+    }
+}
+
+/* ---------------------------------------------------------------- the datagram BIO */
+
+static BIO_METHOD *tou_bio_method = NULL;
+static pthread_once_t tou_bio_once = PTHREAD_ONCE_INIT;
+
+static int out_push(tou_dtls_conn *c, const uint8_t *data, size_t len) {
+    if (c->out_count >= TOU_OUT_MAX_DATAGRAMS || c->out_used + len > TOU_OUT_MAX_BYTES) {
+        return 0; /* dropped, like a full socket buffer */
+    }
+    if (c->out_used + len > c->out_cap) {
+        size_t cap = c->out_cap == 0 ? 4096 : c->out_cap;
+        while (cap < c->out_used + len) cap *= 2;
+        uint8_t *p = realloc(c->out_buf, cap);
+        if (p == NULL) return 0;
+        c->out_buf = p;
+        c->out_cap = cap;
+    }
+    memcpy(c->out_buf + c->out_used, data, len);
+    c->out_off[c->out_count] = c->out_used;
+    c->out_len[c->out_count] = len;
+    c->out_count++;
+    c->out_used += len;
+    return 1;
+}
+
+/* Each write is one datagram: OpenSSL's handshake buffering BIO flushes one MTU-sized packet
+ * per write, and application data is one record per write. */
+static int tou_bio_write(BIO *b, const char *data, int len) {
+    tou_dtls_conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (c == NULL || len < 0) return -1;
+    if (c->direct_ptr != NULL && !c->direct_used && (size_t)len <= c->direct_cap) {
+        memcpy(c->direct_ptr, data, (size_t)len);
+        c->direct_len = (size_t)len;
+        c->direct_used = 1;
+        return len;
+    }
+    (void)out_push(c, (const uint8_t *)data, (size_t)len);
+    return len;
+}
+
+/* Each read returns exactly one datagram (or nothing: retry). */
+static int tou_bio_read(BIO *b, char *out, int len) {
+    tou_dtls_conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (c == NULL || out == NULL || len < 0) return -1;
+    if (c->in_ptr == NULL) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    size_t n = c->in_len < (size_t)len ? c->in_len : (size_t)len;
+    memcpy(out, c->in_ptr, n);
+    if (!c->peek) {
+        c->in_ptr = NULL;
+        c->in_len = 0;
+    }
+    return (int)n;
+}
+
+static long tou_bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
+    tou_dtls_conn *c = BIO_get_data(b);
+    (void)ptr;
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_PENDING:
+        return (c != NULL && c->in_ptr != NULL) ? (long)c->in_len : 0;
+    case BIO_CTRL_WPENDING:
+        /* Queued datagrams are already "sent": reporting them would make OpenSSL think the
+         * packet it is filling is fuller than it is. */
+        return 0;
+    case BIO_CTRL_DGRAM_QUERY_MTU:
+    case BIO_CTRL_DGRAM_GET_FALLBACK_MTU:
+        return c != NULL ? c->mtu : 0;
+    case BIO_CTRL_DGRAM_SET_MTU:
+        if (c != NULL && num > 0) c->mtu = (int)num;
+        return num;
+    case BIO_CTRL_DGRAM_GET_MTU_OVERHEAD:
+        return 0;
+    case BIO_CTRL_DGRAM_SET_PEEK_MODE:
+        if (c != NULL) c->peek = num != 0;
+        return 1;
+    case BIO_CTRL_DGRAM_MTU_EXCEEDED:
+        return 0;
+    case BIO_CTRL_DGRAM_GET_PEER:
+        /* The endpoint, not the BIO, knows addresses: say "unsupported" so OpenSSL clears it. */
+        return 0;
+    case BIO_CTRL_DGRAM_SET_PEER:
+    case BIO_CTRL_DGRAM_SET_CONNECTED:
+    case BIO_CTRL_DGRAM_SET_NEXT_TIMEOUT:
+        return 1;
+    case BIO_CTRL_PUSH:
+    case BIO_CTRL_POP:
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static int tou_bio_create(BIO *b) {
+    BIO_set_init(b, 1);
+    BIO_set_data(b, NULL);
+    return 1;
+}
+
+static int tou_bio_destroy(BIO *b) {
+    if (b == NULL) return 0;
+    BIO_set_data(b, NULL);
+    return 1;
+}
+
+static void tou_bio_init_once(void) {
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tou datagram");
+    if (m == NULL) return;
+    if (!BIO_meth_set_write(m, tou_bio_write) || !BIO_meth_set_read(m, tou_bio_read) ||
+        !BIO_meth_set_ctrl(m, tou_bio_ctrl) || !BIO_meth_set_create(m, tou_bio_create) ||
+        !BIO_meth_set_destroy(m, tou_bio_destroy)) {
+        BIO_meth_free(m);
+        return;
+    }
+    tou_bio_method = m;
+}
+
+/* ---------------------------------------------------------------- callbacks */
+
+static void info_cb(const SSL *ssl, int where, int ret) {
+    if ((where & SSL_CB_ALERT) && (where & SSL_CB_READ)) {
+        tou_dtls_conn *c = SSL_get_app_data(ssl);
+        if (c != NULL) c->alert_read = ret & 0xffff;
+    }
+}
+
+static int cookie_generate_cb(SSL *ssl, unsigned char *cookie, unsigned int *cookie_len) {
+    tou_dtls_conn *c = SSL_get_app_data(ssl);
+    if (c == NULL || c->issue_ptr == NULL || c->issue_len == 0 || c->issue_len > TOU_MAX_COOKIE) {
+        return 0;
+    }
+    memcpy(cookie, c->issue_ptr, c->issue_len);
+    *cookie_len = (unsigned int)c->issue_len;
+    return 1;
+}
+
+static int cookie_verify_cb(SSL *ssl, const unsigned char *cookie, unsigned int cookie_len) {
+    tou_dtls_conn *c = SSL_get_app_data(ssl);
+    if (c == NULL || cookie == NULL || cookie_len == 0) return 0;
+    if (c->acc_ptr != NULL && c->acc_lens != NULL) {
+        size_t off = 0;
+        for (size_t i = 0; i < c->acc_count; i++) {
+            size_t l = c->acc_lens[i];
+            if (l == cookie_len && CRYPTO_memcmp(c->acc_ptr + off, cookie, l) == 0) {
+                memcpy(c->accepted_cookie, cookie, l);
+                c->accepted_cookie_len = l;
+                return 1;
+            }
+            off += l;
+        }
+        return 0;
+    }
+    return c->accepted_cookie_len == cookie_len && cookie_len > 0 &&
+           CRYPTO_memcmp(c->accepted_cookie, cookie, cookie_len) == 0;
+}
+
+/* ---------------------------------------------------------------- contexts */
+
+static int load_trust(SSL_CTX *ctx, const uint8_t *pem, size_t len, char *err, size_t cap, const char *what) {
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    if (bio == NULL) { set_msg(err, cap, "out of memory"); return 0; }
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    int count = 0;
+    X509 *x;
+    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        if (!X509_STORE_add_cert(store, x)) {
+            unsigned long e = ERR_peek_last_error();
+            if (ERR_GET_REASON(e) != X509_R_CERT_ALREADY_IN_HASH_TABLE) {
+                X509_free(x);
+                BIO_free(bio);
+                char p[128];
+                snprintf(p, sizeof p, "cannot add %s", what);
+                drain_errors(err, cap, p);
+                return 0;
+            }
+        }
+        X509_free(x);
+        count++;
+    }
+    BIO_free(bio);
+    ERR_clear_error(); /* the expected "no start line" at the end */
+    if (count == 0) {
+        char m[160];
+        snprintf(m, sizeof m, "no PEM certificate found in the %s", what);
+        set_msg(err, cap, m);
+        return 0;
+    }
+    return 1;
+}
+
+static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_len,
+                              const uint8_t *key, size_t key_len, char *err, size_t cap) {
+    BIO *bio = BIO_new_mem_buf(chain, (int)chain_len);
+    if (bio == NULL) { set_msg(err, cap, "out of memory"); return 0; }
+    X509 *leaf = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL);
+    if (leaf == NULL) {
+        BIO_free(bio);
+        ERR_clear_error();
+        set_msg(err, cap, "no PEM certificate found in the certificate chain");
+        return 0;
+    }
+    int ok = SSL_CTX_use_certificate(ctx, leaf);
+    X509_free(leaf);
+    if (!ok) {
+        BIO_free(bio);
+        drain_errors(err, cap, "certificate rejected");
+        return 0;
+    }
+    X509 *x;
+    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        if (!SSL_CTX_add0_chain_cert(ctx, x)) {
+            X509_free(x);
+            BIO_free(bio);
+            drain_errors(err, cap, "chain certificate rejected");
+            return 0;
+        }
+    }
+    BIO_free(bio);
+    ERR_clear_error();
+
+    bio = BIO_new_mem_buf(key, (int)key_len);
+    if (bio == NULL) { set_msg(err, cap, "out of memory"); return 0; }
+    EVP_PKEY *pkey = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+    BIO_free(bio);
+    if (pkey == NULL) {
+        ERR_clear_error();
+        set_msg(err, cap, "no usable PEM private key found (encrypted keys are not supported)");
+        return 0;
+    }
+    ok = SSL_CTX_use_PrivateKey(ctx, pkey);
+    EVP_PKEY_free(pkey);
+    if (!ok) {
+        if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+            ERR_clear_error();
+            set_msg(err, cap, "the private key does not match the certificate");
+        } else {
+            drain_errors(err, cap, "private key rejected");
+        }
+        return 0;
+    }
+    if (!SSL_CTX_check_private_key(ctx)) {
+        ERR_clear_error();
+        set_msg(err, cap, "the private key does not match the certificate");
+        return 0;
+    }
+    return 1;
+}
+
+static SSL_CTX *new_base_ctx(int server, char *err, size_t cap) {
+    if (pthread_once(&tou_bio_once, tou_bio_init_once) != 0 || tou_bio_method == NULL) {
+        set_msg(err, cap, "cannot create the datagram BIO method");
+        return NULL;
+    }
+    SSL_CTX *ctx = SSL_CTX_new(server ? DTLS_server_method() : DTLS_client_method());
+    if (ctx == NULL) {
+        drain_errors(err, cap, "cannot create SSL_CTX");
+        return NULL;
+    }
+    if (!SSL_CTX_set_min_proto_version(ctx, DTLS1_2_VERSION) ||
+        !SSL_CTX_set_max_proto_version(ctx, DTLS1_2_VERSION) ||
+        !SSL_CTX_set_cipher_list(ctx, TOU_CIPHERS)) {
+        drain_errors(err, cap, "cannot configure DTLS 1.2 and the AEAD cipher list");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_NO_QUERY_MTU |
+                                 SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_info_callback(ctx, info_cb);
+    return ctx;
+}
+
+tou_dtls_ctx *tou_dtls_ctx_new_client(const uint8_t *trust_pem, size_t trust_len,
+                                      const uint8_t *chain_pem, size_t chain_len,
+                                      const uint8_t *key_pem, size_t key_len,
+                                      char *err, size_t err_cap) {
+    ERR_clear_error();
+    if (trust_pem == NULL || trust_len == 0 || trust_len > INT32_MAX || chain_len > INT32_MAX || key_len > INT32_MAX) {
+        set_msg(err, err_cap, "trust roots are required");
+        return NULL;
+    }
+    if ((chain_pem == NULL) != (key_pem == NULL)) {
+        set_msg(err, err_cap, "a client certificate chain needs its private key, and vice versa");
+        return NULL;
+    }
+    SSL_CTX *ctx = new_base_ctx(0, err, err_cap);
+    if (ctx == NULL) return NULL;
+    if (!load_trust(ctx, trust_pem, trust_len, err, err_cap, "trust roots") ||
+        (chain_pem != NULL && !load_chain_and_key(ctx, chain_pem, chain_len, key_pem, key_len, err, err_cap))) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    tou_dtls_ctx *c = calloc(1, sizeof *c);
+    if (c == NULL) { SSL_CTX_free(ctx); set_msg(err, err_cap, "out of memory"); return NULL; }
+    c->ssl_ctx = ctx;
+    c->is_server = 0;
+    return c;
+}
+
+tou_dtls_ctx *tou_dtls_ctx_new_server(const uint8_t *chain_pem, size_t chain_len,
+                                      const uint8_t *key_pem, size_t key_len,
+                                      const uint8_t *client_trust_pem, size_t client_trust_len,
+                                      int require_client_cert,
+                                      char *err, size_t err_cap) {
+    ERR_clear_error();
+    if (chain_pem == NULL || key_pem == NULL || chain_len > INT32_MAX || key_len > INT32_MAX ||
+        client_trust_len > INT32_MAX) {
+        set_msg(err, err_cap, "a server needs a certificate chain and a private key");
+        return NULL;
+    }
+    if (require_client_cert && client_trust_pem == NULL) {
+        set_msg(err, err_cap, "requiring client certificates needs client trust roots");
+        return NULL;
+    }
+    SSL_CTX *ctx = new_base_ctx(1, err, err_cap);
+    if (ctx == NULL) return NULL;
+    if (!load_chain_and_key(ctx, chain_pem, chain_len, key_pem, key_len, err, err_cap) ||
+        (client_trust_pem != NULL &&
+         !load_trust(ctx, client_trust_pem, client_trust_len, err, err_cap, "client trust roots"))) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    if (client_trust_pem != NULL) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+    }
+    SSL_CTX_set_cookie_generate_cb(ctx, cookie_generate_cb);
+    SSL_CTX_set_cookie_verify_cb(ctx, cookie_verify_cb);
+    tou_dtls_ctx *c = calloc(1, sizeof *c);
+    if (c == NULL) { SSL_CTX_free(ctx); set_msg(err, err_cap, "out of memory"); return NULL; }
+    c->ssl_ctx = ctx;
+    c->is_server = 1;
+    return c;
+}
+
+void tou_dtls_ctx_free(tou_dtls_ctx *ctx) {
+    if (ctx == NULL) return;
+    SSL_CTX_free(ctx->ssl_ctx);
+    free(ctx);
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static tou_dtls_conn *conn_new(tou_dtls_ctx *ctx, int mtu, char *err, size_t cap) {
+    tou_dtls_conn *c = calloc(1, sizeof *c);
+    if (c == NULL) { set_msg(err, cap, "out of memory"); return NULL; }
+    c->alert_read = -1;
+    c->is_server = ctx->is_server;
+    c->mtu = mtu;
+    c->ssl = SSL_new(ctx->ssl_ctx);
+    BIO *bio = c->ssl != NULL ? BIO_new(tou_bio_method) : NULL;
+    if (bio == NULL) {
+        drain_errors(err, cap, "cannot create a DTLS session");
+        SSL_free(c->ssl);
+        free(c);
+        return NULL;
+    }
+    BIO_set_data(bio, c);
+    SSL_set_bio(c->ssl, bio, bio);
+    SSL_set_app_data(c->ssl, c);
+    SSL_set_options(c->ssl, SSL_OP_NO_QUERY_MTU);
+    if (!SSL_set_mtu(c->ssl, mtu)) {
+        char m[96];
+        snprintf(m, sizeof m, "MTU %d is too small for DTLS", mtu);
+        ERR_clear_error();
+        set_msg(err, cap, m);
+        tou_dtls_conn_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+tou_dtls_conn *tou_dtls_conn_new_client(tou_dtls_ctx *ctx, const char *server_name, int mtu,
+                                        char *err, size_t err_cap) {
+    ERR_clear_error();
+    if (ctx == NULL || ctx->is_server) { set_msg(err, err_cap, "not a client context"); return NULL; }
+    if (server_name == NULL || server_name[0] == '\0') { set_msg(err, err_cap, "empty server name"); return NULL; }
+    tou_dtls_conn *c = conn_new(ctx, mtu, err, err_cap);
+    if (c == NULL) return NULL;
+    SSL_set_connect_state(c->ssl);
+    unsigned char addr[16];
+    int is_ip = inet_pton(AF_INET, server_name, addr) == 1 || inet_pton(AF_INET6, server_name, addr) == 1;
+    int ok;
+    if (is_ip) {
+        /* IP literals are checked against IP SANs and never sent as SNI (RFC 6066). */
+        ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), server_name);
+    } else {
+        SSL_set_hostflags(c->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        ok = SSL_set1_host(c->ssl, server_name) && SSL_set_tlsext_host_name(c->ssl, server_name);
+    }
+    if (!ok) {
+        drain_errors(err, err_cap, "invalid server name");
+        tou_dtls_conn_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void tou_dtls_conn_free(tou_dtls_conn *conn) {
+    if (conn == NULL) return;
+    SSL_free(conn->ssl); /* frees the BIO too */
+    free(conn->out_buf);
+    free(conn);
+}
+
+int tou_dtls_listen(tou_dtls_ctx *ctx, const uint8_t *dgram, size_t dgram_len,
+                    const uint8_t *cookie, size_t cookie_len,
+                    const uint8_t *acc, const size_t *acc_lens, size_t acc_count,
+                    int mtu,
+                    uint8_t *hvr_out, size_t hvr_cap, size_t *hvr_len,
+                    tou_dtls_conn **out_conn, char *msg, size_t msg_cap) {
+    ERR_clear_error();
+    *out_conn = NULL;
+    *hvr_len = 0;
+    if (ctx == NULL || !ctx->is_server) { set_msg(msg, msg_cap, "not a server context"); return TOU_DTLS_LISTEN_DROPPED; }
+    if (cookie == NULL || cookie_len == 0 || cookie_len > TOU_MAX_COOKIE) {
+        set_msg(msg, msg_cap, "cookie to issue must be 1...255 bytes");
+        return TOU_DTLS_LISTEN_DROPPED;
+    }
+    if (dgram == NULL || dgram_len == 0) { set_msg(msg, msg_cap, "empty datagram"); return TOU_DTLS_LISTEN_DROPPED; }
+    tou_dtls_conn *c = conn_new(ctx, mtu, msg, msg_cap);
+    if (c == NULL) return TOU_DTLS_LISTEN_DROPPED;
+    SSL_set_accept_state(c->ssl);
+    c->issue_ptr = cookie;
+    c->issue_len = cookie_len;
+    c->acc_ptr = acc;
+    c->acc_lens = acc_lens;
+    c->acc_count = acc != NULL ? acc_count : 0;
+    c->in_ptr = dgram;
+    c->in_len = dgram_len;
+
+    BIO_ADDR *peer = BIO_ADDR_new();
+    int r = peer != NULL ? DTLSv1_listen(c->ssl, peer) : -1;
+    BIO_ADDR_free(peer);
+
+    if (r <= 0) {
+        int result = TOU_DTLS_LISTEN_DROPPED;
+        if (c->out_count == 1 && c->out_len[0] <= hvr_cap) {
+            memcpy(hvr_out, c->out_buf + c->out_off[0], c->out_len[0]);
+            *hvr_len = c->out_len[0];
+            result = TOU_DTLS_LISTEN_HVR;
+            ERR_clear_error();
+        } else {
+            drain_errors(msg, msg_cap, "not a usable ClientHello");
+        }
+        tou_dtls_conn_free(c);
+        return result;
+    }
+    /* Cookie accepted: let the state machine process the ClientHello (still in the BIO) now,
+     * while the caller's cookies are in reach, so the first flight is queued. */
+    c->in_ptr = dgram;
+    c->in_len = dgram_len;
+    int hs = SSL_do_handshake(c->ssl);
+    if (hs <= 0) {
+        int e = SSL_get_error(c->ssl, hs);
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) classify_failure(c, 1);
+        else ERR_clear_error();
+    } else {
+        c->established = 1;
+    }
+    c->in_ptr = NULL;
+    c->in_len = 0;
+    c->issue_ptr = NULL;
+    c->issue_len = 0;
+    c->acc_ptr = NULL;
+    c->acc_lens = NULL;
+    c->acc_count = 0;
+    *out_conn = c;
+    return TOU_DTLS_LISTEN_ACCEPTED;
+}
+
+int tou_dtls_conn_start(tou_dtls_conn *c) {
+    ERR_clear_error();
+    if (c->failed) return TOU_DTLS_STEP_FATAL;
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) { c->established = 1; return TOU_DTLS_STEP_HANDSHAKE_DONE; }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) { ERR_clear_error(); return TOU_DTLS_STEP_WANT; }
+    classify_failure(c, 1);
+    return TOU_DTLS_STEP_FATAL;
+}
+
+void tou_dtls_conn_set_input(tou_dtls_conn *c, const uint8_t *data, size_t len) {
+    c->in_ptr = len > 0 ? data : NULL;
+    c->in_len = len;
+}
+
+void tou_dtls_conn_clear_input(tou_dtls_conn *c) {
+    c->in_ptr = NULL;
+    c->in_len = 0;
+}
+
+int tou_dtls_conn_step(tou_dtls_conn *c, uint8_t *out, size_t out_cap, size_t *out_len) {
+    *out_len = 0;
+    if (c->failed) return TOU_DTLS_STEP_FATAL;
+    ERR_clear_error();
+    if (!c->established) {
+        int r = SSL_do_handshake(c->ssl);
+        if (r == 1) { c->established = 1; return TOU_DTLS_STEP_HANDSHAKE_DONE; }
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) { ERR_clear_error(); return TOU_DTLS_STEP_WANT; }
+        classify_failure(c, 1);
+        return TOU_DTLS_STEP_FATAL;
+    }
+    if (c->close_seen) {
+        /* OpenSSL discards everything after the peer's close_notify; keep the BIO empty. */
+        tou_dtls_conn_clear_input(c);
+        return TOU_DTLS_STEP_WANT;
+    }
+    int cap = out_cap > INT32_MAX ? INT32_MAX : (int)out_cap;
+    int r = SSL_read(c->ssl, out, cap);
+    if (r > 0) { *out_len = (size_t)r; return TOU_DTLS_STEP_DATA; }
+    int e = SSL_get_error(c->ssl, r);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        ERR_clear_error();
+        return TOU_DTLS_STEP_WANT;
+    case SSL_ERROR_ZERO_RETURN:
+        ERR_clear_error();
+        c->close_seen = 1;
+        return TOU_DTLS_STEP_CLOSE_NOTIFY;
+    default:
+        classify_failure(c, 0);
+        return TOU_DTLS_STEP_FATAL;
+    }
+}
+
+long tou_dtls_conn_write(tou_dtls_conn *c, const uint8_t *plaintext, size_t len,
+                         uint8_t *out, size_t out_cap) {
+    ERR_clear_error();
+    if (c->failed) return -1;
+    if (!c->established || len == 0 || len > SSL3_RT_MAX_PLAIN_LENGTH) {
+        set_msg(c->error_msg, sizeof c->error_msg,
+                !c->established ? "handshake not complete" : "plaintext must be 1...16384 bytes");
+        c->error_kind = TOU_DTLS_E_PROTOCOL;
+        return -1;
+    }
+    c->direct_ptr = out;
+    c->direct_cap = out_cap;
+    c->direct_len = 0;
+    c->direct_used = 0;
+    int r = SSL_write(c->ssl, plaintext, (int)len);
+    long result = c->direct_used ? (long)c->direct_len : -1;
+    c->direct_ptr = NULL;
+    c->direct_cap = 0;
+    if (r <= 0 || result < 0) {
+        char m[TOU_ERR_CAP];
+        drain_errors(m, sizeof m, r <= 0 ? "write failed" : "record did not fit the output buffer");
+        set_msg(c->error_msg, sizeof c->error_msg, m);
+        c->error_kind = TOU_DTLS_E_PROTOCOL;
+        return -1;
+    }
+    return result;
+}
+
+int tou_dtls_conn_shutdown(tou_dtls_conn *c) {
+    ERR_clear_error();
+    int r = SSL_shutdown(c->ssl);
+    if (r < 0) {
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) { ERR_clear_error(); return 1; }
+        char m[TOU_ERR_CAP];
+        drain_errors(m, sizeof m, "close_notify failed");
+        set_msg(c->error_msg, sizeof c->error_msg, m);
+        c->error_kind = TOU_DTLS_E_PROTOCOL;
+        return -1;
+    }
+    return 1;
+}
+
+int tou_dtls_conn_get_timeout(tou_dtls_conn *c, int64_t *remaining_us) {
+    struct timeval tv;
+    if (DTLSv1_get_timeout(c->ssl, &tv) == 1) {
+        *remaining_us = (int64_t)tv.tv_sec * 1000000 + (int64_t)tv.tv_usec;
+        return 1;
+    }
+    *remaining_us = 0;
+    return 0;
+}
+
+int tou_dtls_conn_handle_timeout(tou_dtls_conn *c) {
+    ERR_clear_error();
+    if (c->failed) return TOU_DTLS_STEP_FATAL;
+    int r = DTLSv1_handle_timeout(c->ssl);
+    if (r < 0) {
+        classify_failure(c, !c->established);
+        return TOU_DTLS_STEP_FATAL;
+    }
+    ERR_clear_error();
+    return TOU_DTLS_STEP_WANT;
+}
+
+size_t tou_dtls_conn_out_count(const tou_dtls_conn *c) { return c->out_count; }
+
+const uint8_t *tou_dtls_conn_out_get(const tou_dtls_conn *c, size_t i, size_t *len) {
+    if (i >= c->out_count) { *len = 0; return NULL; }
+    *len = c->out_len[i];
+    return c->out_buf + c->out_off[i];
+}
+
+void tou_dtls_conn_out_reset(tou_dtls_conn *c) {
+    c->out_count = 0;
+    c->out_used = 0;
+}
+
+int tou_dtls_conn_set_mtu(tou_dtls_conn *c, int mtu) {
+    if (!SSL_set_mtu(c->ssl, mtu)) { ERR_clear_error(); return 0; }
+    c->mtu = mtu;
+    return 1;
+}
+
+int tou_dtls_conn_is_established(const tou_dtls_conn *c) { return c->established; }
+
+const char *tou_dtls_conn_cipher(const tou_dtls_conn *c) {
+    if (!c->established) return NULL;
+    const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
+    return ci != NULL ? SSL_CIPHER_get_name(ci) : NULL;
+}
+
+int tou_dtls_conn_record_overhead(const tou_dtls_conn *c) {
+    if (!c->established) return 0;
+    const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
+    if (ci == NULL) return 0;
+    switch (SSL_CIPHER_get_cipher_nid(ci)) {
+    case NID_aes_128_gcm:
+    case NID_aes_256_gcm:
+        return DTLS1_RT_HEADER_LENGTH + 8 + 16; /* explicit nonce + tag */
+    case NID_chacha20_poly1305:
+        return DTLS1_RT_HEADER_LENGTH + 16;     /* tag only */
+    default: {
+        size_t room = DTLS_get_data_mtu(c->ssl);
+        return room > 0 && (size_t)c->mtu > room ? (int)((size_t)c->mtu - room) : 0;
+    }
+    }
+}
+
+int tou_dtls_conn_aead_expansion(const tou_dtls_conn *c) {
+    const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
+    if (ci != NULL) {
+        int nid = SSL_CIPHER_get_cipher_nid(ci);
+        if (nid == NID_aes_128_gcm || nid == NID_aes_256_gcm) return 8 + 16;
+    }
+    return 16;
+}
+
+size_t tou_dtls_conn_data_mtu(const tou_dtls_conn *c) { return DTLS_get_data_mtu(c->ssl); }
+
+int tou_dtls_conn_peer_subject(const tou_dtls_conn *c, char *buf, size_t cap) {
+    if (cap == 0) return 0;
+    buf[0] = '\0';
+    X509 *peer = SSL_get0_peer_certificate(c->ssl);
+    if (peer == NULL) return 0;
+    BIO *mem = BIO_new(BIO_s_mem());
+    if (mem == NULL) return 0;
+    int ok = X509_NAME_print_ex(mem, X509_get_subject_name(peer), 0, XN_FLAG_RFC2253) >= 0;
+    int n = ok ? BIO_read(mem, buf, (int)(cap - 1 > INT32_MAX ? INT32_MAX : cap - 1)) : 0;
+    BIO_free(mem);
+    buf[n > 0 ? n : 0] = '\0';
+    ERR_clear_error();
+    return n > 0;
+}
+
+int tou_dtls_conn_error_kind(const tou_dtls_conn *c) { return c->error_kind; }
+const char *tou_dtls_conn_error_message(const tou_dtls_conn *c) { return c->error_msg; }

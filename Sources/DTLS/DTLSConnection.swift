@@ -1,0 +1,307 @@
+import CTOUOpenSSL
+import NIOCore
+
+/// One sans-IO DTLS 1.2 session: datagrams and time in; datagrams, plaintext records and events
+/// out. Confined to one event loop; not Sendable.
+public final class DTLSConnection {
+    private let handle: OpaquePointer
+    private let context: DTLSContext
+    private let serverName: String?
+    private let allocator = ByteBufferAllocator()
+
+    private var outgoing = CircularBuffer<ByteBuffer>(initialCapacity: 8)
+    private var inbound = CircularBuffer<ByteBuffer>(initialCapacity: 8)
+    private var events = CircularBuffer<DTLSEvent>(initialCapacity: 4)
+    /// Unused plaintext buffer kept from the previous read so a step that yields nothing costs
+    /// no allocation.
+    private var spare: ByteBuffer?
+    private var deadline: NIODeadline?
+    private var closeSent = false
+    private var closeReceived = false
+    private var replayMirror = ReplayMirror()
+
+    public private(set) var state: DTLSConnectionState = .handshaking
+    /// Records dropped: undecodable headers, bad MAC, replays, too old.
+    public private(set) var droppedRecords = 0
+    /// Of `droppedRecords`: exact repeats of an application-data record already delivered.
+    public private(set) var replayedRecords = 0
+    /// Of `droppedRecords`: application-data records more than 64 behind the newest delivered.
+    public private(set) var tooOldRecords = 0
+    /// True if the last `receiveDatagram` delivered an authenticated epoch-1+ record whose
+    /// sequence number is the highest seen so far (the condition for learning a new peer address).
+    public private(set) var lastDatagramAdvancedReceiveWindow = false
+
+    /// A client connection to `serverName`: a DNS name (verified against the certificate and sent
+    /// as SNI) or an IP literal (verified against IP SANs, no SNI). `mtu` is the room for one
+    /// DTLS datagram during the handshake.
+    public init(client context: DTLSContext, serverName: String, mtu: Int) throws(DTLSError) {
+        guard !context.isServer else { throw .invalidConfiguration("a client connection needs a client context") }
+        guard let cMTU = Int32(exactly: mtu) else { throw .invalidConfiguration("MTU \(mtu) out of range") }
+        var error = [CChar](repeating: 0, count: 512)
+        guard let handle = tou_dtls_conn_new_client(context.handle, serverName, cMTU, &error, error.count) else {
+            throw .invalidConfiguration(cString(error))
+        }
+        self.handle = handle
+        self.context = context
+        self.serverName = serverName
+    }
+
+    /// A server connection created by `DTLSContext.listen`, which already processed the ClientHello.
+    init(acceptedHandle: OpaquePointer, context: DTLSContext, now: NIODeadline) {
+        self.handle = acceptedHandle
+        self.context = context
+        self.serverName = nil
+        if tou_dtls_conn_error_kind(handle) != Int32(TOU_DTLS_E_NONE) {
+            fail()
+        }
+        drainOutput()
+        updateDeadline(now: now)
+    }
+
+    deinit {
+        tou_dtls_conn_free(handle)
+    }
+
+    /// Client: queues the ClientHello.
+    public func startHandshake(now: NIODeadline) {
+        guard state == .handshaking else { return }
+        handle(step: tou_dtls_conn_start(handle))
+        drainOutput()
+        updateDeadline(now: now)
+    }
+
+    /// Feeds one received datagram: every DTLS record in it is processed in order. Records that do
+    /// not parse, authenticate or pass the replay check are dropped and counted.
+    public func receiveDatagram(_ datagram: ByteBuffer, now: NIODeadline) {
+        lastDatagramAdvancedReceiveWindow = false
+        guard state != .failed, !closeReceived else { return }
+        datagram.withUnsafeReadableBytes { raw in
+            var offset = 0
+            while offset < raw.count, state != .failed {
+                let remaining = raw.count - offset
+                guard remaining >= 13 else {
+                    droppedRecords += 1
+                    break
+                }
+                let type = raw[offset]
+                let length = Int(raw[offset + 11]) << 8 | Int(raw[offset + 12])
+                guard length <= remaining - 13 else {
+                    droppedRecords += 1
+                    break
+                }
+                let epoch = UInt16(raw[offset + 3]) << 8 | UInt16(raw[offset + 4])
+                var sequence: UInt64 = 0
+                for i in 5..<11 { sequence = sequence << 8 | UInt64(raw[offset + i]) }
+                let record = UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + 13 + length)])
+                offset += 13 + length
+                // OpenSSL 3.0 fails the whole session on a protected record shorter than the AEAD
+                // nonce + tag instead of discarding it; such a record can only be forged.
+                guard epoch == 0 || length >= Int(tou_dtls_conn_aead_expansion(handle)) else {
+                    droppedRecords += 1
+                    continue
+                }
+                // Only the four DTLS 1.2 content types, and never unprotected application data:
+                // OpenSSL would treat such a record as fatal, which would let anyone kill a session.
+                guard (20...23).contains(type), !(type == 23 && epoch == 0) else {
+                    droppedRecords += 1
+                    continue
+                }
+                process(record: record, type: type, epoch: epoch, sequence: sequence)
+            }
+        }
+        drainOutput()
+        updateDeadline(now: now)
+    }
+
+    private func process(record: UnsafeRawBufferPointer, type: UInt8, epoch: UInt16, sequence: UInt64) {
+        let dataExpected = type == 23 && state != .handshaking
+        var delivered = false
+        tou_dtls_conn_set_input(handle, record.baseAddress?.assumingMemoryBound(to: UInt8.self), record.count)
+        defer { tou_dtls_conn_clear_input(handle) }
+        while state != .failed {
+            // During the handshake OpenSSL may release records it buffered earlier, so leave room
+            // for a full one; afterwards a record's plaintext never exceeds its own length.
+            let room = state == .handshaking ? 16_384 + 256 : max(record.count, 1)
+            var buffer = spare ?? allocator.buffer(capacity: room)
+            spare = nil
+            var result: Int32 = 0
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out in
+                var length = 0
+                result = tou_dtls_conn_step(handle, out.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                                            out.count, &length)
+                return length
+            }
+            if result == Int32(TOU_DTLS_STEP_DATA) {
+                inbound.append(buffer)
+                delivered = true
+                continue
+            }
+            spare = buffer
+            if result == Int32(TOU_DTLS_STEP_WANT) { break }
+            handle(step: result)
+        }
+        guard dataExpected else { return }
+        if delivered {
+            if replayMirror.markDelivered(epoch: epoch, sequence: sequence) {
+                lastDatagramAdvancedReceiveWindow = true
+            }
+        } else if state != .failed {
+            droppedRecords += 1
+            switch replayMirror.classify(epoch: epoch, sequence: sequence) {
+            case .tooOld: tooOldRecords += 1
+            case .replay: replayedRecords += 1
+            case .unseen: break
+            }
+        }
+    }
+
+    private func handle(step result: Int32) {
+        switch result {
+        case Int32(TOU_DTLS_STEP_HANDSHAKE_DONE):
+            if state == .handshaking {
+                state = .established
+                events.append(.handshakeCompleted)
+                if let buffer = spare, buffer.capacity > 4096 { spare = nil }
+            }
+        case Int32(TOU_DTLS_STEP_CLOSE_NOTIFY):
+            closeReceived = true
+            if state != .failed { state = .closed }
+            events.append(.closeNotifyReceived)
+        case Int32(TOU_DTLS_STEP_FATAL):
+            fail()
+        default:
+            break
+        }
+    }
+
+    private func fail() {
+        guard state != .failed else { return }
+        let message = String(cString: tou_dtls_conn_error_message(handle))
+        let error: DTLSError
+        switch Int(tou_dtls_conn_error_kind(handle)) {
+        case TOU_DTLS_E_CONFIG: error = .invalidConfiguration(message)
+        case TOU_DTLS_E_UNTRUSTED: error = .untrustedCertificate(message)
+        case TOU_DTLS_E_NAME: error = .nameMismatch(expected: serverName ?? "", detail: message)
+        case TOU_DTLS_E_NO_PEER_CERT: error = .peerCertificateMissing
+        case TOU_DTLS_E_HANDSHAKE: error = .handshakeFailed(message)
+        case TOU_DTLS_E_ALERT: error = .alertReceived(message)
+        default: error = .protocolError(message)
+        }
+        state = .failed
+        deadline = nil
+        events.append(.failed(error))
+    }
+
+    /// Moves datagrams the shim queued (flights, alerts) to `outgoing`.
+    private func drainOutput() {
+        let count = tou_dtls_conn_out_count(handle)
+        guard count > 0 else { return }
+        for index in 0..<count {
+            var length = 0
+            guard let bytes = tou_dtls_conn_out_get(handle, index, &length), length > 0 else { continue }
+            var buffer = allocator.buffer(capacity: length)
+            buffer.writeBytes(UnsafeRawBufferPointer(start: bytes, count: length))
+            outgoing.append(buffer)
+        }
+        tou_dtls_conn_out_reset(handle)
+    }
+
+    /// OpenSSL's DTLS timer reads its own clock, so the deadline is `now` plus the time OpenSSL
+    /// says is left, and `handleTimeout` just lets OpenSSL check its own timer.
+    private func updateDeadline(now: NIODeadline) {
+        guard state != .failed else {
+            deadline = nil
+            return
+        }
+        var remaining: Int64 = 0
+        if tou_dtls_conn_get_timeout(handle, &remaining) == 1 {
+            deadline = now + .microseconds(remaining)
+        } else {
+            deadline = nil
+        }
+    }
+
+    /// Next outgoing datagram: whole records; during the handshake it fits the MTU.
+    public func pollDatagram() -> ByteBuffer? {
+        outgoing.popFirst()
+    }
+
+    public func pollEvent() -> DTLSEvent? {
+        events.popFirst()
+    }
+
+    /// Plaintext of one received application-data record, in arrival order.
+    public func readApplicationData() -> ByteBuffer? {
+        inbound.popFirst()
+    }
+
+    /// Encrypts `plaintext` (1...16,384 bytes) as exactly one record, queued as one datagram for
+    /// `pollDatagram()`. Not limited by the handshake MTU: the caller sizes what it writes.
+    public func writeApplicationData(_ plaintext: ByteBuffer) throws(DTLSError) {
+        guard state == .established || (state == .closed && !closeSent) else {
+            throw .protocolError("cannot write application data in state \(state)")
+        }
+        guard (1...16_384).contains(plaintext.readableBytes) else {
+            throw .protocolError("plaintext of \(plaintext.readableBytes) bytes; one record carries 1...16384")
+        }
+        let room = plaintext.readableBytes + 64
+        var record = allocator.buffer(capacity: room)
+        var result = 0
+        _ = plaintext.withUnsafeReadableBytes { input in
+            record.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out in
+                result = tou_dtls_conn_write(handle, input.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                                             input.count,
+                                             out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count)
+                return max(result, 0)
+            }
+        }
+        guard result > 0 else {
+            drainOutput()
+            throw .protocolError(String(cString: tou_dtls_conn_error_message(handle)))
+        }
+        outgoing.append(record)
+        drainOutput()
+    }
+
+    /// When the handshake retransmission timer wants `handleTimeout`; nil when it is not running.
+    public var nextDeadline: NIODeadline? { deadline }
+
+    /// Lets OpenSSL retransmit its last flight if its timer has expired (by its own clock).
+    public func handleTimeout(now: NIODeadline) {
+        guard state != .failed, deadline != nil else { return }
+        handle(step: tou_dtls_conn_handle_timeout(handle))
+        drainOutput()
+        updateDeadline(now: now)
+    }
+
+    /// Queues a close_notify alert. Application data can no longer be written afterwards.
+    public func sendCloseNotify() {
+        guard state != .failed, !closeSent else { return }
+        closeSent = true
+        if tou_dtls_conn_shutdown(handle) < 0 {
+            fail()
+        } else if state != .handshaking {
+            state = .closed
+        }
+        drainOutput()
+    }
+
+    /// OpenSSL's name for the negotiated suite, e.g. "ECDHE-ECDSA-AES256-GCM-SHA384".
+    public var negotiatedCipherSuite: String? {
+        guard let name = tou_dtls_conn_cipher(handle) else { return nil }
+        return String(cString: name)
+    }
+
+    /// Bytes a record adds to its plaintext: 13 + 24 (AES-GCM) or 13 + 16 (ChaCha20-Poly1305);
+    /// 0 before the handshake.
+    public var recordOverhead: Int {
+        Int(tou_dtls_conn_record_overhead(handle))
+    }
+
+    /// The peer certificate's subject in RFC 2253 form, e.g. "CN=localhost".
+    public var peerCertificateSubject: String? {
+        var buffer = [CChar](repeating: 0, count: 512)
+        guard tou_dtls_conn_peer_subject(handle, &buffer, buffer.count) == 1 else { return nil }
+        return cString(buffer)
+    }
+}

@@ -1,0 +1,129 @@
+import CTOUOpenSSL
+import NIOCore
+
+/// DTLS 1.2 settings and credentials (an OpenSSL `SSL_CTX`): immutable after creation, shared by
+/// all connections made from it, usable from any thread.
+public final class DTLSContext: @unchecked Sendable {
+    let handle: OpaquePointer
+    /// True for a server context (accepts via `listen`), false for a client context.
+    public let isServer: Bool
+
+    private init(handle: OpaquePointer, isServer: Bool) {
+        self.handle = handle
+        self.isServer = isServer
+    }
+
+    deinit {
+        tou_dtls_ctx_free(handle)
+    }
+
+    /// A client context that verifies servers against `trustRootsPEM`, optionally presenting a
+    /// client certificate.
+    public static func client(trustRootsPEM: [UInt8], certificateChainPEM: [UInt8]? = nil,
+                              privateKeyPEM: [UInt8]? = nil) throws(DTLSError) -> DTLSContext {
+        var error = [CChar](repeating: 0, count: 512)
+        let handle = trustRootsPEM.withUnsafeBufferPointer { trust in
+            withOptionalBytes(certificateChainPEM) { chain in
+                withOptionalBytes(privateKeyPEM) { key in
+                    tou_dtls_ctx_new_client(trust.baseAddress, trust.count,
+                                            chain?.baseAddress, chain?.count ?? 0,
+                                            key?.baseAddress, key?.count ?? 0,
+                                            &error, error.count)
+                }
+            }
+        }
+        guard let handle else { throw .invalidConfiguration(cString(error)) }
+        return DTLSContext(handle: handle, isServer: false)
+    }
+
+    /// A server context presenting `certificateChainPEM` (leaf first). With `clientTrustRootsPEM`
+    /// it asks clients for a certificate and verifies one if sent; `requireClientCertificate`
+    /// makes it mandatory.
+    public static func server(certificateChainPEM: [UInt8], privateKeyPEM: [UInt8],
+                              clientTrustRootsPEM: [UInt8]? = nil,
+                              requireClientCertificate: Bool = false) throws(DTLSError) -> DTLSContext {
+        var error = [CChar](repeating: 0, count: 512)
+        let handle = certificateChainPEM.withUnsafeBufferPointer { chain in
+            privateKeyPEM.withUnsafeBufferPointer { key in
+                withOptionalBytes(clientTrustRootsPEM) { trust in
+                    tou_dtls_ctx_new_server(chain.baseAddress, chain.count,
+                                            key.baseAddress, key.count,
+                                            trust?.baseAddress, trust?.count ?? 0,
+                                            requireClientCertificate ? 1 : 0,
+                                            &error, error.count)
+                }
+            }
+        }
+        guard let handle else { throw .invalidConfiguration(cString(error)) }
+        return DTLSContext(handle: handle, isServer: true)
+    }
+
+    /// Stateless cookie exchange on a server context. Feeds one datagram that should carry a
+    /// ClientHello. `cookieToIssue` (1...255 bytes) goes into a HelloVerifyRequest; a ClientHello
+    /// carrying any of `acceptableCookies` is accepted and becomes a connection that continues the
+    /// handshake (its ServerHello flight is then available from `pollDatagram()`). No per-peer
+    /// state is kept when not accepted.
+    public func listen(datagram: ByteBuffer, cookieToIssue: [UInt8], acceptableCookies: [[UInt8]],
+                       mtu: Int, now: NIODeadline) -> DTLSListenResult {
+        guard isServer else { return .dropped("listen needs a server context") }
+        guard (1...255).contains(cookieToIssue.count) else {
+            return .dropped("the cookie to issue must be 1...255 bytes")
+        }
+        guard let cMTU = Int32(exactly: mtu) else { return .dropped("MTU out of range") }
+        var flat: [UInt8] = []
+        var lengths: [Int] = []
+        flat.reserveCapacity(acceptableCookies.reduce(0) { $0 + $1.count })
+        for cookie in acceptableCookies where !cookie.isEmpty && cookie.count <= 255 {
+            flat.append(contentsOf: cookie)
+            lengths.append(cookie.count)
+        }
+        var message = [CChar](repeating: 0, count: 512)
+        var hvr = ByteBuffer()
+        var outcome: Int32 = 0
+        var conn: OpaquePointer? = nil
+        let hvrCapacity = 13 + 12 + 3 + 255
+        hvr.reserveCapacity(hvrCapacity)
+        _ = datagram.withUnsafeReadableBytes { dgram in
+            cookieToIssue.withUnsafeBufferPointer { issue in
+                flat.withUnsafeBufferPointer { acc in
+                    lengths.withUnsafeBufferPointer { lens in
+                        hvr.writeWithUnsafeMutableBytes(minimumWritableBytes: hvrCapacity) { out in
+                            var hvrLength = 0
+                            outcome = tou_dtls_listen(
+                                handle,
+                                dgram.baseAddress?.assumingMemoryBound(to: UInt8.self), dgram.count,
+                                issue.baseAddress, issue.count,
+                                acc.baseAddress, lens.baseAddress, lens.count,
+                                cMTU,
+                                out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count, &hvrLength,
+                                &conn, &message, message.count)
+                            return hvrLength
+                        }
+                    }
+                }
+            }
+        }
+        switch outcome {
+        case Int32(TOU_DTLS_LISTEN_HVR) where hvr.readableBytes > 0:
+            return .helloVerifyRequest(hvr)
+        case Int32(TOU_DTLS_LISTEN_ACCEPTED):
+            guard let conn else { return .dropped("internal error: no connection") }
+            return .accepted(DTLSConnection(acceptedHandle: conn, context: self, now: now))
+        default:
+            let text = cString(message)
+            return .dropped(text.isEmpty ? "not a ClientHello" : text)
+        }
+    }
+}
+
+/// Runs `body` with the bytes of an optional array, or nil.
+func withOptionalBytes<R>(_ bytes: [UInt8]?, _ body: (UnsafeBufferPointer<UInt8>?) -> R) -> R {
+    guard let bytes else { return body(nil) }
+    return bytes.withUnsafeBufferPointer { body($0) }
+}
+
+/// A Swift string from a NUL-terminated C buffer that may lack its terminator.
+func cString(_ buffer: [CChar]) -> String {
+    let end = buffer.firstIndex(of: 0) ?? buffer.endIndex
+    return String(decoding: buffer[..<end].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

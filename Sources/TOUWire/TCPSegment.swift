@@ -1,0 +1,140 @@
+import NIOCore
+
+/// How the TCP checksum field is treated (wire-format.md, "TCP inside").
+public enum TCPChecksumMode: Sendable, Hashable {
+    /// Secure mode: the AEAD authenticates every byte, so the field is sent as 0 and not checked.
+    case zero
+    /// Plain mode: the ordinary TCP checksum over TOU's address-free pseudo-header, verified.
+    case addressFree
+}
+
+/// Why a TCP segment was rejected. Peer input only ever produces one of these, never a crash.
+public enum TCPParseError: Error, Sendable, Hashable {
+    /// Fewer bytes than the fixed 20-byte header.
+    case truncated(length: Int)
+    /// The data offset is below 5 words or points past the end of the segment.
+    case badDataOffset(words: Int, length: Int)
+    /// An option's length is too short, runs past the header, or does not fit its kind.
+    case malformedOption(kind: UInt8)
+    /// The address-free checksum does not verify.
+    case badChecksum(received: UInt16)
+}
+
+/// One TCP segment: header fields, the options this project knows, and the payload.
+public struct TCPSegment: Sendable, Hashable {
+    public var sourcePort: UInt16
+    public var destinationPort: UInt16
+    public var sequenceNumber: UInt32
+    public var acknowledgmentNumber: UInt32
+    public var flags: TCPFlags
+    public var window: UInt16
+    public var urgentPointer: UInt16
+    public var options: TCPOptions
+    public var payload: ByteBuffer
+
+    public init(
+        sourcePort: UInt16,
+        destinationPort: UInt16,
+        sequenceNumber: UInt32,
+        acknowledgmentNumber: UInt32 = 0,
+        flags: TCPFlags,
+        window: UInt16,
+        urgentPointer: UInt16 = 0,
+        options: TCPOptions = TCPOptions(),
+        payload: ByteBuffer = ByteBuffer()
+    ) {
+        self.sourcePort = sourcePort
+        self.destinationPort = destinationPort
+        self.sequenceNumber = sequenceNumber
+        self.acknowledgmentNumber = acknowledgmentNumber
+        self.flags = flags
+        self.window = window
+        self.urgentPointer = urgentPointer
+        self.options = options
+        self.payload = payload
+    }
+
+    public static let minimumHeaderLength = 20
+
+    /// Header bytes including options (20 to 60).
+    public var headerLength: Int { Self.minimumHeaderLength + options.encodedLength }
+
+    /// Sequence space the segment occupies: payload plus one each for SYN and FIN.
+    public var sequenceLength: Int {
+        payload.readableBytes + (flags.contains(.syn) ? 1 : 0) + (flags.contains(.fin) ? 1 : 0)
+    }
+
+    /// Parses one whole segment. The payload is a zero-copy slice of `bytes`.
+    public static func parse(_ bytes: ByteBuffer, checksum: TCPChecksumMode) throws(TCPParseError)
+        -> TCPSegment
+    {
+        let length = bytes.readableBytes
+        guard length >= minimumHeaderLength else { throw .truncated(length: length) }
+        let header: (UInt16, UInt16, UInt32, UInt32, UInt8, UInt8, UInt16, UInt16, UInt16)
+        // Safe: length >= 20 was checked above.
+        guard
+            let fields = bytes.getMultipleIntegers(
+                at: bytes.readerIndex,
+                as: (UInt16, UInt16, UInt32, UInt32, UInt8, UInt8, UInt16, UInt16, UInt16).self)
+        else { throw .truncated(length: length) }
+        header = fields
+        let dataOffsetWords = Int(header.4 >> 4)
+        let headerLength = dataOffsetWords * 4
+        guard dataOffsetWords >= 5, headerLength <= length else {
+            throw .badDataOffset(words: dataOffsetWords, length: length)
+        }
+        if checksum == .addressFree, InternetChecksum.addressFreeTCP(segment: bytes) != 0 {
+            throw .badChecksum(received: header.7)
+        }
+        let options: TCPOptions
+        if headerLength > minimumHeaderLength {
+            let result: Result<TCPOptions, TCPParseError> = bytes.withUnsafeReadableBytes { raw in
+                let optionBytes = UnsafeRawBufferPointer(
+                    rebasing: raw[minimumHeaderLength..<headerLength])
+                do throws(TCPParseError) {
+                    return .success(try TCPOptions.parse(optionBytes))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            options = try result.get()
+        } else {
+            options = TCPOptions()
+        }
+        let payload =
+            bytes.getSlice(at: bytes.readerIndex + headerLength, length: length - headerLength)
+            ?? ByteBuffer()
+        return TCPSegment(
+            sourcePort: header.0,
+            destinationPort: header.1,
+            sequenceNumber: header.2,
+            acknowledgmentNumber: header.3,
+            flags: TCPFlags(rawValue: header.5),
+            window: header.6,
+            urgentPointer: header.8,
+            options: options,
+            payload: payload)
+    }
+
+    /// Appends the segment (header, options, payload) to `buffer`.
+    public func write(into buffer: inout ByteBuffer, checksum: TCPChecksumMode) {
+        let start = buffer.writerIndex
+        let headerLength = self.headerLength
+        buffer.reserveCapacity(minimumWritableBytes: headerLength + payload.readableBytes)
+        buffer.writeMultipleIntegers(
+            sourcePort, destinationPort, sequenceNumber, acknowledgmentNumber,
+            UInt8(headerLength / 4) << 4, flags.rawValue, window, UInt16(0), urgentPointer)
+        options.write(into: &buffer)
+        buffer.writeImmutableBuffer(payload)
+        if checksum == .addressFree {
+            // Summed in place: a slice would share storage and make setInteger copy the buffer.
+            let offset = start - buffer.readerIndex
+            let length = buffer.writerIndex - start
+            let sum = buffer.withUnsafeReadableBytes { raw in
+                InternetChecksum.addressFreeTCP(
+                    segmentBytes: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + length)]))
+            }
+            buffer.setInteger(sum, at: start + 16)
+        }
+    }
+}

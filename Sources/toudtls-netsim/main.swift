@@ -1,0 +1,3 @@
+// Placeholder until the simulator benchmark lands.
+import TCPSimulator
+print("{}")

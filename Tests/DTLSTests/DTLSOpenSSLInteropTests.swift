@@ -1,0 +1,215 @@
+import DTLS
+import Foundation
+import NIOCore
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `openssl` command, if installed: a DTLS peer nobody here wrote.
+private let opensslPath: String? = ["/usr/bin/openssl", "/usr/local/bin/openssl", "/bin/openssl"]
+    .first { FileManager.default.isExecutableFile(atPath: $0) }
+
+/// A connected, non-blocking-ish UDP socket on loopback for talking to the openssl process.
+private final class UDPSocket {
+    let fd: Int32
+
+    init(connectTo port: UInt16? = nil, bindPort: UInt16 = 0) throws {
+        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { throw POSIXError(.EIO) }
+        var timeout = timeval(tv_sec: 0, tv_usec: 50_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var local = sockaddr_in()
+        local.sin_family = sa_family_t(AF_INET)
+        local.sin_addr.s_addr = inet_addr("127.0.0.1")
+        local.sin_port = bindPort.bigEndian
+        _ = withUnsafePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if let port {
+            var remote = local
+            remote.sin_port = port.bigEndian
+            _ = withUnsafePointer(to: &remote) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+        }
+    }
+
+    deinit { close(fd) }
+
+    var localPort: UInt16 {
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return UInt16(bigEndian: address.sin_port)
+    }
+
+    func send(_ datagram: ByteBuffer) {
+        _ = datagram.withUnsafeReadableBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    /// Receives one datagram and connects the socket to its sender, so replies go back there.
+    func receiveAndConnect() -> ByteBuffer? {
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        var from = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let n = withUnsafeMutablePointer(to: &from) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, &buffer, buffer.count, 0, $0, &length) }
+        }
+        guard n > 0 else { return nil }
+        _ = withUnsafePointer(to: &from) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) }
+        }
+        return ByteBuffer(bytes: buffer[0..<n])
+    }
+
+    func receive() -> ByteBuffer? {
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let n = recv(fd, &buffer, buffer.count, 0)
+        guard n > 0 else { return nil }
+        return ByteBuffer(bytes: buffer[0..<n])
+    }
+}
+
+/// Runs `openssl s_server -dtls1_2`, collecting its stdout.
+private final class OpenSSLProcess: @unchecked Sendable {
+    let process = Process()
+    private let output = Pipe()
+    private let input = Pipe()
+    private let lock = NSLock()
+    private var collected = Data()
+
+    convenience init(port: UInt16) throws {
+        try self.init(arguments: ["s_server", "-dtls1_2", "-accept", "127.0.0.1:\(port)",
+                                  "-cert", Certs.path("server.pem"), "-key", Certs.path("server.key"),
+                                  "-mtu", "1400"])
+    }
+
+    init(arguments: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: opensslPath ?? "/usr/bin/openssl")
+        process.arguments = arguments
+        process.standardOutput = output
+        process.standardError = output
+        process.standardInput = input
+        output.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self else { return }
+            self.lock.lock()
+            self.collected.append(data)
+            self.lock.unlock()
+        }
+        try process.run()
+    }
+
+    var text: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return String(decoding: collected, as: UTF8.self)
+    }
+
+    func write(_ string: String) {
+        input.fileHandleForWriting.write(Data(string.utf8))
+    }
+
+    func stop() {
+        output.fileHandleForReading.readabilityHandler = nil
+        // SIGKILL: the child inherits a signal mask from the test runner that can block SIGTERM.
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+}
+
+@Suite(.serialized) struct DTLSOpenSSLInteropTests {
+    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"))
+    func clientHandshakesWithOpenSSLServer() throws {
+        let port = try UDPSocket().localPort  // a free port, released for the server to take
+        let server = try OpenSSLProcess(port: port)
+        defer { server.stop() }
+        Thread.sleep(forTimeInterval: 0.3)
+
+        let socket = try UDPSocket(connectTo: port)
+        let client = try DTLSConnection(client: Certs.client(), serverName: "localhost", mtu: 1400)
+        client.startHandshake(now: .now())
+        var events: [DTLSEvent] = []
+        var received = ""
+        let start = NIODeadline.now()
+        var sentHello = false
+        while NIODeadline.now() < start + .seconds(10) {
+            while let datagram = client.pollDatagram() { socket.send(datagram) }
+            if let datagram = socket.receive() { client.receiveDatagram(datagram, now: .now()) }
+            if let deadline = client.nextDeadline, deadline <= .now() { client.handleTimeout(now: .now()) }
+            while let event = client.pollEvent() { events.append(event) }
+            while var data = client.readApplicationData() { received += data.readString(length: data.readableBytes) ?? "" }
+            if events.contains(.handshakeCompleted), !sentHello {
+                try client.writeApplicationData(ByteBuffer(string: "hello from toudtls\n"))
+                server.write("hello from openssl\n")
+                sentHello = true
+            }
+            if sentHello, server.text.contains("hello from toudtls"), received.contains("hello from openssl") { break }
+            if events.contains(where: { if case .failed = $0 { return true } else { return false } }) { break }
+        }
+        #expect(events.first == .handshakeCompleted, "events: \(events); openssl said: \(server.text)")
+        #expect(server.text.contains("hello from toudtls"))
+        #expect(received.contains("hello from openssl"))
+        #expect(client.negotiatedCipherSuite == "ECDHE-ECDSA-AES256-GCM-SHA384")
+        client.sendCloseNotify()
+        while let datagram = client.pollDatagram() { socket.send(datagram) }
+    }
+
+    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"))
+    func serverAcceptsOpenSSLClientThroughCookieExchange() throws {
+        let socket = try UDPSocket()
+        let context = try Certs.server()
+        let client = try OpenSSLProcess(arguments: [
+            "s_client", "-dtls1_2", "-connect", "127.0.0.1:\(socket.localPort)", "-mtu", "1400",
+            "-CAfile", Certs.path("ca.pem"), "-verify_return_error", "-servername", "localhost",
+        ])
+        defer { client.stop() }
+        let cookie: [UInt8] = Array("interop-cookie".utf8)
+        var connection: DTLSConnection?
+        var helloVerifyRequests = 0
+        var events: [DTLSEvent] = []
+        var received = ""
+        var sentHello = false
+        let start = NIODeadline.now()
+        while NIODeadline.now() < start + .seconds(10) {
+            if let connection {
+                if let datagram = socket.receive() { connection.receiveDatagram(datagram, now: .now()) }
+                if let deadline = connection.nextDeadline, deadline <= .now() { connection.handleTimeout(now: .now()) }
+                while let datagram = connection.pollDatagram() { socket.send(datagram) }
+                while let event = connection.pollEvent() { events.append(event) }
+                while var data = connection.readApplicationData() {
+                    received += data.readString(length: data.readableBytes) ?? ""
+                }
+                if events.contains(.handshakeCompleted), !sentHello {
+                    client.write("hello from openssl\n")
+                    try connection.writeApplicationData(ByteBuffer(string: "hello from toudtls\n"))
+                    while let datagram = connection.pollDatagram() { socket.send(datagram) }
+                    sentHello = true
+                }
+                if received.contains("hello from openssl"), client.text.contains("hello from toudtls") { break }
+                if events.contains(where: { if case .failed = $0 { return true } else { return false } }) { break }
+            } else if let datagram = socket.receiveAndConnect() {
+                switch context.listen(datagram: datagram, cookieToIssue: cookie, acceptableCookies: [cookie],
+                                      mtu: 1400, now: .now()) {
+                case .helloVerifyRequest(let hvr):
+                    helloVerifyRequests += 1
+                    socket.send(hvr)
+                case .accepted(let accepted):
+                    connection = accepted
+                    while let datagram = accepted.pollDatagram() { socket.send(datagram) }
+                case .dropped:
+                    break
+                }
+            }
+        }
+        #expect(helloVerifyRequests >= 1)
+        #expect(events.first == .handshakeCompleted, "events: \(events); openssl said: \(client.text)")
+        #expect(received.contains("hello from openssl"))
+        #expect(client.text.contains("hello from toudtls"))
+        #expect(client.text.contains("Verify return code: 0 (ok)"))
+    }
+}

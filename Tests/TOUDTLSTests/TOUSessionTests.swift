@@ -1,0 +1,179 @@
+import DTLS
+import Foundation
+import NIOCore
+import TCPEngine
+import TOUWire
+import Testing
+@testable import TOUDTLS
+
+/// Two sans-IO sessions joined in memory: the initiator's datagrams go through the target-side
+/// admission (stateless cookie) exactly as the endpoint does it, without sockets.
+@Suite("TOUSession pair")
+struct TOUSessionTests {
+    static let certs = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("certs").path
+    static let clientAddress = try! SocketAddress(ipAddress: "127.0.0.1", port: 40_000)
+    static let serverAddress = try! SocketAddress(ipAddress: "127.0.0.1", port: 6080)
+
+    static func pem(_ name: String) throws -> [UInt8] {
+        [UInt8](try Data(contentsOf: URL(fileURLWithPath: "\(certs)/\(name)")))
+    }
+
+    final class Pair {
+        let initiator: TOUSession
+        var target: TOUSession?
+        let serverContext: DTLSContext
+        var admission = StatelessAdmission(now: .now())
+        /// Every datagram each side sent, as parsed GUE headers plus payloads.
+        var fromInitiator: [(GUEHeader, ByteBuffer)] = []
+        var fromTarget: [(GUEHeader, ByteBuffer)] = []
+        var initiatorEvents: [SessionEvent] = []
+        var targetEvents: [SessionEvent] = []
+
+        init(parameters: SessionParameters) throws {
+            let clientContext = try DTLSContext.client(trustRootsPEM: try pem("ca.pem"))
+            serverContext = try DTLSContext.server(certificateChainPEM: try pem("server.pem"),
+                                                   privateKeyPEM: try pem("server.key"))
+            initiator = try TOUSession.initiate(context: clientContext, serverName: "localhost",
+                                                peer: serverAddress, parameters: parameters,
+                                                innerRemotePort: 6080, now: .now())
+            self.parameters = parameters
+        }
+
+        let parameters: SessionParameters
+
+        /// Moves datagrams both ways until nothing moves.
+        func run(maximumRounds: Int = 10_000) throws {
+            for _ in 0..<maximumRounds {
+                var moved = false
+                let now = NIODeadline.now()
+                while let datagram = initiator.pollDatagram() {
+                    moved = true
+                    var payload = datagram
+                    let header = try GUEHeader.parse(from: &payload, mode: .secure)
+                    fromInitiator.append((header, payload))
+                    deliverToTarget(header: header, payload: payload, now: now)
+                }
+                if let target {
+                    while let datagram = target.pollDatagram() {
+                        moved = true
+                        var payload = datagram
+                        let header = try GUEHeader.parse(from: &payload, mode: .secure)
+                        fromTarget.append((header, payload))
+                        initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
+                    }
+                }
+                while let event = initiator.pollEvent() { initiatorEvents.append(event) }
+                while let event = target?.pollEvent() { targetEvents.append(event) }
+                if !moved { return }
+            }
+        }
+
+        private func deliverToTarget(header: GUEHeader, payload: ByteBuffer, now: NIODeadline) {
+            if let target, header.destinationSID == target.localSID {
+                target.receive(header: header, payload: payload, from: clientAddress, now: now)
+                return
+            }
+            guard let source = header.sourceSID,
+                  let address = IPAddressBytes(from: clientAddress) else { return }
+            let key = PeerKey(address: address, port: 40_000, sid: source)
+            let derived = admission.derivedSID(for: key)
+            let acceptable = header.destinationSID == derived ? admission.acceptableCookies(for: key) : []
+            switch serverContext.listen(datagram: payload, cookieToIssue: admission.cookieToIssue(for: key),
+                                        acceptableCookies: acceptable, mtu: 1448, now: now) {
+            case .helloVerifyRequest(let request):
+                var datagram = ByteBufferAllocator().buffer(capacity: 64)
+                GUEHeader.secure(source: derived, destination: source).write(into: &datagram)
+                datagram.writeImmutableBuffer(request)
+                var parsed = datagram
+                let replyHeader = try! GUEHeader.parse(from: &parsed, mode: .secure)
+                fromTarget.append((replyHeader, parsed))
+                initiator.receive(header: replyHeader, payload: parsed, from: serverAddress, now: now)
+            case .accepted(let connection):
+                target = TOUSession.accept(dtls: connection, localSID: derived, remoteSID: source,
+                                           peer: clientAddress, parameters: parameters, now: now)
+            case .dropped:
+                break
+            }
+        }
+    }
+
+    static var parameters: SessionParameters { SessionParameters(.client(trustRoots: .pemBytes([]))) }
+
+    @Test("handshake, data both ways, and the closing rules: passive closer's close_notify ends both")
+    func handshakeDataAndClose() throws {
+        let pair = try Pair(parameters: Self.parameters)
+        try pair.run()
+        let target = try #require(pair.target)
+        #expect(pair.initiatorEvents.contains(.established))
+        #expect(pair.targetEvents.contains(.established))
+        #expect(pair.initiator.remoteSID == target.localSID)
+        #expect(target.remoteSID == pair.initiator.localSID)
+        // MSS at path MTU 1500 over IPv4 with AES-256-GCM (wire format: 1399).
+        #expect(pair.initiator.maximumSegmentSize == 1399)
+
+        var data = ByteBufferAllocator().buffer(capacity: 100_000)
+        data.writeRepeatingByte(7, count: 100_000)
+        #expect(pair.initiator.write(data, now: .now()) == 100_000)
+        try pair.run()
+        var received = 0
+        while let chunk = target.read(maximumBytes: 1 << 20, now: .now()) { received += chunk.readableBytes }
+        try pair.run()
+        #expect(received == 100_000)
+
+        // The initiator closes first (active closer), then the target (passive closer).
+        pair.initiator.finishWriting(now: .now())
+        try pair.run()
+        #expect(pair.targetEvents.contains(.peerFinished))
+        #expect(pair.initiator.tcp?.state == .finWait2)
+        target.finishWriting(now: .now())
+        try pair.run()
+        #expect(pair.targetEvents.last == .finished(nil))
+        #expect(pair.initiatorEvents.last == .finished(nil), "close_notify must end TIME-WAIT early")
+        // The last datagram from each side is its close_notify alert (type 21) without S.
+        let lastFromTarget = try #require(pair.fromTarget.last)
+        #expect(lastFromTarget.0.sourceSID == nil && lastFromTarget.0.destinationSID == pair.initiator.localSID)
+        #expect(lastFromTarget.1.getInteger(at: lastFromTarget.1.readerIndex, as: UInt8.self) == 21)
+    }
+
+    @Test("S marks exactly the handshake datagrams; data records carry D alone")
+    func sourceFlagRules() throws {
+        let pair = try Pair(parameters: Self.parameters)
+        try pair.run()
+        var data = ByteBufferAllocator().buffer(capacity: 10)
+        data.writeString("hello")
+        _ = pair.initiator.write(data, now: .now())
+        try pair.run()
+        for (header, payload) in pair.fromInitiator + pair.fromTarget {
+            let summary = try #require(DTLSDatagramSummary.scan(payload))
+            #expect((header.sourceSID != nil) == summary.carriesHandshakeOrEpoch0)
+        }
+        // The very first ClientHello carries S but no D; everything else carries D.
+        #expect(pair.fromInitiator.first?.0.destinationSID == nil)
+        #expect(pair.fromInitiator.dropFirst().allSatisfy { $0.0.destinationSID != nil })
+        #expect(pair.fromTarget.allSatisfy { $0.0.destinationSID == pair.initiator.localSID })
+    }
+
+    @Test("after the ServerHello, a datagram with another source SID is dropped")
+    func sourceSIDLockedAfterServerHello() throws {
+        let pair = try Pair(parameters: Self.parameters)
+        try pair.run()
+        let (header, payload) = try #require(pair.fromTarget.last)
+        let forged = GUEHeader.secure(source: 0xdead_beef, destination: header.destinationSID)
+        let before = pair.initiator.droppedDatagrams
+        pair.initiator.receive(header: forged, payload: payload, from: Self.serverAddress, now: .now())
+        #expect(pair.initiator.droppedDatagrams == before + 1)
+    }
+
+    @Test("a handshake that never completes times out")
+    func handshakeTimeout() throws {
+        var parameters = Self.parameters
+        parameters.handshakeTimeout = .seconds(10)
+        let pair = try Pair(parameters: parameters)
+        let start = NIODeadline.now()
+        pair.initiator.handleTimeout(now: start + .seconds(11))
+        var events: [SessionEvent] = []
+        while let event = pair.initiator.pollEvent() { events.append(event) }
+        #expect(events.last == .finished(.timedOut("no handshake with the peer within 10 s")))
+    }
+}
