@@ -59,7 +59,7 @@ final class TcpdumpCapture: @unchecked Sendable {
         // -U: write each packet as it comes, so the file is whole when we stop; -s 0: whole packets;
         // --immediate-mode: packets still waiting in a TPACKET_V3 block when SIGINT comes would be lost;
         // -B: a large kernel buffer (KiB) so a fast loopback transfer is not dropped by the capture.
-        process.arguments = ["-i", "lo", "-n", "-U", "--immediate-mode", "-s", "0", "-B", "32768", "-w", file.path, "udp port \(port)"]
+        process.arguments = ["-i", "lo", "-n", "-U", "--immediate-mode", "-s", "0", "-B", "131072", "-w", file.path, "udp port \(port)"]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = errorPipe
         process.standardInput = FileHandle.nullDevice
