@@ -195,6 +195,11 @@ struct WireAudit {
     private(set) var datagramsWithS = 0
     private(set) var recordTypeCounts: [UInt8: Int] = [:]
     private(set) var applicationDataBytes = 0
+    /// Alert records (close_notify once the session is up) sent by each side, and each side's last record type.
+    private(set) var alertsFromClient = 0
+    private(set) var alertsFromListener = 0
+    private(set) var lastRecordTypeFromClient: UInt8?
+    private(set) var lastRecordTypeFromListener: UInt8?
     private(set) var clientEndpoints: Set<String> = []
     private(set) var clientSIDs: Set<UInt64> = []
     private(set) var listenerSIDs: Set<UInt64> = []
@@ -292,6 +297,10 @@ struct WireAudit {
             let versionOK = record.version == 0xFEFD || (record.epoch == 0 && record.version == 0xFEFF)
             if !versionOK { fail(datagram, "DTLS record version 0x\(String(record.version, radix: 16))") }
             if record.type == 20 || record.type == 22 || record.epoch == 0 { needsS = true }
+            if fromClient { lastRecordTypeFromClient = record.type } else { lastRecordTypeFromListener = record.type }
+            if record.type == 21 {
+                if fromClient { alertsFromClient += 1 } else { alertsFromListener += 1 }
+            }
             if record.type == 23 {
                 applicationDataBytes += record.body.count
                 if record.epoch == 0 { fail(datagram, "application data in epoch 0") }
