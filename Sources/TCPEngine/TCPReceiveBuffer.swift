@@ -1,5 +1,6 @@
 import DequeModule
 import NIOCore
+import TOUWire
 
 /// In-order bytes waiting for the application, plus out-of-order segments waiting for a hole to
 /// fill. Out-of-order data is only ever accepted inside the advertised window, so the whole
@@ -117,6 +118,28 @@ struct TCPReceiveBuffer {
         }
         if consumed > 0 { pending.removeFirst(consumed) }
         return next
+    }
+
+    /// The contiguous run of out-of-order data that holds `sequence`, as a SACK block.
+    func sackBlock(containing sequence: UInt32, next: UInt32) -> TCPSACKBlock? {
+        let offset = sequence.seqDistance(from: next)
+        var index = firstIndex(endingAfter: offset, next: next)
+        guard index < pending.count, pending[index].sequence.seqLE(sequence) else { return nil }
+        var left = pending[index].sequence
+        var right = left.seqAdvanced(by: pending[index].bytes.readableBytes)
+        var before = index - 1
+        while before >= 0 {
+            let pieceEnd = pending[before].sequence.seqAdvanced(by: pending[before].bytes.readableBytes)
+            guard pieceEnd == left else { break }
+            left = pending[before].sequence
+            before -= 1
+        }
+        index += 1
+        while index < pending.count, pending[index].sequence == right {
+            right = right.seqAdvanced(by: pending[index].bytes.readableBytes)
+            index += 1
+        }
+        return TCPSACKBlock(left: left, right: right)
     }
 
     mutating func discardOutOfOrder() {

@@ -11,7 +11,7 @@ public enum TCPCloseReason: Sendable, Equatable, Hashable {
     case normal
     /// The peer reset the connection.
     case reset
-    /// Retransmissions (or zero-window probes) went unanswered too long.
+    /// Retransmissions, zero-window probes or keepalive probes went unanswered too long.
     case timedOut
     /// The local side called `abort()`.
     case aborted
@@ -37,17 +37,40 @@ public struct TCPStats: Sendable, Hashable {
     public var bytesReceived: Int = 0
     public var segmentsSent: Int = 0
     public var segmentsReceived: Int = 0
-    /// Segments sent again (after RTO, fast retransmit or NewReno partial ACK).
+    /// Segments sent again (after RTO, fast retransmit, RACK, NewReno partial ACK or a tail probe).
     public var retransmissions: Int = 0
+    /// Retransmissions later shown unnecessary (timestamps/Eifel or D-SACK).
+    public var spuriousRetransmissions: Int = 0
     public var rtoExpiries: Int = 0
     public var fastRetransmits: Int = 0
+    /// Tail loss probes sent (RFC 8985 section 7).
+    public var tailLossProbes: Int = 0
+    /// Loss-recovery episodes undone because they proved spurious.
+    public var recoveryUndos: Int = 0
+    public var sackBlocksReceived: Int = 0
+    public var sackBlocksSent: Int = 0
+    /// Segments dropped by PAWS (RFC 7323 section 5).
+    public var pawsRejected: Int = 0
+    public var challengeACKs: Int = 0
     public var smoothedRTT: TimeAmount?
     public var rttVariance: TimeAmount?
+    public var minimumRTT: TimeAmount?
     public var rto: TimeAmount = .seconds(1)
     public var congestionWindow: Int = 0
     public var slowStartThreshold: Int = 0
+    /// Bytes per second the pacer releases; nil when pacing is off or no RTT is known yet.
+    public var pacingRate: Int?
     /// The peer's advertised window, scaled.
     public var sendWindow: Int = 0
+    /// The receive buffer after auto-tuning.
+    public var receiveBufferSize: Int = 0
+    public var selectiveAcknowledgmentsEnabled = false
+    public var timestampsEnabled = false
 
     public init() {}
+
+    public var cwnd: Int { congestionWindow }
+    public var ssthresh: Int { slowStartThreshold }
+    public var srtt: TimeAmount? { smoothedRTT }
+    public var rttvar: TimeAmount? { rttVariance }
 }

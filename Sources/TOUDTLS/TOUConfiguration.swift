@@ -62,6 +62,10 @@ public struct TOUConfiguration: Sendable {
     /// TCP buffer sizes; the receive buffer bounds the advertised window.
     public var receiveBufferSize: Int = 4 << 20
     public var sendBufferSize: Int = 4 << 20
+    /// Send small writes at once instead of coalescing them while data is unacknowledged (Nagle off).
+    public var noDelay: Bool = false
+    public enum CongestionControl: Sendable, Hashable { case newReno, cubic }
+    public var congestionControl: CongestionControl = .cubic
 
     /// Listener limits (wire format defaults).
     public var maximumHalfOpenSessions: Int = 1024

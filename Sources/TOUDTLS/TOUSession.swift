@@ -22,6 +22,8 @@ struct SessionParameters {
     var idleTimeout: TimeAmount
     var receiveBufferSize: Int
     var sendBufferSize: Int
+    var noDelay: Bool
+    var congestionControl: TCPCongestionControlAlgorithm
 
     init(_ configuration: TOUConfiguration) {
         security = configuration.security
@@ -30,6 +32,11 @@ struct SessionParameters {
         idleTimeout = configuration.idleTimeout
         receiveBufferSize = configuration.receiveBufferSize
         sendBufferSize = configuration.sendBufferSize
+        noDelay = configuration.noDelay
+        switch configuration.congestionControl {
+        case .newReno: congestionControl = .newReno
+        case .cubic: congestionControl = .cubic
+        }
     }
 }
 
@@ -153,6 +160,8 @@ final class TOUSession {
         var configuration = TCPConfiguration(maximumSegmentSize: maximumSegmentSize)
         configuration.receiveBufferSize = parameters.receiveBufferSize
         configuration.sendBufferSize = parameters.sendBufferSize
+        configuration.noDelay = parameters.noDelay
+        configuration.congestionControl = parameters.congestionControl
         return configuration
     }
 
@@ -419,7 +428,8 @@ final class TOUSession {
 
     private func sendCloseNotifyAndFinish() {
         guard !isFinished else { return }
-        if let dtls, dtls.state == .established {
+        // The peer's close_notify moves DTLS to .closed, and ours must still go out then.
+        if let dtls, dtls.state == .established || dtls.state == .closed {
             dtls.sendCloseNotify()
             drainDTLS()
         }

@@ -43,6 +43,9 @@ struct Bench: AsyncParsableCommand {
         }
         server.pathMTU = mtu
         client.pathMTU = mtu
+        // Request/response measures latency, not Nagle's coalescing.
+        server.noDelay = true
+        client.noDelay = true
         return (server, client)
     }
 

@@ -113,7 +113,7 @@ import TOUWire
 
     @Test func finishWritingBeforeEstablishedSendsFINAfterHandshake() {
         var c = TCPConnection.connect(
-            localPort: localPort, remotePort: remotePort, configuration: TCPConfiguration(),
+            localPort: localPort, remotePort: remotePort, configuration: classicConfiguration(),
             initialSequenceNumber: localISS, now: t0)
         _ = c.write(bytes("early"))
         c.finishWriting()

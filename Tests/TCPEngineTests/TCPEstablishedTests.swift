@@ -121,7 +121,7 @@ import TOUWire
     }
 
     @Test func receiveWindowFillsClosesAndReopens() {
-        var configuration = TCPConfiguration()
+        var configuration = classicConfiguration()
         configuration.receiveBufferSize = 4000
         var c = establishedConnection(configuration: configuration)
         // Shift 0 for a 4000-byte buffer; the first ACK still offers what the SYN offered.
@@ -172,7 +172,7 @@ import TOUWire
     }
 
     @Test func writeIsBoundedBySendBufferAndSignalsWritable() {
-        var configuration = TCPConfiguration()
+        var configuration = classicConfiguration()
         configuration.sendBufferSize = 3000
         var c = establishedConnection(configuration: configuration)
         #expect(c.write(bytes(count: 5000)) == 3000)

@@ -7,7 +7,7 @@ import TOUWire
 @Suite struct SynSentTests {
     @Test func connectSendsSYNWithMSSAndWindowScale() {
         var c = TCPConnection.connect(
-            localPort: localPort, remotePort: remotePort, configuration: TCPConfiguration(),
+            localPort: localPort, remotePort: remotePort, configuration: classicConfiguration(),
             initialSequenceNumber: localISS, now: t0)
         #expect(c.state == .synSent)
         #expect(c.drain(at: t0) == [toPeer(seq: localISS, ack: nil, flags: .syn, window: 65535, options: ourSYNOptions)])
@@ -15,7 +15,7 @@ import TOUWire
     }
 
     @Test func synIsRetransmittedWithBackoffThenTimesOut() {
-        var configuration = TCPConfiguration()
+        var configuration = classicConfiguration()
         configuration.synRetries = 2
         var c = TCPConnection.connect(
             localPort: localPort, remotePort: remotePort, configuration: configuration,
@@ -39,7 +39,7 @@ import TOUWire
 
     @Test func synACKEstablishesAndIsAcknowledged() {
         var c = TCPConnection.connect(
-            localPort: localPort, remotePort: remotePort, configuration: TCPConfiguration(),
+            localPort: localPort, remotePort: remotePort, configuration: classicConfiguration(),
             initialSequenceNumber: localISS, now: t0)
         _ = c.drain(at: t0)
         c.receive(fromPeer(seq: remoteISS, flags: .syn, options: peerSYNOptions), now: at(10))
@@ -60,7 +60,7 @@ import TOUWire
 
     @Test func withoutPeerWindowScaleNeitherSideScales() {
         var c = TCPConnection.connect(
-            localPort: localPort, remotePort: remotePort, configuration: TCPConfiguration(),
+            localPort: localPort, remotePort: remotePort, configuration: classicConfiguration(),
             initialSequenceNumber: localISS, now: t0)
         _ = c.drain(at: t0)
         c.receive(fromPeer(seq: remoteISS, flags: .syn, window: 1000, options: TCPOptions(maximumSegmentSize: 1460)), now: at(10))
@@ -70,7 +70,7 @@ import TOUWire
 
     @Test func unacceptableACKInSynSentGetsReset() {
         var c = TCPConnection.connect(
-            localPort: localPort, remotePort: remotePort, configuration: TCPConfiguration(),
+            localPort: localPort, remotePort: remotePort, configuration: classicConfiguration(),
             initialSequenceNumber: localISS, now: t0)
         _ = c.drain(at: t0)
         c.receive(fromPeer(seq: remoteISS, ack: localISS &+ 5, flags: .syn), now: at(10))
@@ -80,7 +80,7 @@ import TOUWire
 
     @Test func resetInSynSent() {
         var c = TCPConnection.connect(
-            localPort: localPort, remotePort: remotePort, configuration: TCPConfiguration(),
+            localPort: localPort, remotePort: remotePort, configuration: classicConfiguration(),
             initialSequenceNumber: localISS, now: t0)
         _ = c.drain(at: t0)
         c.receive(fromPeer(seq: 0, ack: nil, flags: .rst), now: at(5))  // no ACK: ignored
@@ -96,15 +96,15 @@ import TOUWire
     func accepted(options: TCPOptions = peerSYNOptions) -> TCPConnection {
         TCPConnection.accept(
             syn: fromPeer(seq: remoteISS, ack: nil, flags: .syn, options: options),
-            configuration: TCPConfiguration(), initialSequenceNumber: localISS, now: t0)!
+            configuration: classicConfiguration(), initialSequenceNumber: localISS, now: t0)!
     }
     let synACK = toPeer(seq: localISS, flags: .syn, window: 65535, options: ourSYNOptions)
 
     @Test func acceptRejectsNonSYN() {
         for flags: TCPFlags in [[], .rst, [.syn, .rst], [.syn, .fin]] {
-            #expect(TCPConnection.accept(syn: fromPeer(ack: nil, flags: flags), configuration: TCPConfiguration(), initialSequenceNumber: 1, now: t0) == nil)
+            #expect(TCPConnection.accept(syn: fromPeer(ack: nil, flags: flags), configuration: classicConfiguration(), initialSequenceNumber: 1, now: t0) == nil)
         }
-        #expect(TCPConnection.accept(syn: fromPeer(flags: .syn), configuration: TCPConfiguration(), initialSequenceNumber: 1, now: t0) == nil)
+        #expect(TCPConnection.accept(syn: fromPeer(flags: .syn), configuration: classicConfiguration(), initialSequenceNumber: 1, now: t0) == nil)
     }
 
     @Test func sendsSYNACKAndEstablishesOnACKWithData() {

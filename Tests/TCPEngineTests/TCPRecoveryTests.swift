@@ -45,7 +45,7 @@ import TOUWire
     }
 
     @Test func tooManyTimeoutsCloseTheConnection() {
-        var configuration = TCPConfiguration()
+        var configuration = classicConfiguration()
         configuration.maximumRetransmissions = 3
         var c = establishedConnection(configuration: configuration)
         _ = c.write(bytes("x"))
@@ -68,26 +68,39 @@ import TOUWire
         #expect(sent.count == 10)
         // Segments 1 and 4 are lost; the peer ACKs segment 0 and then repeats that ACK.
         let segment1 = localISS &+ 1 &+ 1399
-        c.receive(fromPeer(ack: segment1), now: at(110))
-        #expect(c.drain(at: at(110)).count == 2)  // slow start sends two more (ABC L=2 on one ACK: 1399)
-        for step in 0..<2 {
-            c.receive(fromPeer(ack: segment1), now: at(111 + Int64(step)))
-            #expect(c.drain(at: at(111 + Int64(step))) == [])
+        func segment(_ n: Int) -> TCPSegment {
+            toPeer(seq: localISS &+ 1 &+ UInt32(n * 1399), payload: bytes(count: 1399))
         }
+        c.receive(fromPeer(ack: segment1), now: at(110))
+        #expect(c.drain(at: at(110)) == [segment(10), segment(11)])  // slow start: one ACK, +1399
+        // RFC 3042 limited transmit: one new segment for each of the first two duplicates.
+        c.receive(fromPeer(ack: segment1), now: at(111))
+        #expect(c.drain(at: at(111)) == [segment(12)])
+        c.receive(fromPeer(ack: segment1), now: at(112))
+        #expect(c.drain(at: at(112)) == [segment(13)])
         c.receive(fromPeer(ack: segment1), now: at(113))
-        #expect(c.drain(at: at(113)) == [toPeer(seq: segment1, payload: bytes(count: 1399))])
+        #expect(c.drain(at: at(113)) == [segment(1)])
         #expect(c.stats.fastRetransmits == 1)
         let threshold = c.stats.slowStartThreshold
-        #expect(threshold == (1399 * 11) / 2)
-        #expect(c.stats.congestionWindow == threshold + 3 * 1399)
+        #expect(threshold == (1399 * 13) / 2)
+        #expect(c.stats.congestionWindow == threshold)  // inflation by the 3 duplicates is separate
+        // Each further duplicate inflates the window by one segment; new data flows once the
+        // inflated window exceeds what is in flight.
+        for step in 0..<4 {
+            c.receive(fromPeer(ack: segment1), now: at(114 + Int64(step)))
+            #expect(c.drain(at: at(114 + Int64(step))) == [])
+        }
+        c.receive(fromPeer(ack: segment1), now: at(118))
+        #expect(c.drain(at: at(118)) == [segment(14)])
         // Partial ACK up to the second hole: NewReno resends it at once.
         let segment4 = localISS &+ 1 &+ 4 * 1399
         c.receive(fromPeer(ack: segment4), now: at(130))
         let afterPartial = c.drain(at: at(130))
-        #expect(afterPartial.first == toPeer(seq: segment4, payload: bytes(count: 1399)))
+        #expect(afterPartial.first == segment(4))
         #expect(c.stats.fastRetransmits == 1)
+        #expect(c.stats.retransmissions == 2)
         // Full ACK: recovery ends with cwnd at most ssthresh.
-        c.receive(fromPeer(ack: localISS &+ 1 &+ 12 * 1399), now: at(150))
+        c.receive(fromPeer(ack: localISS &+ 1 &+ 15 * 1399), now: at(150))
         #expect(c.stats.congestionWindow <= threshold)
     }
 

@@ -73,7 +73,7 @@ let peerSYNOptions = TCPOptions(maximumSegmentSize: 1460, windowScale: 0)
 
 /// A connection that did an active open at t0 and got the SYN-ACK at 10 ms (srtt 10 ms).
 func establishedConnection(
-    configuration: TCPConfiguration = TCPConfiguration(), peerOptions: TCPOptions = peerSYNOptions,
+    configuration: TCPConfiguration = classicConfiguration(), peerOptions: TCPOptions = peerSYNOptions,
     peerWindow: UInt16 = 64000
 ) -> TCPConnection {
     var connection = TCPConnection.connect(
@@ -85,4 +85,17 @@ func establishedConnection(
     _ = connection.drain(at: at(10))
     _ = connection.drainEvents()
     return connection
+}
+
+/// The engine as the first per-state tests knew it: no SACK or timestamps, NewReno, no pacing,
+/// Nagle off and a fixed receive buffer, so each test exercises one mechanism in isolation.
+func classicConfiguration(mss: Int = 1399) -> TCPConfiguration {
+    var configuration = TCPConfiguration(maximumSegmentSize: mss)
+    configuration.selectiveAcknowledgments = false
+    configuration.timestamps = false
+    configuration.congestionControl = .newReno
+    configuration.pacing = false
+    configuration.noDelay = true
+    configuration.maximumReceiveBufferSize = 0
+    return configuration
 }

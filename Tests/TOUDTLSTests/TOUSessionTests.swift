@@ -134,6 +134,10 @@ struct TOUSessionTests {
         let lastFromTarget = try #require(pair.fromTarget.last)
         #expect(lastFromTarget.0.sourceSID == nil && lastFromTarget.0.destinationSID == pair.initiator.localSID)
         #expect(lastFromTarget.1.getInteger(at: lastFromTarget.1.readerIndex, as: UInt8.self) == 21)
+        // ... and the active closer answers with its own.
+        let lastFromInitiator = try #require(pair.fromInitiator.last)
+        #expect(lastFromInitiator.0.sourceSID == nil && lastFromInitiator.0.destinationSID == target.localSID)
+        #expect(lastFromInitiator.1.getInteger(at: lastFromInitiator.1.readerIndex, as: UInt8.self) == 21)
     }
 
     @Test("S marks exactly the handshake datagrams; data records carry D alone")

@@ -1,0 +1,133 @@
+import NIOCore
+
+/// What the engine tells a congestion controller about one ACK that advanced SND.UNA outside
+/// loss recovery.
+public struct CongestionAckSample: Sendable {
+    /// Bytes newly acknowledged (cumulatively) by this ACK.
+    public var ackedBytes: Int
+    /// Bytes outstanding before this ACK.
+    public var bytesInFlight: Int
+    /// An RTT measured from this ACK, if it gave one.
+    public var rttSample: TimeAmount?
+    public var smoothedRTT: TimeAmount?
+    public var minimumRTT: TimeAmount?
+    /// The cumulative ACK and the highest sequence number sent: HyStart++ counts rounds with them.
+    public var acknowledgment: UInt32
+    public var highestSent: UInt32
+    /// The sender had less to send than the window allowed, so the window was not tested.
+    public var applicationLimited: Bool
+    public var now: NIODeadline
+
+    public init(
+        ackedBytes: Int, bytesInFlight: Int, rttSample: TimeAmount?, smoothedRTT: TimeAmount?,
+        minimumRTT: TimeAmount?, acknowledgment: UInt32, highestSent: UInt32,
+        applicationLimited: Bool, now: NIODeadline
+    ) {
+        self.ackedBytes = ackedBytes
+        self.bytesInFlight = bytesInFlight
+        self.rttSample = rttSample
+        self.smoothedRTT = smoothedRTT
+        self.minimumRTT = minimumRTT
+        self.acknowledgment = acknowledgment
+        self.highestSent = highestSent
+        self.applicationLimited = applicationLimited
+        self.now = now
+    }
+}
+
+/// A congestion controller: owns cwnd and ssthresh. The engine owns loss detection and recovery
+/// (RACK, RFC 6675, NewReno) and tells the controller when windows grow and shrink.
+public protocol CongestionController: Sendable {
+    var congestionWindow: Int { get }
+    var slowStartThreshold: Int { get }
+    var isInSlowStart: Bool { get }
+    /// New data acknowledged outside recovery: grow the window.
+    mutating func onAcknowledged(_ sample: CongestionAckSample)
+    /// Loss detected (fast retransmit, RACK): set ssthresh and the window recovery starts with.
+    mutating func onCongestionEvent(now: NIODeadline, bytesInFlight: Int)
+    /// Recovery ended (everything outstanding at its start is acknowledged).
+    mutating func onRecoveryExit(now: NIODeadline, bytesInFlight: Int)
+    /// The retransmission timer expired: collapse to the loss window.
+    mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int)
+    /// Bytes per second to pace at, given the smoothed RTT.
+    func pacingRate(smoothedRTT: TimeAmount) -> Double
+}
+
+extension CongestionController {
+    /// Linux's choice: twice the window per RTT in slow start (so pacing never holds growth
+    /// back), 1.2 times in congestion avoidance.
+    public func pacingRate(smoothedRTT: TimeAmount) -> Double {
+        let seconds = max(Double(smoothedRTT.nanoseconds), 100_000) / 1e9
+        return (isInSlowStart ? 2.0 : 1.2) * Double(congestionWindow) / seconds
+    }
+}
+
+/// The engine's controller: one of the built-in algorithms, stored inline (no existential, no
+/// allocation) and copied whole to undo a spurious reduction.
+enum AnyCongestionController: CongestionController {
+    case newReno(NewRenoController)
+    case cubic(CubicController)
+
+    init(_ algorithm: TCPCongestionControlAlgorithm, mss: Int, initialWindow: Int) {
+        switch algorithm {
+        case .newReno: self = .newReno(NewRenoController(mss: mss, initialWindow: initialWindow))
+        case .cubic: self = .cubic(CubicController(mss: mss, initialWindow: initialWindow))
+        }
+    }
+
+    var congestionWindow: Int {
+        switch self {
+        case .newReno(let c): return c.congestionWindow
+        case .cubic(let c): return c.congestionWindow
+        }
+    }
+
+    var slowStartThreshold: Int {
+        switch self {
+        case .newReno(let c): return c.slowStartThreshold
+        case .cubic(let c): return c.slowStartThreshold
+        }
+    }
+
+    var isInSlowStart: Bool {
+        switch self {
+        case .newReno(let c): return c.isInSlowStart
+        case .cubic(let c): return c.isInSlowStart
+        }
+    }
+
+    private mutating func apply(
+        _ newReno: (inout NewRenoController) -> Void, _ cubic: (inout CubicController) -> Void
+    ) {
+        switch self {
+        case .newReno(var c):
+            newReno(&c)
+            self = .newReno(c)
+        case .cubic(var c):
+            cubic(&c)
+            self = .cubic(c)
+        }
+    }
+
+    mutating func onAcknowledged(_ sample: CongestionAckSample) {
+        apply({ $0.onAcknowledged(sample) }, { $0.onAcknowledged(sample) })
+    }
+
+    mutating func onCongestionEvent(now: NIODeadline, bytesInFlight: Int) {
+        apply(
+            { $0.onCongestionEvent(now: now, bytesInFlight: bytesInFlight) },
+            { $0.onCongestionEvent(now: now, bytesInFlight: bytesInFlight) })
+    }
+
+    mutating func onRecoveryExit(now: NIODeadline, bytesInFlight: Int) {
+        apply(
+            { $0.onRecoveryExit(now: now, bytesInFlight: bytesInFlight) },
+            { $0.onRecoveryExit(now: now, bytesInFlight: bytesInFlight) })
+    }
+
+    mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int) {
+        apply(
+            { $0.onRetransmissionTimeout(now: now, bytesInFlight: bytesInFlight) },
+            { $0.onRetransmissionTimeout(now: now, bytesInFlight: bytesInFlight) })
+    }
+}

@@ -1,0 +1,244 @@
+import DequeModule
+import NIOCore
+
+/// One segment sent and not yet cumulatively acknowledged. Retransmissions resend the same
+/// range, so an entry keeps its boundaries for life (only a partial ACK trims its front).
+struct SentSegment {
+    var start: UInt32
+    /// One past the last sequence number, the FIN included.
+    var end: UInt32
+    var sentAt: NIODeadline
+    var fin: Bool
+    var sacked = false
+    /// Deemed lost and not yet retransmitted.
+    var lost = false
+    var retransmitted = false
+
+    var length: Int { end.seqDistance(from: start) }
+    var payloadLength: Int { length - (fin ? 1 : 0) }
+    /// RFC 6675 pipe: counts unless SACKed or lost-and-not-yet-resent.
+    var inPipe: Bool { !sacked && !lost }
+}
+
+/// The sender's scoreboard (RFC 6675) plus RACK's per-connection state (RFC 8985): which sent
+/// segments the peer holds (SACK), which are lost, and when each was last sent.
+/// Bounded by the send buffer: one entry per segment in flight.
+struct TCPScoreboard {
+    private(set) var segments: Deque<SentSegment> = []
+    /// Bytes in flight per RFC 6675's pipe.
+    private(set) var pipe = 0
+    private(set) var sackedBytes = 0
+    private(set) var lostSegments = 0
+    private(set) var sackedSegments = 0
+
+    // MARK: RACK (RFC 8985 section 6)
+    /// Send time and end of the most recently sent segment known delivered.
+    private(set) var rackSentAt: NIODeadline?
+    private(set) var rackEnd: UInt32 = 0
+    private(set) var rackRTT: TimeAmount = .zero
+    /// Highest end delivered so far (RACK.fack); a delivery below it was reordered.
+    private var deliveredEnd: UInt32?
+    private(set) var reorderingSeen = false
+    /// No entry before this sequence number can need RACK's attention or a retransmission.
+    private var lostHint: UInt32?
+
+    var isEmpty: Bool { segments.isEmpty }
+    var last: SentSegment? { segments.last }
+
+    mutating func recordTransmission(start: UInt32, end: UInt32, fin: Bool, now: NIODeadline) {
+        segments.append(SentSegment(start: start, end: end, sentAt: now, fin: fin))
+        pipe += end.seqDistance(from: start)
+    }
+
+    /// Index of the first entry whose end lies after `sequence`.
+    func firstIndex(endingAfter sequence: UInt32) -> Int {
+        var low = 0
+        var high = segments.count
+        while low < high {
+            let middle = (low + high) / 2
+            if segments[middle].end.seqLE(sequence) { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+
+    mutating func recordRetransmission(at index: Int, now: NIODeadline) {
+        guard segments.indices.contains(index) else { return }
+        if segments[index].lost {
+            segments[index].lost = false
+            lostSegments -= 1
+            pipe += segments[index].length
+        } else if !segments[index].sacked {
+            // A probe resending something still counted in flight: it is in the network twice.
+            pipe += segments[index].length
+        }
+        segments[index].retransmitted = true
+        segments[index].sentAt = now
+        lower(&lostHint, to: segments[index].start)
+    }
+
+    mutating func markLost(at index: Int) {
+        guard segments.indices.contains(index), segments[index].inPipe else { return }
+        segments[index].lost = true
+        lostSegments += 1
+        pipe -= segments[index].length
+        lower(&lostHint, to: segments[index].start)
+    }
+
+    /// RTO (RFC 6675 5.1, RFC 8985 6.3): everything not SACKed is presumed lost.
+    mutating func markAllLost() {
+        for index in segments.indices where segments[index].inPipe { markLost(at: index) }
+    }
+
+    /// Clears every loss mark (a spurious timeout or recovery was undone).
+    mutating func clearLost() {
+        for index in segments.indices where segments[index].lost {
+            segments[index].lost = false
+            lostSegments -= 1
+            pipe += segments[index].length
+        }
+    }
+
+    /// The first entry deemed lost and not yet resent.
+    mutating func nextLostIndex() -> Int? {
+        guard lostSegments > 0 else { return nil }
+        var index = lostHint.map { firstIndex(endingAfter: $0) } ?? 0
+        while index < segments.count {
+            if segments[index].lost {
+                lostHint = segments[index].start
+                return index
+            }
+            index += 1
+        }
+        return nil
+    }
+
+    /// The highest entry the peer does not hold (what a tail loss probe resends).
+    func lastUnsackedIndex() -> Int? {
+        var index = segments.count - 1
+        while index >= 0 {
+            if !segments[index].sacked { return index }
+            index -= 1
+        }
+        return nil
+    }
+
+    /// Removes what `ack` covers. Returns bytes newly delivered (not previously SACKed) and the
+    /// newest entry fully acknowledged (for RTT sampling).
+    mutating func acknowledge(upTo ack: UInt32, now: NIODeadline, minimumRTT: TimeAmount?)
+        -> (delivered: Int, newest: SentSegment?)
+    {
+        var delivered = 0
+        var newest: SentSegment?
+        while let first = segments.first, first.start.seqLT(ack) {
+            if first.end.seqLE(ack) {
+                segments.removeFirst()
+                if first.sacked {
+                    sackedBytes -= first.length
+                    sackedSegments -= 1
+                } else {
+                    delivered += first.length
+                    if first.lost { lostSegments -= 1 } else { pipe -= first.length }
+                    rackUpdate(first, now: now, minimumRTT: minimumRTT)
+                }
+                newest = first
+            } else {
+                // Partial ACK inside a segment (a probe or a shrunken MSS): trim its front.
+                let covered = ack.seqDistance(from: first.start)
+                delivered += first.sacked ? 0 : covered
+                if first.sacked { sackedBytes -= covered } else if !first.lost { pipe -= covered }
+                segments[segments.startIndex].start = ack
+                break
+            }
+        }
+        return (delivered, newest)
+    }
+
+    /// Marks entries fully inside `[left, right)` as SACKed; returns bytes newly SACKed.
+    mutating func applySACK(left: UInt32, right: UInt32, now: NIODeadline, minimumRTT: TimeAmount?) -> Int {
+        var index = firstIndex(endingAfter: left)
+        var newly = 0
+        while index < segments.count, segments[index].start.seqLT(right) {
+            let entry = segments[index]
+            if !entry.sacked, entry.start.seqGE(left), entry.end.seqLE(right) {
+                segments[index].sacked = true
+                sackedSegments += 1
+                sackedBytes += entry.length
+                newly += entry.length
+                if entry.lost { lostSegments -= 1 } else { pipe -= entry.length }
+                segments[index].lost = false
+                rackUpdate(entry, now: now, minimumRTT: minimumRTT)
+            }
+            index += 1
+        }
+        return newly
+    }
+
+    /// RFC 8985 6.2 step 2: remember the most recently sent delivered segment.
+    private mutating func rackUpdate(_ entry: SentSegment, now: NIODeadline, minimumRTT: TimeAmount?) {
+        let rtt = now - entry.sentAt
+        // A retransmission ACKed faster than any RTT seen: the original was delivered, not it.
+        if entry.retransmitted, let minimumRTT, rtt < minimumRTT { return }
+        if let sentAt = rackSentAt {
+            if entry.sentAt > sentAt || (entry.sentAt == sentAt && entry.end.seqGT(rackEnd)) {
+                rackSentAt = entry.sentAt
+                rackEnd = entry.end
+                rackRTT = rtt
+            }
+        } else {
+            rackSentAt = entry.sentAt
+            rackEnd = entry.end
+            rackRTT = rtt
+        }
+        if let fack = deliveredEnd, entry.end.seqLT(fack) {
+            if !entry.retransmitted { reorderingSeen = true }
+        } else {
+            deliveredEnd = entry.end
+        }
+    }
+
+    /// RFC 8985 6.2 step 5: every entry sent before the RACK segment and not delivered within
+    /// RACK.rtt + reorderingWindow is lost. Returns how many were newly marked, and when the
+    /// next entry would time out (the reordering timer).
+    mutating func detectLosses(now: NIODeadline, reorderingWindow: TimeAmount)
+        -> (newlyLost: Int, timeout: NIODeadline?)
+    {
+        guard let rackSentAt else { return (0, nil) }
+        var index = lostHint.map { firstIndex(endingAfter: $0) } ?? 0
+        var newlyLost = 0
+        var timeout: NIODeadline?
+        var hintCanAdvance = true
+        while index < segments.count {
+            let entry = segments[index]
+            if entry.start.seqGE(rackEnd) { break }
+            if entry.inPipe {
+                let sentBefore = entry.sentAt < rackSentAt
+                    || (entry.sentAt == rackSentAt && entry.end.seqLT(rackEnd))
+                if sentBefore {
+                    let deadline = entry.sentAt + rackRTT + reorderingWindow
+                    if deadline <= now {
+                        markLost(at: index)
+                        newlyLost += 1
+                    } else {
+                        timeout = max(timeout ?? deadline, deadline)
+                        hintCanAdvance = false
+                    }
+                } else {
+                    hintCanAdvance = false
+                }
+            }
+            if hintCanAdvance {
+                // Only SACKed entries may sit below the hint.
+                if segments[index].sacked { lostHint = entry.end } else { hintCanAdvance = false }
+            }
+            index += 1
+        }
+        return (newlyLost, timeout)
+    }
+
+    mutating func noteReordering() { reorderingSeen = true }
+
+    /// A nil hint already means "from the first entry"; only a set hint moves down.
+    private func lower(_ hint: inout UInt32?, to sequence: UInt32) {
+        if let current = hint, current.seqGT(sequence) { hint = sequence }
+    }
+}

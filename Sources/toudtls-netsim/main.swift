@@ -1,3 +1,0 @@
-// Placeholder until the simulator benchmark lands.
-import TCPSimulator
-print("{}")

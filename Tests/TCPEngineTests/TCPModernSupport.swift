@@ -1,0 +1,57 @@
+import NIOCore
+@testable import TCPEngine
+import TOUWire
+
+// Templates for connections that negotiated SACK and timestamps.
+
+/// The peer's first timestamp value; later segments count up from it.
+let peerTSBase: UInt32 = 7_000
+/// With timestamps each segment carries 12 option bytes less payload.
+let modernMSS = 1399 - 12
+
+/// SACK and timestamps on; NewReno, no pacing and no Nagle unless a test turns them on.
+func modernConfiguration() -> TCPConfiguration {
+    var configuration = classicConfiguration()
+    configuration.selectiveAcknowledgments = true
+    configuration.timestamps = true
+    return configuration
+}
+
+func peerTS(_ offset: UInt32, echo: UInt32) -> TCPTimestamps {
+    TCPTimestamps(value: peerTSBase &+ offset, echoReply: echo)
+}
+
+/// A connection that did an active open at t0 and got a SYN-ACK offering SACK and timestamps
+/// at 10 ms (srtt 10 ms, TS.Recent = peerTSBase).
+func modernConnection(configuration: TCPConfiguration = modernConfiguration(), peerWindow: UInt16 = 64000) -> TCPConnection {
+    var connection = TCPConnection.connect(
+        localPort: localPort, remotePort: remotePort, configuration: configuration,
+        initialSequenceNumber: localISS, now: t0)
+    _ = connection.drain(at: t0)
+    let options = TCPOptions(
+        maximumSegmentSize: 1460, windowScale: 0, sackPermitted: true,
+        timestamps: peerTS(0, echo: connection.timestampValue(at: t0)))
+    connection.receive(fromPeer(seq: remoteISS, flags: .syn, window: peerWindow, options: options), now: at(10))
+    _ = connection.drain(at: at(10))
+    _ = connection.drainEvents()
+    return connection
+}
+
+extension TCPConnection {
+    /// Options we send at `now`: our timestamp, the echo, and any SACK blocks.
+    func ourOptions(at now: NIODeadline, echo: UInt32 = peerTSBase, sack: [TCPSACKBlock] = []) -> TCPOptions {
+        TCPOptions(sackBlocks: sack, timestamps: TCPTimestamps(value: timestampValue(at: now), echoReply: echo))
+    }
+}
+
+/// Sequence number of our n-th full segment after the handshake.
+func ourSegmentStart(_ n: Int, mss: Int = modernMSS) -> UInt32 { localISS &+ 1 &+ UInt32(n * mss) }
+
+func block(_ left: UInt32, _ right: UInt32) -> TCPSACKBlock { TCPSACKBlock(left: left, right: right) }
+
+/// An ACK from the peer with its timestamp and optional SACK blocks.
+func peerACK(
+    _ ack: UInt32, tsOffset: UInt32 = 1, echo: UInt32, sack: [TCPSACKBlock] = [], window: UInt16 = 64000
+) -> TCPSegment {
+    fromPeer(ack: ack, window: window, options: TCPOptions(sackBlocks: sack, timestamps: peerTS(tsOffset, echo: echo)))
+}
