@@ -56,7 +56,9 @@ struct CaptureTests {
         #expect(serverStatus == 0, "server: \(server.errorOutput)")
         let expected = [UInt8](try Data(contentsOf: input))
         #expect(server.output.count == expected.count)
-        #expect(server.output == Data(expected), "the transfer arrived intact")
+        // Compared outside #expect: on a mismatch it would diff megabytes and never finish.
+        let intact = server.output == Data(expected)
+        #expect(intact, "the transfer arrived intact")
         let complete = capture.packetsDroppedByKernel == 0
         if !complete && !lastAttempt {
             return (Capture(audit: WireAudit(mode: mode, listenerPort: port), datagrams: [], file: []), false)
@@ -134,7 +136,8 @@ struct CaptureTests {
         // proves the cleartext detector of the secure tests would have seen a leak.
         let stream = audit.reassembledClientStream()
         #expect(stream.count == capture.file.count)
-        #expect(stream == capture.file, "captured TCP payload rebuilds the file")
+        let rebuilt = stream == capture.file
+        #expect(rebuilt, "captured TCP payload rebuilds the file")
         let detector = CleartextDetector(file: Array(capture.file.prefix(256 << 10)))
         let seen = capture.datagrams.reduce(0) { $0 + detector.windows(in: $1.payload[...]).count }
         // Windows that straddle two segments cannot be seen; all the others must be.

@@ -76,11 +76,18 @@ final class UDPRelay: @unchecked Sendable {
 
     /// The port the client should send to.
     let port: UInt16
-    /// The relay's own port toward the target (what the target sees as the source).
-    let upstreamPort: UInt16
+    /// The relay's own port toward the target (what the target sees as the source); changes on `rebind()`.
+    var upstreamPort: UInt16 {
+        lock.lock()
+        defer { lock.unlock() }
+        return currentUpstreamPort
+    }
 
     private let frontSocket: Int32
-    private let backSocket: Int32
+    private var backSocket: Int32
+    private var currentUpstreamPort: UInt16
+    private var rebindRequested = false
+    private var rebindError: UDPRelayError?
     private var target = sockaddr_in()
     private var client: sockaddr_in?
     private var random: SeededGenerator
@@ -108,7 +115,7 @@ final class UDPRelay: @unchecked Sendable {
         frontSocket = front.fd
         port = front.port
         backSocket = back.fd
-        upstreamPort = back.port
+        currentUpstreamPort = back.port
         target = Self.loopback(port: targetPort)
         running = true
         let thread = Thread { [self] in run() }
@@ -126,6 +133,26 @@ final class UDPRelay: @unchecked Sendable {
         running = false
         lock.unlock()
         if wasRunning { finished.wait() }
+    }
+
+    /// Moves the relay's upstream side to a fresh port, as a NAT that lost its mapping would: the old
+    /// port is closed, so answers sent to it are lost. Returns the new port.
+    @discardableResult
+    func rebind() throws -> UInt16 {
+        lock.lock()
+        let old = currentUpstreamPort
+        rebindRequested = true
+        lock.unlock()
+        let deadline = Date().addingTimeInterval(2)
+        while Date() < deadline {
+            lock.lock()
+            let (pending, port, error) = (rebindRequested, currentUpstreamPort, rebindError)
+            lock.unlock()
+            if let error { throw error }
+            if !pending && port != old { return port }
+            Thread.sleep(forTimeInterval: 0.005)
+        }
+        throw UDPRelayError.system("rebind (relay thread did not answer)", ETIMEDOUT)
     }
 
     var stats: (toTarget: RelayDirectionStats, toClient: RelayDirectionStats) {
@@ -186,9 +213,26 @@ final class UDPRelay: @unchecked Sendable {
         while true {
             lock.lock()
             let stopping = stopRequested
+            let rebinding = rebindRequested
             published = (toTarget.stats, toClient.stats)
             lock.unlock()
             if stopping { break }
+            if rebinding {
+                // Swapped on the relay thread only, so no datagram is sent from a closed socket.
+                let outcome = Result(catching: { try Self.boundSocket() })
+                lock.lock()
+                switch outcome {
+                case .success(let fresh):
+                    close(backSocket)
+                    backSocket = fresh.fd
+                    fds[1].fd = fresh.fd
+                    currentUpstreamPort = fresh.port
+                case .failure(let error):
+                    rebindError = error as? UDPRelayError ?? .system("rebind", EINVAL)
+                }
+                rebindRequested = false
+                lock.unlock()
+            }
             let current = Self.now()
             flush(&toTarget, now: current, towardClient: false)
             flush(&toClient, now: current, towardClient: true)

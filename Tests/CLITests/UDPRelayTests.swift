@@ -174,6 +174,25 @@ struct UDPRelayTests {
         #expect(relay.stats.toTarget.overflowed == 40)
     }
 
+    @Test("rebind() moves the upstream side to a new port and forgets the old one, like a NAT")
+    func rebinds() throws {
+        let target = try UDPTestSocket()
+        let client = try UDPTestSocket()
+        let relay = try UDPRelay(targetPort: target.port)
+        defer { relay.stop() }
+        client.send([1], to: relay.port)
+        let before = try #require(target.receive(timeout: 2))
+        let newPort = try relay.rebind()
+        #expect(newPort != before.sourcePort && newPort == relay.upstreamPort)
+        client.send([2], to: relay.port)
+        let after = try #require(target.receive(timeout: 2))
+        #expect(after.bytes == [2] && after.sourcePort == newPort)
+        target.send([3], to: before.sourcePort)
+        #expect(client.receive(timeout: 0.3) == nil, "the old mapping is gone")
+        target.send([4], to: newPort)
+        #expect(client.receive(timeout: 2)?.bytes == [4])
+    }
+
     @Test("stop() returns promptly and frees the port")
     func stops() throws {
         let target = try UDPTestSocket()
