@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Runs the built toudtls-cat as a subprocess, as a user would.
 struct CLIProcess {
@@ -41,7 +44,9 @@ struct CLIProcess {
         let errorData = self.errorData
         stdout.fileHandleForReading.readabilityHandler = { handle in outputData.append(handle.availableData) }
         stderr.fileHandleForReading.readabilityHandler = { handle in errorData.append(handle.availableData) }
-        try process.run()
+        // Test worker threads block most signals and children inherit the mask: start with none
+        // blocked, as a shell would, so terminate() works.
+        try withDefaultSignalMask { try process.run() }
         if closeStdout {
             stdout.fileHandleForReading.readabilityHandler = nil
             try stdout.fileHandleForReading.close()
@@ -56,8 +61,8 @@ struct CLIProcess {
             Thread.sleep(forTimeInterval: 0.02)
         }
         if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
+            // SIGKILL: no signal mask or handler can keep a hung child from ending the wait.
+            kill(process.processIdentifier, SIGKILL)
         }
         process.waitUntilExit()
         // Drain what is left in the pipes.
@@ -69,7 +74,7 @@ struct CLIProcess {
     }
 
     func terminate() {
-        if process.isRunning { process.terminate() }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
 
     var output: Data { outputData.value }

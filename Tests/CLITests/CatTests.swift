@@ -34,7 +34,8 @@ struct CatTests {
         #expect(serverStatus == 0, "server: \(server.errorOutput)")
         let expected = try Data(contentsOf: file)
         #expect(server.output.count == expected.count)
-        #expect(server.output == expected)
+        let intact = server.output == expected
+        #expect(intact, "listener output differs from what was sent")
     }
 
     @Test("4 MB over IPv4 with DTLS arrives intact; both ends exit 0")
@@ -80,8 +81,9 @@ struct CatTests {
         defer { client.terminate() }
         #expect(client.wait() == 0, "client: \(client.errorOutput)")
         #expect(server.wait() == 0, "server: \(server.errorOutput)")
-        #expect(client.output == (try Data(contentsOf: toClient)))
-        #expect(server.output == (try Data(contentsOf: toServer)))
+        let clientIntact = client.output == (try Data(contentsOf: toClient))
+        let serverIntact = server.output == (try Data(contentsOf: toServer))
+        #expect(clientIntact && serverIntact)
     }
 
     func failingClient(_ clientExtra: [String], expectedStatus: Int32, message: String) throws {
@@ -174,6 +176,7 @@ struct CatTests {
         #expect(server.process.isRunning)
         server.terminate()
         server.wait()
-        #expect(server.output == expected)
+        let intact = server.output == expected
+        #expect(intact, "listener output differs from what was sent")
     }
 }

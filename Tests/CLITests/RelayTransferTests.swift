@@ -72,11 +72,7 @@ struct RelayTransferTests {
         #expect(toListener.overflowed == 0 && toClient.overflowed == 0, "the queue bound was not what was tested")
     }
 
-    // Fails today, every run: after the rebind ~1 MB more arrives, then the transfer stalls; after
-    // ~30 s the client exits 4 ("timed out: the peer did not finish closing") and the listener 5
-    // ("connection reset by peer") with about 2.2 of 4 MB delivered. Enable it once fixed.
-    @Test("NAT rebinding mid-transfer: the relay moves to a new port, the session follows, 4 MB arrive intact",
-          .disabled("toudtls-cat loses the session after a NAT rebinding (address learning, wire-format.md)"))
+    @Test("NAT rebinding mid-transfer: the relay moves to a new port, the session follows, 4 MB arrive intact")
     func rebindingSecure() throws {
         let (toListener, toClient) = try transferThroughRelay(bytes: 4 << 20, secure: true, impairment: .none,
                                                               seed: 1, timeout: 50, rebindAfterBytes: 1 << 20)
