@@ -39,8 +39,10 @@ struct TCPScoreboard {
     /// Highest end delivered so far (RACK.fack); a delivery below it was reordered.
     private var deliveredEnd: UInt32?
     private(set) var reorderingSeen = false
-    /// No entry before this sequence number can need RACK's attention or a retransmission.
+    /// No entry before this sequence number is marked lost (where retransmission looks first).
     private var lostHint: UInt32?
+    /// Every entry before this sequence number is SACKed (where RACK's scan starts).
+    private var rackHint: UInt32?
 
     var isEmpty: Bool { segments.isEmpty }
     var last: SentSegment? { segments.last }
@@ -73,7 +75,8 @@ struct TCPScoreboard {
         }
         segments[index].retransmitted = true
         segments[index].sentAt = now
-        lower(&lostHint, to: segments[index].start)
+        // In flight again: RACK must watch it (a retransmission can be lost too).
+        lower(&rackHint, to: segments[index].start)
     }
 
     mutating func markLost(at index: Int) {
@@ -91,6 +94,7 @@ struct TCPScoreboard {
 
     /// Clears every loss mark (a spurious timeout or recovery was undone).
     mutating func clearLost() {
+        rackHint = nil
         for index in segments.indices where segments[index].lost {
             segments[index].lost = false
             lostSegments -= 1
@@ -123,7 +127,7 @@ struct TCPScoreboard {
     }
 
     /// Removes what `ack` covers. Returns bytes newly delivered (not previously SACKed) and the
-    /// newest entry fully acknowledged (for RTT sampling).
+    /// newest entry this ACK delivered (for RTT sampling: one SACKed earlier would overstate it).
     mutating func acknowledge(upTo ack: UInt32, now: NIODeadline, minimumRTT: TimeAmount?)
         -> (delivered: Int, newest: SentSegment?)
     {
@@ -139,8 +143,8 @@ struct TCPScoreboard {
                     delivered += first.length
                     if first.lost { lostSegments -= 1 } else { pipe -= first.length }
                     rackUpdate(first, now: now, minimumRTT: minimumRTT)
+                    newest = first
                 }
-                newest = first
             } else {
                 // Partial ACK inside a segment (a probe or a shrunken MSS): trim its front.
                 let covered = ack.seqDistance(from: first.start)
@@ -203,7 +207,7 @@ struct TCPScoreboard {
         -> (newlyLost: Int, timeout: NIODeadline?)
     {
         guard let rackSentAt else { return (0, nil) }
-        var index = lostHint.map { firstIndex(endingAfter: $0) } ?? 0
+        var index = rackHint.map { firstIndex(endingAfter: $0) } ?? 0
         var newlyLost = 0
         var timeout: NIODeadline?
         var hintCanAdvance = true
@@ -228,7 +232,7 @@ struct TCPScoreboard {
             }
             if hintCanAdvance {
                 // Only SACKed entries may sit below the hint.
-                if segments[index].sacked { lostHint = entry.end } else { hintCanAdvance = false }
+                if segments[index].sacked { rackHint = entry.end } else { hintCanAdvance = false }
             }
             index += 1
         }

@@ -35,12 +35,12 @@ func runPair(
     var stalled = false
 
     while true {
-        client.runApplication()
+        client.runApplication(now: now)
         while let segment = client.connection.pollTransmit(now: now) {
             toServer.send(segment, now: now, rng: &rng)
         }
         if server != nil {
-            server!.runApplication()
+            server!.runApplication(now: now)
             while let segment = server!.connection.pollTransmit(now: now) {
                 toClient.send(segment, now: now, rng: &rng)
             }
