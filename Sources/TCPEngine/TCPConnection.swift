@@ -1212,14 +1212,12 @@ public struct TCPConnection {
         rtt.resetBackoff()
         consecutiveTimeouts = 0
         rtoDeadline = scoreboard.isEmpty ? nil : now + rtt.rto
+        var probeRepairedLoss = false
         if let end = probeEnd, ack.seqGE(end) {
             // RFC 8985 7.4: if the probe's own copy was what arrived (the echo names it), the
-            // original was lost and the probe repaired it: respond as to any loss.
-            if let probed = probeTimestamp, let echo = segment.options.timestamps?.echoReply, echo.seqGE(probed),
-                !inRecovery
-            {
-                congestion.onCongestionEvent(now: now, bytesInFlight: flightBefore)
-                congestion.onRecoveryExit(now: now, bytesInFlight: flightSize)
+            // original was lost and the probe repaired it: respond as to any loss (below).
+            if let probed = probeTimestamp, let echo = segment.options.timestamps?.echoReply, echo.seqGE(probed) {
+                probeRepairedLoss = !inRecovery
             }
             probeEnd = nil
             probeTimestamp = nil
@@ -1259,6 +1257,10 @@ public struct TCPConnection {
                     highestSent: sndMax, applicationLimited: limited, now: now))
         }
         duplicateACKs = 0
+        if probeRepairedLoss {
+            congestion.onCongestionEvent(now: now, bytesInFlight: flightBefore)
+            congestion.onRecoveryExit(now: now, bytesInFlight: flightSize)
+        }
 
         if writeBlocked, sendBufferFreeSpace >= writableThreshold {
             writeBlocked = false

@@ -163,4 +163,43 @@ import TOUWire
         #expect(c.stats.recoveryUndos == 1)
         #expect(c.stats.congestionWindow >= before)
     }
+    @Test func lostRetransmissionIsDetectedByALaterSACK() {
+        var c = loaded()
+        let echo = c.timestampValue(at: at(100))
+        let s = { (n: Int) in ourSegmentStart(n) }
+        c.receive(peerACK(s(1), echo: echo), now: at(110))
+        c.receive(peerACK(s(1), echo: echo, sack: [block(s(2), s(3))]), now: at(111))
+        c.receive(peerACK(s(1), echo: echo, sack: [block(s(2), s(4))]), now: at(112))
+        _ = c.drain(at: at(112))
+        c.receive(peerACK(s(1), echo: echo, sack: [block(s(2), s(5))]), now: at(113))
+        #expect(c.drain(at: at(113)).map(\.sequenceNumber) == [s(1)])
+        // The retransmission is lost too. More SACKs free the pipe for one new segment...
+        c.receive(peerACK(s(1), echo: echo, sack: [block(s(2), s(10))]), now: at(120))
+        #expect(c.drain(at: at(120)).map(\.sequenceNumber) == [s(14)])
+        // ...which, sent after the retransmission and SACKed, shows the retransmission lost.
+        c.receive(peerACK(s(1), echo: echo, sack: [block(s(2), s(15))]), now: at(140))
+        #expect(c.drain(at: at(140)).first?.sequenceNumber == s(1))
+        #expect(c.stats.retransmissions == 2)
+        #expect(c.stats.fastRetransmits == 1)  // one recovery episode, one reduction
+        #expect(c.stats.rtoExpiries == 0)
+    }
+
+    @Test func tailProbeThatRepairedALossReducesTheWindow() {
+        for probeArrivedAlone in [true, false] {
+            var c = modernConnection()
+            #expect(c.write(bytes(count: 3 * modernMSS)) == 3 * modernMSS)
+            _ = c.drain(at: at(100))
+            c.handleTimeout(now: at(120))
+            #expect(c.drain(at: at(120)).map(\.sequenceNumber) == [ourSegmentStart(2)])
+            // The echo tells which copy of the last segment completed the data.
+            let echo = c.timestampValue(at: probeArrivedAlone ? at(120) : at(100))
+            c.receive(peerACK(ourSegmentStart(3), echo: echo), now: at(135))
+            if probeArrivedAlone {
+                #expect(c.stats.congestionWindow == 2 * modernMSS)  // NewReno: half of 3 segments, at least 2
+            } else {
+                #expect(c.stats.congestionWindow == 10 * modernMSS)
+            }
+            #expect(c.stats.tailLossProbes == 1)
+        }
+    }
 }
