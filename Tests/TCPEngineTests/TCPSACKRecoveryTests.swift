@@ -39,6 +39,17 @@ import TOUWire
     }
 }
 
+extension SACKReceiverTests {
+    @Test func partialOverlapIsReportedAsADSACK() {
+        var c = modernConnection()
+        let base = remoteISS &+ 1
+        c.receive(fromPeer(options: TCPOptions(timestamps: peerTS(1, echo: 0)), payload: bytes("abcd")), now: at(100))
+        c.receive(fromPeer(seq: base &+ 2, options: TCPOptions(timestamps: peerTS(2, echo: 0)), payload: bytes("cdefg")), now: at(101))
+        #expect(c.drain(at: at(101)) == [toPeer(ack: base &+ 7, options: c.ourOptions(at: at(101), echo: peerTSBase &+ 1, sack: [block(base &+ 2, base &+ 4)]))])
+        #expect(c.readAll() == "abcdefg")
+    }
+}
+
 @Suite struct SACKSenderTests {
     /// Ten full segments in flight at 100 ms.
     func loaded() -> TCPConnection {
@@ -201,5 +212,16 @@ import TOUWire
             }
             #expect(c.stats.tailLossProbes == 1)
         }
+    }
+
+    @Test func tailLossProbeSendsNewDataWhenItHasSome() {
+        var c = modernConnection()
+        #expect(c.write(bytes(count: 12 * modernMSS)) == 12 * modernMSS)
+        #expect(c.drain(at: at(100)).count == 10)  // the initial window
+        #expect(c.nextDeadline == at(120))
+        c.handleTimeout(now: at(120))
+        // The probe is new data, past the congestion window: it costs no retransmission.
+        #expect(c.drain(at: at(120)) == [toPeer(seq: ourSegmentStart(10), options: c.ourOptions(at: at(120)), payload: bytes(count: modernMSS))])
+        #expect(c.stats.tailLossProbes == 1 && c.stats.retransmissions == 0)
     }
 }
