@@ -305,6 +305,14 @@ public struct TCPConnection {
         return result
     }
 
+    /// The scoreboard's bookkeeping and the send sequence space agree (for tests).
+    var invariantViolation: String? {
+        if sndMax.seqLT(sndUna) { return "SND.MAX before SND.UNA" }
+        if let problem = scoreboard.invariantViolation(from: sndUna, to: sndMax) { return problem }
+        if inflation < 0 { return "negative inflation" }
+        return nil
+    }
+
     /// Internal state for tests and diagnostics.
     var debugSummary: String {
         "una=\(sndUna &- iss) max=\(sndMax &- iss) pipe=\(scoreboard.pipe) lost=\(scoreboard.lostSegments) "
@@ -524,8 +532,9 @@ public struct TCPConnection {
         }
         pacingUpdatedAt = now
         if pacingTokens > 0 { return true }
-        let wait = Int64((-pacingTokens + 1) / rate * 1e9) + 1
-        pacingDeadline = now + .nanoseconds(min(wait, 1_000_000_000))
+        // Clamped in floating point: converting an out-of-range Double to Int64 would trap.
+        let wait = min((-pacingTokens + 1) / rate * 1e9 + 1, 1e9)
+        pacingDeadline = now + .nanoseconds(Int64(max(wait, 1)))
         return false
     }
 
@@ -1202,8 +1211,10 @@ public struct TCPConnection {
             sample = now - newest.sentAt
         }
         if sample == nil, timestampsEnabled, let echo = segment.options.timestamps?.echoReply, echo != 0 {
+            // An echo from the future or from before the connection is not a measurement.
             let milliseconds = Int64(Int32(bitPattern: timestampNow(now) &- echo))
-            if milliseconds >= 0 { sample = .milliseconds(milliseconds) }
+            let age = (now - createdAt).nanoseconds / 1_000_000
+            if milliseconds >= 0, milliseconds <= age { sample = .milliseconds(milliseconds) }
         }
         if let sample {
             rtt.sample(sample)

@@ -69,10 +69,9 @@ struct TCPScoreboard {
             segments[index].lost = false
             lostSegments -= 1
             pipe += segments[index].length
-        } else if !segments[index].sacked {
-            // A probe resending something still counted in flight: it is in the network twice.
-            pipe += segments[index].length
         }
+        // A probe resending something still in flight leaves the pipe as it is: counting the
+        // copy too (RFC 6675 would) could never be undone when one ACK covers both.
         segments[index].retransmitted = true
         segments[index].sentAt = now
         // In flight again: RACK must watch it (a retransmission can be lost too).
@@ -245,4 +244,33 @@ struct TCPScoreboard {
     private func lower(_ hint: inout UInt32?, to sequence: UInt32) {
         if let current = hint, current.seqGT(sequence) { hint = sequence }
     }
+
+    /// Recomputes the counters from the entries; the entries must tile `[start, end)` exactly
+    /// (the SYN is not in the scoreboard, so `start` may precede the first entry by one).
+    func invariantViolation(from start: UInt32, to end: UInt32) -> String? {
+        var pipe = 0
+        var sacked = 0
+        var sackedCount = 0
+        var lost = 0
+        var cursor = segments.first?.start ?? end
+        if cursor != start && cursor != start &+ 1 { return "first entry \(cursor) is not at SND.UNA \(start)" }
+        for entry in segments {
+            if entry.start != cursor { return "gap or overlap at \(entry.start)" }
+            if entry.length <= 0 { return "empty entry at \(entry.start)" }
+            if entry.sacked && entry.lost { return "entry both SACKed and lost" }
+            if entry.inPipe { pipe += entry.length }
+            if entry.sacked {
+                sacked += entry.length
+                sackedCount += 1
+            }
+            if entry.lost { lost += 1 }
+            cursor = entry.end
+        }
+        if !segments.isEmpty, cursor != end { return "entries end at \(cursor), SND.MAX is \(end)" }
+        if pipe != self.pipe { return "pipe \(self.pipe) != \(pipe)" }
+        if sacked != sackedBytes || sackedCount != sackedSegments { return "SACKed bytes or count off" }
+        if lost != lostSegments { return "lost count \(lostSegments) != \(lost)" }
+        return nil
+    }
 }
+
