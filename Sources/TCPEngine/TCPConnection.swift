@@ -122,6 +122,10 @@ public struct TCPConnection {
     /// the episode's first retransmission (Eifel), and its retransmission and D-SACK counts.
     private var undoController: AnyCongestionController?
     private var undoRetransmitTimestamp: UInt32?
+    /// End of the episode's first retransmission: only an ACK covering it can judge it.
+    private var undoRetransmitEnd: UInt32 = 0
+    /// Timestamp of a tail loss probe that resent data (RFC 8985 7.4 loss detection).
+    private var probeTimestamp: UInt32?
     private var eifelPending = false
     private var episodeRetransmissions = 0
     private var episodeDSACKs = 0
@@ -301,6 +305,21 @@ public struct TCPConnection {
         return result
     }
 
+    /// The scoreboard's bookkeeping and the send sequence space agree (for tests).
+    var invariantViolation: String? {
+        if sndMax.seqLT(sndUna) { return "SND.MAX before SND.UNA" }
+        if let problem = scoreboard.invariantViolation(from: sndUna, to: sndMax) { return problem }
+        if inflation < 0 { return "negative inflation" }
+        return nil
+    }
+
+    /// Internal state for tests and diagnostics.
+    var debugSummary: String {
+        "una=\(sndUna &- iss) max=\(sndMax &- iss) pipe=\(scoreboard.pipe) lost=\(scoreboard.lostSegments) "
+            + "sacked=\(scoreboard.sackedSegments)/\(scoreboard.segments.count) rec=\(inRecovery) "
+            + "reo=\(scoreboard.reorderingSeen) rackEnd=\(scoreboard.rackEnd &- iss) wnd=\(sndWnd) rto=\(String(describing: rtoDeadline)) reoT=\(String(describing: reorderDeadline))"
+    }
+
     public mutating func pollEvent() -> TCPEvent? {
         guard let event = events.popFirst() else { return nil }
         switch event {
@@ -398,6 +417,7 @@ public struct TCPConnection {
         probeDeadline = nil
         probePending = false
         probeEnd = nil
+        probeTimestamp = nil
         reorderDeadline = nil
     }
 
@@ -512,8 +532,9 @@ public struct TCPConnection {
         }
         pacingUpdatedAt = now
         if pacingTokens > 0 { return true }
-        let wait = Int64((-pacingTokens + 1) / rate * 1e9) + 1
-        pacingDeadline = now + .nanoseconds(min(wait, 1_000_000_000))
+        // Clamped in floating point: converting an out-of-range Double to Int64 would trap.
+        let wait = min((-pacingTokens + 1) / rate * 1e9 + 1, 1e9)
+        pacingDeadline = now + .nanoseconds(Int64(max(wait, 1)))
         return false
     }
 
@@ -670,7 +691,10 @@ public struct TCPConnection {
         counters.retransmissions += 1
         if undoController != nil {
             episodeRetransmissions += 1
-            if undoRetransmitTimestamp == nil { undoRetransmitTimestamp = timestampNow(now) }
+            if undoRetransmitTimestamp == nil {
+                undoRetransmitTimestamp = timestampNow(now)
+                undoRetransmitEnd = entry.end
+            }
         }
         if rtoDeadline == nil { rtoDeadline = now + rtt.rto }
         return makeSegment(sequence: entry.start, flags: flags, payload: payload, now: now)
@@ -684,6 +708,7 @@ public struct TCPConnection {
             segment = fresh
         } else if let index = scoreboard.lastUnsackedIndex() {
             segment = retransmit(at: index, now: now)
+            if timestampsEnabled { probeTimestamp = timestampNow(now) }
         } else {
             segment = nil
         }
@@ -1136,6 +1161,7 @@ public struct TCPConnection {
         probeDeadline = nil
         probePending = false
         probeEnd = nil
+        probeTimestamp = nil
     }
 
     private mutating func beginEpisode() {
@@ -1185,8 +1211,10 @@ public struct TCPConnection {
             sample = now - newest.sentAt
         }
         if sample == nil, timestampsEnabled, let echo = segment.options.timestamps?.echoReply, echo != 0 {
+            // An echo from the future or from before the connection is not a measurement.
             let milliseconds = Int64(Int32(bitPattern: timestampNow(now) &- echo))
-            if milliseconds >= 0 { sample = .milliseconds(milliseconds) }
+            let age = (now - createdAt).nanoseconds / 1_000_000
+            if milliseconds >= 0, milliseconds <= age { sample = .milliseconds(milliseconds) }
         }
         if let sample {
             rtt.sample(sample)
@@ -1195,11 +1223,20 @@ public struct TCPConnection {
         rtt.resetBackoff()
         consecutiveTimeouts = 0
         rtoDeadline = scoreboard.isEmpty ? nil : now + rtt.rto
-        if let end = probeEnd, ack.seqGE(end) { probeEnd = nil }
+        var probeRepairedLoss = false
+        if let end = probeEnd, ack.seqGE(end) {
+            // RFC 8985 7.4: if the probe's own copy was what arrived (the echo names it), the
+            // original was lost and the probe repaired it: respond as to any loss (below).
+            if let probed = probeTimestamp, let echo = segment.options.timestamps?.echoReply, echo.seqGE(probed) {
+                probeRepairedLoss = !inRecovery
+            }
+            probeEnd = nil
+            probeTimestamp = nil
+        }
 
         // Eifel (RFC 3522): the first ACK past the episode's start echoes the original
         // transmission's timestamp if the retransmission was unnecessary.
-        if eifelPending, let retransmitted = undoRetransmitTimestamp {
+        if eifelPending, let retransmitted = undoRetransmitTimestamp, ack.seqGE(undoRetransmitEnd) {
             eifelPending = false
             if let echo = segment.options.timestamps?.echoReply, echo != 0, echo.seqLT(retransmitted) {
                 undoReduction(countRetransmissions: true)
@@ -1231,6 +1268,10 @@ public struct TCPConnection {
                     highestSent: sndMax, applicationLimited: limited, now: now))
         }
         duplicateACKs = 0
+        if probeRepairedLoss {
+            congestion.onCongestionEvent(now: now, bytesInFlight: flightBefore)
+            congestion.onRecoveryExit(now: now, bytesInFlight: flightSize)
+        }
 
         if writeBlocked, sendBufferFreeSpace >= writableThreshold {
             writeBlocked = false

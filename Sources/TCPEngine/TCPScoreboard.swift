@@ -39,8 +39,10 @@ struct TCPScoreboard {
     /// Highest end delivered so far (RACK.fack); a delivery below it was reordered.
     private var deliveredEnd: UInt32?
     private(set) var reorderingSeen = false
-    /// No entry before this sequence number can need RACK's attention or a retransmission.
+    /// No entry before this sequence number is marked lost (where retransmission looks first).
     private var lostHint: UInt32?
+    /// Every entry before this sequence number is SACKed (where RACK's scan starts).
+    private var rackHint: UInt32?
 
     var isEmpty: Bool { segments.isEmpty }
     var last: SentSegment? { segments.last }
@@ -67,13 +69,13 @@ struct TCPScoreboard {
             segments[index].lost = false
             lostSegments -= 1
             pipe += segments[index].length
-        } else if !segments[index].sacked {
-            // A probe resending something still counted in flight: it is in the network twice.
-            pipe += segments[index].length
         }
+        // A probe resending something still in flight leaves the pipe as it is: counting the
+        // copy too (RFC 6675 would) could never be undone when one ACK covers both.
         segments[index].retransmitted = true
         segments[index].sentAt = now
-        lower(&lostHint, to: segments[index].start)
+        // In flight again: RACK must watch it (a retransmission can be lost too).
+        lower(&rackHint, to: segments[index].start)
     }
 
     mutating func markLost(at index: Int) {
@@ -91,6 +93,7 @@ struct TCPScoreboard {
 
     /// Clears every loss mark (a spurious timeout or recovery was undone).
     mutating func clearLost() {
+        rackHint = nil
         for index in segments.indices where segments[index].lost {
             segments[index].lost = false
             lostSegments -= 1
@@ -123,7 +126,7 @@ struct TCPScoreboard {
     }
 
     /// Removes what `ack` covers. Returns bytes newly delivered (not previously SACKed) and the
-    /// newest entry fully acknowledged (for RTT sampling).
+    /// newest entry this ACK delivered (for RTT sampling: one SACKed earlier would overstate it).
     mutating func acknowledge(upTo ack: UInt32, now: NIODeadline, minimumRTT: TimeAmount?)
         -> (delivered: Int, newest: SentSegment?)
     {
@@ -139,8 +142,8 @@ struct TCPScoreboard {
                     delivered += first.length
                     if first.lost { lostSegments -= 1 } else { pipe -= first.length }
                     rackUpdate(first, now: now, minimumRTT: minimumRTT)
+                    newest = first
                 }
-                newest = first
             } else {
                 // Partial ACK inside a segment (a probe or a shrunken MSS): trim its front.
                 let covered = ack.seqDistance(from: first.start)
@@ -203,7 +206,7 @@ struct TCPScoreboard {
         -> (newlyLost: Int, timeout: NIODeadline?)
     {
         guard let rackSentAt else { return (0, nil) }
-        var index = lostHint.map { firstIndex(endingAfter: $0) } ?? 0
+        var index = rackHint.map { firstIndex(endingAfter: $0) } ?? 0
         var newlyLost = 0
         var timeout: NIODeadline?
         var hintCanAdvance = true
@@ -228,7 +231,7 @@ struct TCPScoreboard {
             }
             if hintCanAdvance {
                 // Only SACKed entries may sit below the hint.
-                if segments[index].sacked { lostHint = entry.end } else { hintCanAdvance = false }
+                if segments[index].sacked { rackHint = entry.end } else { hintCanAdvance = false }
             }
             index += 1
         }
@@ -241,4 +244,33 @@ struct TCPScoreboard {
     private func lower(_ hint: inout UInt32?, to sequence: UInt32) {
         if let current = hint, current.seqGT(sequence) { hint = sequence }
     }
+
+    /// Recomputes the counters from the entries; the entries must tile `[start, end)` exactly
+    /// (the SYN is not in the scoreboard, so `start` may precede the first entry by one).
+    func invariantViolation(from start: UInt32, to end: UInt32) -> String? {
+        var pipe = 0
+        var sacked = 0
+        var sackedCount = 0
+        var lost = 0
+        var cursor = segments.first?.start ?? end
+        if cursor != start && cursor != start &+ 1 { return "first entry \(cursor) is not at SND.UNA \(start)" }
+        for entry in segments {
+            if entry.start != cursor { return "gap or overlap at \(entry.start)" }
+            if entry.length <= 0 { return "empty entry at \(entry.start)" }
+            if entry.sacked && entry.lost { return "entry both SACKed and lost" }
+            if entry.inPipe { pipe += entry.length }
+            if entry.sacked {
+                sacked += entry.length
+                sackedCount += 1
+            }
+            if entry.lost { lost += 1 }
+            cursor = entry.end
+        }
+        if !segments.isEmpty, cursor != end { return "entries end at \(cursor), SND.MAX is \(end)" }
+        if pipe != self.pipe { return "pipe \(self.pipe) != \(pipe)" }
+        if sacked != sackedBytes || sackedCount != sackedSegments { return "SACKed bytes or count off" }
+        if lost != lostSegments { return "lost count \(lostSegments) != \(lost)" }
+        return nil
+    }
 }
+

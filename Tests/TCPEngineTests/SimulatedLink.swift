@@ -24,6 +24,8 @@ struct SimulatedLink {
         var jitter = TimeAmount.milliseconds(0)
         /// Bytes per second through the bottleneck; 0 = unlimited.
         var bandwidth = 0
+        /// Drop-tail queue in front of the bottleneck, bytes; 0 = unbounded.
+        var queueLimit = 0
         /// Encode and parse every segment with the wire codec (plain-mode checksum).
         var throughCodec = false
     }
@@ -56,6 +58,13 @@ struct SimulatedLink {
         var departure = now
         if impairments.bandwidth > 0 {
             let size = Int64(segment.payload.readableBytes + 60)
+            if impairments.queueLimit > 0, bottleneckFreeAt > now {
+                let queued = (bottleneckFreeAt - now).nanoseconds * Int64(impairments.bandwidth) / 1_000_000_000
+                if queued + size > Int64(impairments.queueLimit) {
+                    dropped += 1
+                    return
+                }
+            }
             let serialization = TimeAmount.nanoseconds(size * 1_000_000_000 / Int64(impairments.bandwidth))
             departure = max(now, bottleneckFreeAt) + serialization
             bottleneckFreeAt = departure
@@ -122,6 +131,8 @@ struct SimulatedEndpoint {
     var events: [TCPEvent] = []
     var closeReason: TCPCloseReason?
     var sawPeerFinish = false
+    /// When the peer's FIN arrived: every byte it sent had been delivered by then.
+    var peerFinishedAt: NIODeadline?
     var writeChunk: Int
 
     init(connection: TCPConnection, outgoing: ByteBuffer, writeChunk: Int) {
@@ -130,7 +141,7 @@ struct SimulatedEndpoint {
         self.writeChunk = writeChunk
     }
 
-    mutating func runApplication() {
+    mutating func runApplication(now: NIODeadline? = nil) {
         while written < outgoing.readableBytes, connection.sendBufferFreeSpace > 0 {
             let length = min(writeChunk, outgoing.readableBytes - written)
             guard let chunk = outgoing.getSlice(at: outgoing.readerIndex + written, length: length) else { break }
@@ -142,7 +153,9 @@ struct SimulatedEndpoint {
         while let event = connection.pollEvent() {
             events.append(event)
             switch event {
-            case .peerFinished: sawPeerFinish = true
+            case .peerFinished:
+                sawPeerFinish = true
+                peerFinishedAt = now
             case .closed(let reason): closeReason = reason
             default: break
             }
@@ -156,11 +169,18 @@ struct SimulatedEndpoint {
 func patternBuffer(length: Int, seed: UInt64) -> ByteBuffer {
     var rng = SplitMix64(seed: seed)
     var buffer = ByteBufferAllocator().buffer(capacity: length)
-    var remaining = length
-    while remaining >= 8 {
-        buffer.writeInteger(rng.next())
-        remaining -= 8
+    // Raw bytes: ByteBuffer's integer writes are slow in debug builds.
+    buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
+        var index = 0
+        while index < length {
+            var word = rng.next()
+            for _ in 0..<min(8, length - index) {
+                raw[index] = UInt8(truncatingIfNeeded: word)
+                word >>= 8
+                index += 1
+            }
+        }
+        return length
     }
-    for _ in 0..<remaining { buffer.writeInteger(UInt8(truncatingIfNeeded: rng.next())) }
     return buffer
 }

@@ -34,13 +34,20 @@ func runPair(
     let serverOutgoing = patternBuffer(length: serverBytes, seed: seed &+ 2)
     var stalled = false
 
+    var iterations = 0
     while true {
-        client.runApplication()
+        iterations += 1
+        if iterations % 256 == 0 {
+            // The scoreboard's counters must match its entries all along, not just at the end.
+            if let problem = client.connection.invariantViolation { Issue.record("client: \(problem)") }
+            if let problem = server?.connection.invariantViolation { Issue.record("server: \(problem)") }
+        }
+        client.runApplication(now: now)
         while let segment = client.connection.pollTransmit(now: now) {
             toServer.send(segment, now: now, rng: &rng)
         }
         if server != nil {
-            server!.runApplication()
+            server!.runApplication(now: now)
             while let segment = server!.connection.pollTransmit(now: now) {
                 toClient.send(segment, now: now, rng: &rng)
             }

@@ -39,6 +39,17 @@ import TOUWire
     }
 }
 
+extension SACKReceiverTests {
+    @Test func partialOverlapIsReportedAsADSACK() {
+        var c = modernConnection()
+        let base = remoteISS &+ 1
+        c.receive(fromPeer(options: TCPOptions(timestamps: peerTS(1, echo: 0)), payload: bytes("abcd")), now: at(100))
+        c.receive(fromPeer(seq: base &+ 2, options: TCPOptions(timestamps: peerTS(2, echo: 0)), payload: bytes("cdefg")), now: at(101))
+        #expect(c.drain(at: at(101)) == [toPeer(ack: base &+ 7, options: c.ourOptions(at: at(101), echo: peerTSBase &+ 1, sack: [block(base &+ 2, base &+ 4)]))])
+        #expect(c.readAll() == "abcdefg")
+    }
+}
+
 @Suite struct SACKSenderTests {
     /// Ten full segments in flight at 100 ms.
     func loaded() -> TCPConnection {
@@ -162,5 +173,55 @@ import TOUWire
         #expect(c.stats.spuriousRetransmissions == 1)
         #expect(c.stats.recoveryUndos == 1)
         #expect(c.stats.congestionWindow >= before)
+    }
+    @Test func lostRetransmissionIsDetectedByALaterSACK() {
+        var c = loaded()
+        let echo = c.timestampValue(at: at(100))
+        let s = { (n: Int) in ourSegmentStart(n) }
+        c.receive(peerACK(s(1), echo: echo), now: at(110))
+        c.receive(peerACK(s(1), echo: echo, sack: [block(s(2), s(3))]), now: at(111))
+        c.receive(peerACK(s(1), echo: echo, sack: [block(s(2), s(4))]), now: at(112))
+        _ = c.drain(at: at(112))
+        c.receive(peerACK(s(1), echo: echo, sack: [block(s(2), s(5))]), now: at(113))
+        #expect(c.drain(at: at(113)).map(\.sequenceNumber) == [s(1)])
+        // The retransmission is lost too. More SACKs free the pipe for one new segment...
+        c.receive(peerACK(s(1), echo: echo, sack: [block(s(2), s(10))]), now: at(120))
+        #expect(c.drain(at: at(120)).map(\.sequenceNumber) == [s(14)])
+        // ...which, sent after the retransmission and SACKed, shows the retransmission lost.
+        c.receive(peerACK(s(1), echo: echo, sack: [block(s(2), s(15))]), now: at(140))
+        #expect(c.drain(at: at(140)).first?.sequenceNumber == s(1))
+        #expect(c.stats.retransmissions == 2)
+        #expect(c.stats.fastRetransmits == 1)  // one recovery episode, one reduction
+        #expect(c.stats.rtoExpiries == 0)
+    }
+
+    @Test func tailProbeThatRepairedALossReducesTheWindow() {
+        for probeArrivedAlone in [true, false] {
+            var c = modernConnection()
+            #expect(c.write(bytes(count: 3 * modernMSS)) == 3 * modernMSS)
+            _ = c.drain(at: at(100))
+            c.handleTimeout(now: at(120))
+            #expect(c.drain(at: at(120)).map(\.sequenceNumber) == [ourSegmentStart(2)])
+            // The echo tells which copy of the last segment completed the data.
+            let echo = c.timestampValue(at: probeArrivedAlone ? at(120) : at(100))
+            c.receive(peerACK(ourSegmentStart(3), echo: echo), now: at(135))
+            if probeArrivedAlone {
+                #expect(c.stats.congestionWindow == 2 * modernMSS)  // NewReno: half of 3 segments, at least 2
+            } else {
+                #expect(c.stats.congestionWindow == 10 * modernMSS)
+            }
+            #expect(c.stats.tailLossProbes == 1)
+        }
+    }
+
+    @Test func tailLossProbeSendsNewDataWhenItHasSome() {
+        var c = modernConnection()
+        #expect(c.write(bytes(count: 12 * modernMSS)) == 12 * modernMSS)
+        #expect(c.drain(at: at(100)).count == 10)  // the initial window
+        #expect(c.nextDeadline == at(120))
+        c.handleTimeout(now: at(120))
+        // The probe is new data, past the congestion window: it costs no retransmission.
+        #expect(c.drain(at: at(120)) == [toPeer(seq: ourSegmentStart(10), options: c.ourOptions(at: at(120)), payload: bytes(count: modernMSS))])
+        #expect(c.stats.tailLossProbes == 1 && c.stats.retransmissions == 0)
     }
 }

@@ -117,3 +117,21 @@ import TOUWire
         #expect(ack.isEmpty || ack[0].window > 0)
     }
 }
+
+@Suite struct SenderSillyWindowTests {
+    @Test func partialSegmentGoesWhenItIsHalfTheLargestWindow() {
+        // The peer never offers more than 1000 bytes, less than one MSS.
+        var c = establishedConnection(peerWindow: 1000)
+        #expect(c.write(bytes(count: 5000)) == 5000)
+        #expect(c.drain(at: at(20)).map(\.payload.readableBytes) == [1000])  // nothing in flight
+        // 500 acknowledged, 500 still in flight: 500 of room is half the largest window, so
+        // it goes (RFC 9293 3.8.6.2.1); 400 would not.
+        c.receive(fromPeer(ack: localISS &+ 501, window: 1000), now: at(30))
+        #expect(c.drain(at: at(30)).map(\.payload.readableBytes) == [500])
+        c.receive(fromPeer(ack: localISS &+ 1401, window: 500), now: at(40))  // 100 in flight, 400 of room
+        #expect(c.drain(at: at(40)) == [])
+        // Once everything is acknowledged, whatever the window allows goes.
+        c.receive(fromPeer(ack: localISS &+ 1501, window: 900), now: at(50))
+        #expect(c.drain(at: at(50)).map(\.payload.readableBytes) == [900])
+    }
+}
