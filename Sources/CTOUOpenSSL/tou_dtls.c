@@ -522,10 +522,15 @@ static int cert_verify_cb(X509_STORE_CTX *sctx, void *arg) {
         char subject[192];
         name_string(X509_get_subject_name(leaf), subject, sizeof subject);
         c->pin_failed = 1;
-        snprintf(c->verify_detail, sizeof c->verify_detail,
-                 "the server's public key (certificate \"%s\") is sha256:%s, which matches none of "
-                 "the %zu pinned key%s", subject, (const char *)b64, tctx->pin_count,
-                 tctx->pin_count == 1 ? "" : "s");
+        if (tctx->pin_count == 1) {
+            snprintf(c->verify_detail, sizeof c->verify_detail,
+                     "the server's public key (certificate \"%s\") is sha256:%s, not the pinned key",
+                     subject, (const char *)b64);
+        } else {
+            snprintf(c->verify_detail, sizeof c->verify_detail,
+                     "the server's public key (certificate \"%s\") is sha256:%s, none of the %zu pinned keys",
+                     subject, (const char *)b64, tctx->pin_count);
+        }
     }
     return 0;
 }
@@ -637,11 +642,11 @@ static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_l
             set_msg(err, cap, m);
         } else if (!contains(key, key_len, "PRIVATE KEY-----")) {
             ERR_clear_error();
-            snprintf(m, sizeof m, "no PEM private key (\"-----BEGIN PRIVATE KEY-----\") found in the %s", key_what);
+            snprintf(m, sizeof m, "the %s contains no PEM private key (\"-----BEGIN PRIVATE KEY-----\")", key_what);
             set_msg(err, cap, m);
         } else {
             char p[160];
-            snprintf(p, sizeof p, "malformed PEM private key in the %s", key_what);
+            snprintf(p, sizeof p, "the %s is not a readable PEM private key", key_what);
             drain_errors(err, cap, p);
         }
         return 0;

@@ -122,9 +122,9 @@ import Testing
         }
         #expect(chainTail.hasPrefix("malformed PEM certificate #2 in the certificate chain"))
         let key = configurationDetail { try DTLSContext.server(certificateChainPEM: serverPEM, privateKeyPEM: badKey) }
-        #expect(key.hasPrefix("malformed PEM private key in the private key"))
+        #expect(key.hasPrefix("the private key is not a readable PEM private key: "))
         #expect(configurationDetail { try DTLSContext.server(certificateChainPEM: serverPEM, privateKeyPEM: serverPEM) }
-            == "no PEM private key (\"-----BEGIN PRIVATE KEY-----\") found in the private key")
+            == "the private key contains no PEM private key (\"-----BEGIN PRIVATE KEY-----\")")
         let clientTrust = configurationDetail {
             try DTLSContext.server(certificateChainPEM: serverPEM, privateKeyPEM: serverKey, clientTrustRootsPEM: badCert)
         }
@@ -137,7 +137,7 @@ import Testing
         let clientKey = configurationDetail {
             try DTLSContext.client(trustRootsPEM: ca, certificateChainPEM: Certs.bytes("client.pem"), privateKeyPEM: text)
         }
-        #expect(clientKey == "no PEM private key (\"-----BEGIN PRIVATE KEY-----\") found in the client private key")
+        #expect(clientKey == "the client private key contains no PEM private key (\"-----BEGIN PRIVATE KEY-----\")")
     }
 
     @Test(.enabled(if: opensslCommand != nil, "the openssl command is not installed"))
@@ -200,7 +200,16 @@ import Testing
             return
         }
         #expect(detail.contains(DTLSContext.publicKeyPinString(actual)))
-        #expect(detail.contains("matches none of the 1 pinned key"))
+        #expect(detail.hasSuffix(", not the pinned key"))
+        #expect(detail.contains("certificate \"CN=localhost\""))
+
+        let twoPins = try Pair(client: pinnedClient([other, other.reversed()]), server: Certs.server())
+        twoPins.handshake()
+        guard case .failed(.pinMismatch(let twoDetail))? = twoPins.clientEvents.first else {
+            Issue.record("client events: \(twoPins.clientEvents)")
+            return
+        }
+        #expect(twoDetail.hasSuffix("none of the 2 pinned keys"))
         #expect(pair.client.state == .failed)
         // The server hears a fatal alert and never completes.
         #expect(handshakeFailedDetail(pair.serverEvents) != nil)

@@ -145,7 +145,7 @@ import Testing
         }
         #expect(keyDetail.hasPrefix("the private key does not match the certificate"))
         #expect(configurationError { try DTLSContext.server(certificateChainPEM: serverPEM, privateKeyPEM: garbage) }
-            == .invalidConfiguration("no PEM private key (\"-----BEGIN PRIVATE KEY-----\") found in the private key"))
+            == .invalidConfiguration("the private key contains no PEM private key (\"-----BEGIN PRIVATE KEY-----\")"))
         guard case .invalidConfiguration? = configurationError({
             try DTLSContext.server(certificateChainPEM: serverPEM, privateKeyPEM: serverKey,
                                    requireClientCertificate: true)
