@@ -546,7 +546,7 @@ int tou_public_key_sha256(const uint8_t *pem, size_t pem_len, uint8_t out[32], c
     X509 *x = PEM_read_bio_X509(bio, NULL, no_passphrase_cb, NULL);
     BIO_free(bio);
     if (x == NULL) {
-        pem_read_failure(err, err_cap, "certificate", "the certificate", 1);
+        pem_read_failure(err, err_cap, "certificate", "given PEM", 1);
         return 0;
     }
     int ok = spki_sha256(x, out);

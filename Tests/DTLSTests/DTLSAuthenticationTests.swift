@@ -163,7 +163,10 @@ import Testing
     }
 
     @Test func pinHelpersRejectBadInput() throws {
-        #expect(throws: DTLSError.self) { try DTLSContext.publicKeySHA256(ofCertificatePEM: Array("nope".utf8)) }
+        #expect(throws: DTLSError.invalidConfiguration(
+            "no PEM certificate (\"-----BEGIN CERTIFICATE-----\") found in the given PEM")) {
+            try DTLSContext.publicKeySHA256(ofCertificatePEM: Array("nope".utf8))
+        }
         #expect(throws: DTLSError.self) { try DTLSContext.publicKeySHA256(ofCertificatePEM: []) }
         let hash = try DTLSContext.publicKeySHA256(ofCertificatePEM: Certs.bytes("server.pem"))
         let text = DTLSContext.publicKeyPinString(hash)
