@@ -27,6 +27,9 @@
 struct tou_dtls_ctx {
     SSL_CTX *ssl_ctx;
     int is_server;
+    /* SHA-256 pins of the server's leaf SubjectPublicKeyInfo (client only); none = no pinning. */
+    uint8_t (*pins)[32];
+    size_t pin_count;
 };
 
 struct tou_dtls_conn {
@@ -66,6 +69,10 @@ struct tou_dtls_conn {
     size_t accepted_cookie_len;
 
     int alert_read;          /* last alert received: (level << 8) | description, or -1 */
+    /* Filled by the certificate verify callback: why the peer's chain was refused, in words,
+     * and whether it was the pin check (the chain itself verified). */
+    char verify_detail[TOU_ERR_CAP];
+    int pin_failed;
     int error_kind;
     char error_msg[TOU_ERR_CAP];
 };
@@ -126,8 +133,14 @@ static void classify_failure(tou_dtls_conn *c, int during_handshake) {
     long vr = SSL_get_verify_result(c->ssl);
     int have_alert = c->alert_read >= 0 && ((c->alert_read >> 8) & 0xff) == SSL3_AL_FATAL;
 
-    if (vr != X509_V_OK && (reason == SSL_R_CERTIFICATE_VERIFY_FAILED || !have_alert)) {
-        snprintf(msg, sizeof msg, "certificate verify failed: %s", X509_verify_cert_error_string(vr));
+    if (c->pin_failed && vr == X509_V_ERR_APPLICATION_VERIFICATION) {
+        conn_fail(c, TOU_DTLS_E_PIN, c->verify_detail);
+    } else if (vr != X509_V_OK && (reason == SSL_R_CERTIFICATE_VERIFY_FAILED || !have_alert)) {
+        if (c->verify_detail[0] != '\0') {
+            snprintf(msg, sizeof msg, "%s", c->verify_detail);
+        } else {
+            snprintf(msg, sizeof msg, "certificate verify failed: %s", X509_verify_cert_error_string(vr));
+        }
         int name = vr == X509_V_ERR_HOSTNAME_MISMATCH || vr == X509_V_ERR_IP_ADDRESS_MISMATCH ||
                    vr == X509_V_ERR_EMAIL_MISMATCH;
         conn_fail(c, name ? TOU_DTLS_E_NAME : TOU_DTLS_E_UNTRUSTED, msg);
@@ -304,6 +317,245 @@ static int cookie_verify_cb(SSL *ssl, const unsigned char *cookie, unsigned int 
            CRYPTO_memcmp(c->accepted_cookie, cookie, cookie_len) == 0;
 }
 
+/* ---------------------------------------------------------------- PEM input */
+
+/* OpenSSL's default would prompt on the terminal for a passphrase; we refuse encrypted keys
+ * instead, and note that the key was encrypted so the message can say so. */
+static int no_passphrase_cb(char *buf, int size, int rwflag, void *u) {
+    (void)buf; (void)size; (void)rwflag;
+    if (u != NULL) *(int *)u = 1;
+    return 0;
+}
+
+/* After a failed PEM certificate read: the end of the input (returns 1, for index > 1), no
+ * certificate at all, or a malformed one (message names which input and which certificate). */
+static int pem_read_failure(char *err, size_t cap, const char *kind, const char *what, int index) {
+    unsigned long e = ERR_peek_last_error();
+    if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
+        ERR_clear_error();
+        if (index > 1) return 1;
+        char m[200];
+        snprintf(m, sizeof m, "no PEM %s (\"-----BEGIN CERTIFICATE-----\") found in the %s", kind, what);
+        set_msg(err, cap, m);
+        return 0;
+    }
+    char prefix[160];
+    snprintf(prefix, sizeof prefix, "malformed PEM %s #%d in the %s", kind, index, what);
+    drain_errors(err, cap, prefix);
+    return 0;
+}
+
+static int contains(const uint8_t *data, size_t len, const char *needle) {
+    size_t n = strlen(needle);
+    if (n == 0 || len < n) return n == 0;
+    for (size_t i = 0; i + n <= len; i++) {
+        if (data[i] == (uint8_t)needle[0] && memcmp(data + i, needle, n) == 0) return 1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- certificate details */
+
+/* RFC 2253 form of a name ("CN=localhost"), control and non-ASCII bytes escaped by OpenSSL. */
+static void name_string(const X509_NAME *name, char *buf, size_t cap) {
+    if (cap == 0) return;
+    buf[0] = '\0';
+    BIO *mem = name != NULL ? BIO_new(BIO_s_mem()) : NULL;
+    if (mem == NULL) return;
+    int n = 0;
+    if (X509_NAME_print_ex(mem, name, 0, XN_FLAG_RFC2253) >= 0) {
+        n = BIO_read(mem, buf, (int)(cap - 1 > INT32_MAX ? INT32_MAX : cap - 1));
+    }
+    BIO_free(mem);
+    buf[n > 0 ? n : 0] = '\0';
+    if (buf[0] == '\0') snprintf(buf, cap, "(empty subject)");
+}
+
+static void time_string(const ASN1_TIME *t, char *buf, size_t cap) {
+    if (cap == 0) return;
+    buf[0] = '\0';
+    BIO *mem = t != NULL ? BIO_new(BIO_s_mem()) : NULL;
+    if (mem == NULL) return;
+    int n = 0;
+    if (ASN1_TIME_print_ex(mem, t, ASN1_DTFLGS_ISO8601)) {
+        n = BIO_read(mem, buf, (int)(cap - 1 > INT32_MAX ? INT32_MAX : cap - 1));
+    }
+    BIO_free(mem);
+    buf[n > 0 ? n : 0] = '\0';
+    if (buf[0] == '\0') snprintf(buf, cap, "(unreadable date)");
+}
+
+/* "DNS:localhost, IP:127.0.0.1" from the certificate's subjectAltName (peer data: only
+ * printable ASCII is copied, lengths are bounded). */
+static void san_string(X509 *cert, char *buf, size_t cap) {
+    if (cap == 0) return;
+    buf[0] = '\0';
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    if (names == NULL) {
+        snprintf(buf, cap, "no subjectAltName");
+        return;
+    }
+    size_t used = 0;
+    for (int i = 0; i < sk_GENERAL_NAME_num(names) && used + 1 < cap; i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
+        char item[INET6_ADDRSTRLEN + 80];
+        item[0] = '\0';
+        if (gn->type == GEN_DNS) {
+            const unsigned char *d = ASN1_STRING_get0_data(gn->d.dNSName);
+            int len = ASN1_STRING_length(gn->d.dNSName);
+            size_t k = 0;
+            k += (size_t)snprintf(item, sizeof item, "DNS:");
+            for (int j = 0; j < len && k + 1 < sizeof item; j++) {
+                item[k++] = (d[j] >= 0x20 && d[j] < 0x7f) ? (char)d[j] : '?';
+            }
+            item[k] = '\0';
+        } else if (gn->type == GEN_IPADD) {
+            int len = ASN1_STRING_length(gn->d.iPAddress);
+            const unsigned char *d = ASN1_STRING_get0_data(gn->d.iPAddress);
+            char text[INET6_ADDRSTRLEN];
+            if ((len == 4 && inet_ntop(AF_INET, d, text, sizeof text) != NULL) ||
+                (len == 16 && inet_ntop(AF_INET6, d, text, sizeof text) != NULL)) {
+                snprintf(item, sizeof item, "IP:%s", text);
+            }
+        }
+        if (item[0] == '\0') continue;
+        int n = snprintf(buf + used, cap - used, "%s%s", used > 0 ? ", " : "", item);
+        if (n < 0) break;
+        used = (size_t)n >= cap - used ? cap - 1 : used + (size_t)n;
+    }
+    GENERAL_NAMES_free(names);
+    if (buf[0] == '\0') snprintf(buf, cap, "no DNS or IP subjectAltName");
+}
+
+/* Puts a failed chain verification into words: which certificate, and why (dates, names,
+ * issuer), so users see what to fix rather than an OpenSSL code. */
+static void describe_verify_error(tou_dtls_conn *c, X509_STORE_CTX *sctx) {
+    int err = X509_STORE_CTX_get_error(sctx);
+    int depth = X509_STORE_CTX_get_error_depth(sctx);
+    X509 *cert = X509_STORE_CTX_get_current_cert(sctx);
+    const char *reason = X509_verify_cert_error_string(err);
+    const char *which = depth <= 0 ? "the peer's certificate" : "a CA certificate in the peer's chain";
+    char subject[192], issuer[192], when[64], sans[256];
+    subject[0] = issuer[0] = '\0';
+    if (cert != NULL) {
+        name_string(X509_get_subject_name(cert), subject, sizeof subject);
+        name_string(X509_get_issuer_name(cert), issuer, sizeof issuer);
+    }
+    char *out = c->verify_detail;
+    size_t cap = sizeof c->verify_detail;
+    if (cert == NULL) {
+        snprintf(out, cap, "%s", reason);
+        return;
+    }
+    switch (err) {
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        time_string(X509_get0_notAfter(cert), when, sizeof when);
+        snprintf(out, cap, "certificate has expired: %s \"%s\" was valid until %s "
+                 "(renew it, or check this machine's clock)", which, subject, when);
+        break;
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        time_string(X509_get0_notBefore(cert), when, sizeof when);
+        snprintf(out, cap, "certificate is not yet valid: %s \"%s\" is valid only from %s "
+                 "(check this machine's clock)", which, subject, when);
+        break;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+    case X509_V_ERR_EMAIL_MISMATCH:
+        san_string(cert, sans, sizeof sans);
+        snprintf(out, cap, "%s: the certificate \"%s\" is for %s", reason, subject, sans);
+        break;
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_CERT_UNTRUSTED:
+        snprintf(out, cap, "%s: %s \"%s\", issued by \"%s\", does not chain to any of the trust roots",
+                 reason, which, subject, issuer);
+        break;
+    default:
+        snprintf(out, cap, "%s: %s \"%s\", issued by \"%s\"", reason, which, subject, issuer);
+        break;
+    }
+}
+
+/* SHA-256 over the DER SubjectPublicKeyInfo, as in HPKP and curl's --pinnedpubkey. */
+static int spki_sha256(X509 *x, uint8_t out[32]) {
+    unsigned char *der = NULL;
+    int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der);
+    if (len <= 0 || der == NULL) return 0;
+    unsigned int md_len = 0;
+    int ok = EVP_Digest(der, (size_t)len, out, &md_len, EVP_sha256(), NULL) == 1 && md_len == 32;
+    OPENSSL_free(der);
+    return ok;
+}
+
+/* Runs the normal chain and name verification, records why it failed, and then (client with
+ * pins) insists the leaf's public key is one of the pinned ones. */
+static int cert_verify_cb(X509_STORE_CTX *sctx, void *arg) {
+    const tou_dtls_ctx *tctx = arg;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+    tou_dtls_conn *c = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
+    int ok = X509_verify_cert(sctx);
+    if (ok <= 0) {
+        if (c != NULL) describe_verify_error(c, sctx);
+        return 0;
+    }
+    if (tctx == NULL || tctx->pin_count == 0) return 1;
+    X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
+    uint8_t hash[32];
+    if (leaf == NULL || !spki_sha256(leaf, hash)) {
+        X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+        if (c != NULL) {
+            c->pin_failed = 1;
+            set_msg(c->verify_detail, sizeof c->verify_detail, "cannot hash the server's public key");
+        }
+        return 0;
+    }
+    for (size_t i = 0; i < tctx->pin_count; i++) {
+        if (CRYPTO_memcmp(tctx->pins[i], hash, 32) == 0) return 1;
+    }
+    X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+    if (c != NULL) {
+        unsigned char b64[64];
+        EVP_EncodeBlock(b64, hash, 32);
+        char subject[192];
+        name_string(X509_get_subject_name(leaf), subject, sizeof subject);
+        c->pin_failed = 1;
+        if (tctx->pin_count == 1) {
+            snprintf(c->verify_detail, sizeof c->verify_detail,
+                     "the server's public key (certificate \"%s\") is sha256:%s, not the pinned key",
+                     subject, (const char *)b64);
+        } else {
+            snprintf(c->verify_detail, sizeof c->verify_detail,
+                     "the server's public key (certificate \"%s\") is sha256:%s, none of the %zu pinned keys",
+                     subject, (const char *)b64, tctx->pin_count);
+        }
+    }
+    return 0;
+}
+
+int tou_public_key_sha256(const uint8_t *pem, size_t pem_len, uint8_t out[32], char *err, size_t err_cap) {
+    ERR_clear_error();
+    if (pem == NULL || pem_len == 0 || pem_len > INT32_MAX) {
+        set_msg(err, err_cap, "no PEM certificate given");
+        return 0;
+    }
+    BIO *bio = BIO_new_mem_buf(pem, (int)pem_len);
+    if (bio == NULL) { set_msg(err, err_cap, "out of memory"); return 0; }
+    X509 *x = PEM_read_bio_X509(bio, NULL, no_passphrase_cb, NULL);
+    BIO_free(bio);
+    if (x == NULL) {
+        pem_read_failure(err, err_cap, "certificate", "given PEM", 1);
+        return 0;
+    }
+    int ok = spki_sha256(x, out);
+    X509_free(x);
+    ERR_clear_error();
+    if (!ok) set_msg(err, err_cap, "cannot encode or hash the certificate's public key");
+    return ok;
+}
+
 /* ---------------------------------------------------------------- contexts */
 
 static int load_trust(SSL_CTX *ctx, const uint8_t *pem, size_t len, char *err, size_t cap, const char *what) {
@@ -311,57 +563,65 @@ static int load_trust(SSL_CTX *ctx, const uint8_t *pem, size_t len, char *err, s
     if (bio == NULL) { set_msg(err, cap, "out of memory"); return 0; }
     X509_STORE *store = SSL_CTX_get_cert_store(ctx);
     int count = 0;
-    X509 *x;
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+    for (;;) {
+        X509 *x = PEM_read_bio_X509(bio, NULL, no_passphrase_cb, NULL);
+        if (x == NULL) {
+            int at_end = pem_read_failure(err, cap, "certificate", what, count + 1);
+            BIO_free(bio);
+            return at_end;
+        }
+        count++;
         if (!X509_STORE_add_cert(store, x)) {
             unsigned long e = ERR_peek_last_error();
             if (ERR_GET_REASON(e) != X509_R_CERT_ALREADY_IN_HASH_TABLE) {
                 X509_free(x);
                 BIO_free(bio);
-                char p[128];
-                snprintf(p, sizeof p, "cannot add %s", what);
+                char p[160];
+                snprintf(p, sizeof p, "cannot add certificate #%d of the %s", count, what);
                 drain_errors(err, cap, p);
                 return 0;
             }
+            ERR_clear_error();
         }
         X509_free(x);
-        count++;
     }
-    BIO_free(bio);
-    ERR_clear_error(); /* the expected "no start line" at the end */
-    if (count == 0) {
-        char m[160];
-        snprintf(m, sizeof m, "no PEM certificate found in the %s", what);
-        set_msg(err, cap, m);
-        return 0;
-    }
-    return 1;
 }
 
 static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_len,
-                              const uint8_t *key, size_t key_len, char *err, size_t cap) {
+                              const uint8_t *key, size_t key_len, const char *chain_what,
+                              const char *key_what, char *err, size_t cap) {
     BIO *bio = BIO_new_mem_buf(chain, (int)chain_len);
     if (bio == NULL) { set_msg(err, cap, "out of memory"); return 0; }
-    X509 *leaf = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL);
+    X509 *leaf = PEM_read_bio_X509_AUX(bio, NULL, no_passphrase_cb, NULL);
     if (leaf == NULL) {
         BIO_free(bio);
-        ERR_clear_error();
-        set_msg(err, cap, "no PEM certificate found in the certificate chain");
+        pem_read_failure(err, cap, "certificate", chain_what, 1);
         return 0;
     }
+    char leaf_subject[192];
+    name_string(X509_get_subject_name(leaf), leaf_subject, sizeof leaf_subject);
     int ok = SSL_CTX_use_certificate(ctx, leaf);
     X509_free(leaf);
     if (!ok) {
         BIO_free(bio);
-        drain_errors(err, cap, "certificate rejected");
+        char p[160];
+        snprintf(p, sizeof p, "the first certificate of the %s was rejected", chain_what);
+        drain_errors(err, cap, p);
         return 0;
     }
-    X509 *x;
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+    for (int index = 2;; index++) {
+        X509 *x = PEM_read_bio_X509(bio, NULL, no_passphrase_cb, NULL);
+        if (x == NULL) {
+            int at_end = pem_read_failure(err, cap, "certificate", chain_what, index);
+            if (!at_end) { BIO_free(bio); return 0; }
+            break;
+        }
         if (!SSL_CTX_add0_chain_cert(ctx, x)) {
             X509_free(x);
             BIO_free(bio);
-            drain_errors(err, cap, "chain certificate rejected");
+            char p[160];
+            snprintf(p, sizeof p, "certificate #%d of the %s was rejected", index, chain_what);
+            drain_errors(err, cap, p);
             return 0;
         }
     }
@@ -370,27 +630,48 @@ static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_l
 
     bio = BIO_new_mem_buf(key, (int)key_len);
     if (bio == NULL) { set_msg(err, cap, "out of memory"); return 0; }
-    EVP_PKEY *pkey = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+    int encrypted = 0;
+    EVP_PKEY *pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase_cb, &encrypted);
     BIO_free(bio);
     if (pkey == NULL) {
-        ERR_clear_error();
-        set_msg(err, cap, "no usable PEM private key found (encrypted keys are not supported)");
+        char m[TOU_ERR_CAP];
+        if (encrypted) {
+            ERR_clear_error();
+            snprintf(m, sizeof m, "the %s is encrypted; passphrase-protected keys are not supported "
+                     "(decrypt it with `openssl pkey -in KEY -out PLAIN.key`)", key_what);
+            set_msg(err, cap, m);
+        } else if (!contains(key, key_len, "PRIVATE KEY-----")) {
+            ERR_clear_error();
+            snprintf(m, sizeof m, "the %s contains no PEM private key (\"-----BEGIN PRIVATE KEY-----\")", key_what);
+            set_msg(err, cap, m);
+        } else {
+            char p[160];
+            snprintf(p, sizeof p, "the %s is not a readable PEM private key", key_what);
+            drain_errors(err, cap, p);
+        }
         return 0;
     }
     ok = SSL_CTX_use_PrivateKey(ctx, pkey);
     EVP_PKEY_free(pkey);
     if (!ok) {
-        if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
-            ERR_clear_error();
-            set_msg(err, cap, "the private key does not match the certificate");
-        } else {
-            drain_errors(err, cap, "private key rejected");
+        unsigned long e = ERR_peek_last_error();
+        int mismatch = ERR_GET_LIB(e) == ERR_LIB_X509 &&
+                       (ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH || ERR_GET_REASON(e) == X509_R_KEY_TYPE_MISMATCH);
+        if (!mismatch) {
+            char p[160];
+            snprintf(p, sizeof p, "the %s was rejected", key_what);
+            drain_errors(err, cap, p);
+            return 0;
         }
-        return 0;
     }
-    if (!SSL_CTX_check_private_key(ctx)) {
+    /* A key of another type lands in its own slot without complaint; this catches it too. */
+    if (!ok || !SSL_CTX_check_private_key(ctx)) {
+        /* Mismatched values and mismatched key types both mean: not this certificate's key. */
         ERR_clear_error();
-        set_msg(err, cap, "the private key does not match the certificate");
+        char m[TOU_ERR_CAP];
+        snprintf(m, sizeof m, "the %s does not match the certificate \"%s\" (the first in the %s): "
+                 "they are not one key pair", key_what, leaf_subject, chain_what);
+        set_msg(err, cap, m);
         return 0;
     }
     return 1;
@@ -423,8 +704,13 @@ static SSL_CTX *new_base_ctx(int server, char *err, size_t cap) {
 tou_dtls_ctx *tou_dtls_ctx_new_client(const uint8_t *trust_pem, size_t trust_len,
                                       const uint8_t *chain_pem, size_t chain_len,
                                       const uint8_t *key_pem, size_t key_len,
+                                      const uint8_t *pins, size_t pin_count,
                                       char *err, size_t err_cap) {
     ERR_clear_error();
+    if (pin_count > 0 && (pins == NULL || pin_count > 1024)) {
+        set_msg(err, err_cap, "at most 1024 public-key pins");
+        return NULL;
+    }
     if (trust_pem == NULL || trust_len == 0 || trust_len > INT32_MAX || chain_len > INT32_MAX || key_len > INT32_MAX) {
         set_msg(err, err_cap, "trust roots are required");
         return NULL;
@@ -436,15 +722,24 @@ tou_dtls_ctx *tou_dtls_ctx_new_client(const uint8_t *trust_pem, size_t trust_len
     SSL_CTX *ctx = new_base_ctx(0, err, err_cap);
     if (ctx == NULL) return NULL;
     if (!load_trust(ctx, trust_pem, trust_len, err, err_cap, "trust roots") ||
-        (chain_pem != NULL && !load_chain_and_key(ctx, chain_pem, chain_len, key_pem, key_len, err, err_cap))) {
+        (chain_pem != NULL && !load_chain_and_key(ctx, chain_pem, chain_len, key_pem, key_len,
+                                                   "client certificate chain", "client private key", err, err_cap))) {
         SSL_CTX_free(ctx);
         return NULL;
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     tou_dtls_ctx *c = calloc(1, sizeof *c);
-    if (c == NULL) { SSL_CTX_free(ctx); set_msg(err, err_cap, "out of memory"); return NULL; }
+    if (c == NULL || (pin_count > 0 && (c->pins = malloc(pin_count * 32)) == NULL)) {
+        free(c);
+        SSL_CTX_free(ctx);
+        set_msg(err, err_cap, "out of memory");
+        return NULL;
+    }
+    if (pin_count > 0) memcpy(c->pins, pins, pin_count * 32);
+    c->pin_count = pin_count;
     c->ssl_ctx = ctx;
     c->is_server = 0;
+    SSL_CTX_set_cert_verify_callback(ctx, cert_verify_cb, c);
     return c;
 }
 
@@ -465,7 +760,8 @@ tou_dtls_ctx *tou_dtls_ctx_new_server(const uint8_t *chain_pem, size_t chain_len
     }
     SSL_CTX *ctx = new_base_ctx(1, err, err_cap);
     if (ctx == NULL) return NULL;
-    if (!load_chain_and_key(ctx, chain_pem, chain_len, key_pem, key_len, err, err_cap) ||
+    if (!load_chain_and_key(ctx, chain_pem, chain_len, key_pem, key_len, "certificate chain", "private key",
+                            err, err_cap) ||
         (client_trust_pem != NULL &&
          !load_trust(ctx, client_trust_pem, client_trust_len, err, err_cap, "client trust roots"))) {
         SSL_CTX_free(ctx);
@@ -480,12 +776,14 @@ tou_dtls_ctx *tou_dtls_ctx_new_server(const uint8_t *chain_pem, size_t chain_len
     if (c == NULL) { SSL_CTX_free(ctx); set_msg(err, err_cap, "out of memory"); return NULL; }
     c->ssl_ctx = ctx;
     c->is_server = 1;
+    SSL_CTX_set_cert_verify_callback(ctx, cert_verify_cb, c);
     return c;
 }
 
 void tou_dtls_ctx_free(tou_dtls_ctx *ctx) {
     if (ctx == NULL) return;
     SSL_CTX_free(ctx->ssl_ctx);
+    free(ctx->pins);
     free(ctx);
 }
 

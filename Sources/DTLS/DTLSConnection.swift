@@ -185,6 +185,7 @@ public final class DTLSConnection {
         case TOU_DTLS_E_NO_PEER_CERT: error = .peerCertificateMissing
         case TOU_DTLS_E_HANDSHAKE: error = .handshakeFailed(message)
         case TOU_DTLS_E_ALERT: error = .alertReceived(message)
+        case TOU_DTLS_E_PIN: error = .pinMismatch(message)
         default: error = .protocolError(message)
         }
         state = .failed

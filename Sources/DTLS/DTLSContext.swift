@@ -18,17 +18,33 @@ public final class DTLSContext: @unchecked Sendable {
     }
 
     /// A client context that verifies servers against `trustRootsPEM`, optionally presenting a
-    /// client certificate.
+    /// client certificate. With `pinnedPublicKeySHA256` (SHA-256 hashes of DER
+    /// SubjectPublicKeyInfo, 32 bytes each) the server's leaf key must also match one of them, in
+    /// addition to the normal chain and name checks; otherwise the handshake fails with
+    /// `.pinMismatch`.
     public static func client(trustRootsPEM: [UInt8], certificateChainPEM: [UInt8]? = nil,
-                              privateKeyPEM: [UInt8]? = nil) throws(DTLSError) -> DTLSContext {
+                              privateKeyPEM: [UInt8]? = nil,
+                              pinnedPublicKeySHA256: [[UInt8]] = []) throws(DTLSError) -> DTLSContext {
+        var pins: [UInt8] = []
+        pins.reserveCapacity(pinnedPublicKeySHA256.count * 32)
+        for (index, pin) in pinnedPublicKeySHA256.enumerated() {
+            guard pin.count == 32 else {
+                throw .invalidConfiguration(
+                    "public-key pin #\(index + 1) is \(pin.count) bytes; a SHA-256 pin is 32 bytes")
+            }
+            pins.append(contentsOf: pin)
+        }
         var error = [CChar](repeating: 0, count: 512)
         let handle = trustRootsPEM.withUnsafeBufferPointer { trust in
             withOptionalBytes(certificateChainPEM) { chain in
                 withOptionalBytes(privateKeyPEM) { key in
-                    tou_dtls_ctx_new_client(trust.baseAddress, trust.count,
-                                            chain?.baseAddress, chain?.count ?? 0,
-                                            key?.baseAddress, key?.count ?? 0,
-                                            &error, error.count)
+                    pins.withUnsafeBufferPointer { pinBytes in
+                        tou_dtls_ctx_new_client(trust.baseAddress, trust.count,
+                                                chain?.baseAddress, chain?.count ?? 0,
+                                                key?.baseAddress, key?.count ?? 0,
+                                                pinBytes.baseAddress, pinnedPublicKeySHA256.count,
+                                                &error, error.count)
+                    }
                 }
             }
         }

@@ -130,12 +130,22 @@ import Testing
         let serverPEM = try Certs.bytes("server.pem")
         let serverKey = try Certs.bytes("server.key")
         let clientKey = try Certs.bytes("client.key")
-        #expect(configurationError { try DTLSContext.server(certificateChainPEM: garbage, privateKeyPEM: serverKey) }
-            == .invalidConfiguration("no PEM certificate found in the certificate chain"))
-        #expect(configurationError { try DTLSContext.server(certificateChainPEM: serverPEM, privateKeyPEM: clientKey) }
-            == .invalidConfiguration("the private key does not match the certificate"))
+        guard case .invalidConfiguration(let chainDetail)? = configurationError({
+            try DTLSContext.server(certificateChainPEM: garbage, privateKeyPEM: serverKey)
+        }) else {
+            Issue.record("malformed chain accepted")
+            return
+        }
+        #expect(chainDetail.hasPrefix("malformed PEM certificate #1 in the certificate chain"))
+        guard case .invalidConfiguration(let keyDetail)? = configurationError({
+            try DTLSContext.server(certificateChainPEM: serverPEM, privateKeyPEM: clientKey)
+        }) else {
+            Issue.record("mismatched key accepted")
+            return
+        }
+        #expect(keyDetail.hasPrefix("the private key does not match the certificate"))
         #expect(configurationError { try DTLSContext.server(certificateChainPEM: serverPEM, privateKeyPEM: garbage) }
-            == .invalidConfiguration("no usable PEM private key found (encrypted keys are not supported)"))
+            == .invalidConfiguration("the private key contains no PEM private key (\"-----BEGIN PRIVATE KEY-----\")"))
         guard case .invalidConfiguration? = configurationError({
             try DTLSContext.server(certificateChainPEM: serverPEM, privateKeyPEM: serverKey,
                                    requireClientCertificate: true)

@@ -82,9 +82,9 @@ private final class OpenSSLProcess: @unchecked Sendable {
     private let lock = NSLock()
     private var collected = Data()
 
-    convenience init(port: UInt16) throws {
+    convenience init(port: UInt16, certificate: String = "server") throws {
         try self.init(arguments: ["s_server", "-dtls1_2", "-accept", "127.0.0.1:\(port)",
-                                  "-cert", Certs.path("server.pem"), "-key", Certs.path("server.key"),
+                                  "-cert", Certs.path("\(certificate).pem"), "-key", Certs.path("\(certificate).key"),
                                   "-mtu", "1400"])
     }
 
@@ -212,4 +212,93 @@ private final class OpenSSLProcess: @unchecked Sendable {
         #expect(client.text.contains("hello from toudtls"))
         #expect(client.text.contains("Verify return code: 0 (ok)"))
     }
+
+    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"))
+    func clientRefusesOpenSSLServersExpiredCertificateAndUnpinnedKey() throws {
+        let expired = try handshakeWithOpenSSLServer(certificate: "expired-server", client: Certs.client())
+        guard case .failed(.untrustedCertificate(let detail))? = expired.first else {
+            Issue.record("events: \(expired)")
+            return
+        }
+        #expect(detail.hasPrefix("certificate has expired"))
+
+        let serverPin = try DTLSContext.publicKeySHA256(ofCertificatePEM: Certs.bytes("server.pem"))
+        let caPin = try DTLSContext.publicKeySHA256(ofCertificatePEM: Certs.bytes("ca.pem"))
+        let pinned = try handshakeWithOpenSSLServer(
+            certificate: "server",
+            client: DTLSContext.client(trustRootsPEM: Certs.bytes("ca.pem"), pinnedPublicKeySHA256: [serverPin]))
+        #expect(pinned.first == .handshakeCompleted, "events: \(pinned)")
+        let unpinned = try handshakeWithOpenSSLServer(
+            certificate: "server",
+            client: DTLSContext.client(trustRootsPEM: Certs.bytes("ca.pem"), pinnedPublicKeySHA256: [caPin]))
+        guard case .failed(.pinMismatch(let pinDetail))? = unpinned.first else {
+            Issue.record("events: \(unpinned)")
+            return
+        }
+        #expect(pinDetail.contains(DTLSContext.publicKeyPinString(serverPin)))
+    }
+
+    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"))
+    func serverRefusesOpenSSLClientsExpiredCertificate() throws {
+        let socket = try UDPSocket()
+        let context = try Certs.server(clientTrust: "ca.pem", requireClient: true)
+        let client = try OpenSSLProcess(arguments: [
+            "s_client", "-dtls1_2", "-connect", "127.0.0.1:\(socket.localPort)", "-mtu", "1400",
+            "-CAfile", Certs.path("ca.pem"), "-servername", "localhost",
+            "-cert", Certs.path("expired-server.pem"), "-key", Certs.path("expired-server.key"),
+        ])
+        defer { client.stop() }
+        let cookie: [UInt8] = Array("interop-cookie".utf8)
+        var connection: DTLSConnection?
+        var events: [DTLSEvent] = []
+        let start = NIODeadline.now()
+        while NIODeadline.now() < start + .seconds(10), events.isEmpty {
+            if let connection {
+                if let datagram = socket.receive() { connection.receiveDatagram(datagram, now: .now()) }
+                if let deadline = connection.nextDeadline, deadline <= .now() { connection.handleTimeout(now: .now()) }
+                while let datagram = connection.pollDatagram() { socket.send(datagram) }
+                while let event = connection.pollEvent() { events.append(event) }
+            } else if let datagram = socket.receiveAndConnect() {
+                switch context.listen(datagram: datagram, cookieToIssue: cookie, acceptableCookies: [cookie],
+                                      mtu: 1400, now: .now()) {
+                case .helloVerifyRequest(let hvr):
+                    socket.send(hvr)
+                case .accepted(let accepted):
+                    connection = accepted
+                    while let datagram = accepted.pollDatagram() { socket.send(datagram) }
+                case .dropped:
+                    break
+                }
+            }
+        }
+        guard case .failed(.untrustedCertificate(let detail))? = events.first else {
+            Issue.record("events: \(events); openssl said: \(client.text)")
+            return
+        }
+        #expect(detail.hasPrefix("certificate has expired"))
+        #expect(detail.contains("valid until 2021-01-01"))
+    }
+}
+
+/// Runs our client against `openssl s_server` presenting `certificate` until the handshake ends.
+private func handshakeWithOpenSSLServer(certificate: String, client context: DTLSContext) throws -> [DTLSEvent] {
+    let port = try UDPSocket().localPort  // a free port, released for the server to take
+    let server = try OpenSSLProcess(port: port, certificate: certificate)
+    defer { server.stop() }
+    Thread.sleep(forTimeInterval: 0.3)
+    let socket = try UDPSocket(connectTo: port)
+    let client = try DTLSConnection(client: context, serverName: "localhost", mtu: 1400)
+    client.startHandshake(now: .now())
+    var events: [DTLSEvent] = []
+    let start = NIODeadline.now()
+    while NIODeadline.now() < start + .seconds(10), events.isEmpty {
+        while let datagram = client.pollDatagram() { socket.send(datagram) }
+        if let datagram = socket.receive() { client.receiveDatagram(datagram, now: .now()) }
+        if let deadline = client.nextDeadline, deadline <= .now() { client.handleTimeout(now: .now()) }
+        while let event = client.pollEvent() { events.append(event) }
+    }
+    // Send the final alert or close_notify so the server process is not left waiting.
+    if events.first == .handshakeCompleted { client.sendCloseNotify() }
+    while let datagram = client.pollDatagram() { socket.send(datagram) }
+    return events
 }

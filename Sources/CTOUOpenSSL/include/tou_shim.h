@@ -13,6 +13,10 @@ int tou_hmac_sha256(const uint8_t *key, size_t key_len,
                     const uint8_t *data, size_t data_len,
                     uint8_t out[32]);
 
+/* SHA-256 of the DER SubjectPublicKeyInfo of the first certificate in pem (the value a
+ * public-key pin holds). Returns 1 on success, 0 with a message in err. */
+int tou_public_key_sha256(const uint8_t *pem, size_t pem_len, uint8_t out[32], char *err, size_t err_cap);
+
 /* Cryptographically secure random bytes. Returns 1 on success, 0 on failure. */
 int tou_random_bytes(uint8_t *out, size_t len);
 
@@ -35,6 +39,7 @@ enum {
     TOU_DTLS_E_HANDSHAKE = 5,
     TOU_DTLS_E_ALERT = 6,
     TOU_DTLS_E_PROTOCOL = 7,
+    TOU_DTLS_E_PIN = 8,               /* the chain verified, but the leaf's key is not pinned */
 };
 
 /* Results of tou_dtls_conn_step. */
@@ -54,10 +59,12 @@ enum {
 };
 
 /* Contexts. PEM inputs are read from memory. On failure NULL is returned and err holds a
- * NUL-terminated message. */
+ * NUL-terminated message. A client with pin_count > 0 pins (32 bytes each, concatenated) also
+ * requires the SHA-256 of the server leaf's DER SubjectPublicKeyInfo to be one of them. */
 tou_dtls_ctx *tou_dtls_ctx_new_client(const uint8_t *trust_pem, size_t trust_len,
                                       const uint8_t *chain_pem, size_t chain_len,
                                       const uint8_t *key_pem, size_t key_len,
+                                      const uint8_t *pins, size_t pin_count,
                                       char *err, size_t err_cap);
 tou_dtls_ctx *tou_dtls_ctx_new_server(const uint8_t *chain_pem, size_t chain_len,
                                       const uint8_t *key_pem, size_t key_len,
