@@ -50,6 +50,9 @@ public struct TOUConfiguration: Sendable {
     public var serverName: String?
     /// Server: refuse clients without a certificate trusted by `trustRoots`.
     public var requireClientCertificate: Bool
+    /// Client: SHA-256 pins of the server's public key ("sha256:BASE64", the hash of its DER
+    /// SubjectPublicKeyInfo). When set, the server's key must match one, on top of the usual checks.
+    public var pinnedPublicKeys: [String] = []
 
     /// Path MTU assumed for sizing the handshake and TCP segments.
     public var pathMTU: Int = 1500
@@ -139,7 +142,9 @@ public struct TOUConfiguration: Sendable {
             throw .invalidConfiguration("a client certificate needs both a certificate chain and a private key")
         }
         do {
-            return try DTLSContext.client(trustRootsPEM: roots, certificateChainPEM: chain, privateKeyPEM: key)
+            let pins = try pinnedPublicKeys.map { pin throws(DTLSError) in try DTLSContext.publicKeyPin(parsing: pin) }
+            return try DTLSContext.client(trustRootsPEM: roots, certificateChainPEM: chain, privateKeyPEM: key,
+                                          pinnedPublicKeySHA256: pins)
         } catch {
             throw TOUError(error)
         }

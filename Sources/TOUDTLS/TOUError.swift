@@ -15,6 +15,8 @@ public enum TOUError: Error, Sendable, Equatable, CustomStringConvertible {
     case nameMismatch(expected: String, detail: String)
     /// A client certificate was required and the peer sent none.
     case peerCertificateMissing
+    /// The server's public key is not one of the pinned keys.
+    case pinMismatch(String)
     /// The peer could not be reached (no route, port unreachable, name does not resolve).
     case unreachable(String)
     /// The peer stopped answering (handshake, retransmissions or idle time ran out).
@@ -39,6 +41,7 @@ public enum TOUError: Error, Sendable, Equatable, CustomStringConvertible {
         case .nameMismatch(let expected, let detail):
             return "peer certificate does not match the name \"\(expected)\": \(detail)"
         case .peerCertificateMissing: return "the peer did not present the required client certificate"
+        case .pinMismatch(let what): return "server public key is not pinned: \(what)"
         case .unreachable(let what): return "peer unreachable: \(what)"
         case .timedOut(let what): return "timed out: \(what)"
         case .connectionReset: return "connection reset by peer"
@@ -52,7 +55,7 @@ public enum TOUError: Error, Sendable, Equatable, CustomStringConvertible {
     /// Whether the failure comes from authentication or the handshake (CLI exit code 3).
     public var isAuthenticationFailure: Bool {
         switch self {
-        case .handshakeFailed, .untrustedCertificate, .nameMismatch, .peerCertificateMissing: return true
+        case .handshakeFailed, .untrustedCertificate, .nameMismatch, .peerCertificateMissing, .pinMismatch: return true
         default: return false
         }
     }
@@ -63,6 +66,7 @@ public enum TOUError: Error, Sendable, Equatable, CustomStringConvertible {
         case .untrustedCertificate(let what): self = .untrustedCertificate(what)
         case .nameMismatch(let expected, let detail): self = .nameMismatch(expected: expected, detail: detail)
         case .peerCertificateMissing: self = .peerCertificateMissing
+        case .pinMismatch(let what): self = .pinMismatch(what)
         case .handshakeFailed(let what): self = .handshakeFailed(what)
         case .alertReceived(let what): self = .protocolError("fatal alert from peer: \(what)")
         case .protocolError(let what): self = .protocolError(what)

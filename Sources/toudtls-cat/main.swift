@@ -41,6 +41,9 @@ struct CatCommand: ParsableCommand {
     @Option(name: .customLong("server-name"), help: ArgumentHelp("Name the server certificate must carry (default: HOST).", valueName: "NAME"))
     var serverName: String?
 
+    @Option(name: .customLong("pin"), help: ArgumentHelp("Client: the server's public key must have this SHA-256 (repeatable).", valueName: "sha256:BASE64"))
+    var pins: [String] = []
+
     @Flag(name: .customLong("require-client-cert"), help: "With -l: the client must present a certificate trusted by --ca.")
     var requireClientCert = false
 
@@ -76,6 +79,7 @@ struct CatCommand: ParsableCommand {
         }
         if keepOpen && !listen { throw ValidationError("-k/--keep-open needs -l") }
         if requireClientCert && !listen { throw ValidationError("--require-client-cert needs -l") }
+        if !pins.isEmpty && (listen || plain) { throw ValidationError("--pin is for a DTLS client") }
         if !(576...65_535).contains(mtu) { throw ValidationError("--mtu must be within 576...65535") }
         if plain {
             if caFile != nil || certFile != nil || keyFile != nil || requireClientCert {
@@ -111,6 +115,7 @@ struct CatCommand: ParsableCommand {
                                     certificateChain: certFile.map { .pemFile($0) },
                                     privateKey: keyFile.map { .pemFile($0) })
         }
+        configuration.pinnedPublicKeys = pins
         configuration.pathMTU = mtu
         if verbose {
             var logger = Logger(label: "toudtls")
@@ -125,7 +130,8 @@ func exitCode(for error: Error) -> ExitCode32 {
     guard let error = error as? TOUError else { return .other }
     switch error {
     case .invalidConfiguration, .unreadableFile: return .usage
-    case .handshakeFailed, .untrustedCertificate, .nameMismatch, .peerCertificateMissing: return .authentication
+    case .handshakeFailed, .untrustedCertificate, .nameMismatch, .peerCertificateMissing, .pinMismatch:
+        return .authentication
     case .unreachable, .timedOut: return .unreachable
     case .connectionReset: return .reset
     case .truncated, .protocolError, .closed, .socketError: return .other

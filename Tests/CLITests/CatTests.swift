@@ -179,4 +179,42 @@ struct CatTests {
         let intact = server.output == expected
         #expect(intact, "listener output differs from what was sent")
     }
+
+    /// sha256:BASE64 of the server certificate's public key, computed by the openssl command.
+    func serverPin() throws -> String {
+        let shell = Process()
+        shell.executableURL = URL(fileURLWithPath: "/bin/sh")
+        shell.arguments = ["-c", "openssl x509 -in '\(certs)/server.pem' -pubkey -noout | openssl pkey -pubin -outform DER"
+                           + " | openssl dgst -sha256 -binary | base64"]
+        let output = Pipe()
+        shell.standardOutput = output
+        try shell.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        shell.waitUntilExit()
+        return "sha256:" + String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test("--pin: the right key passes, another key exits 3, a malformed pin exits 2")
+    func pinning() throws {
+        let pin = try serverPin()
+        try transfer(host: "127.0.0.1", listenHost: "127.0.0.1", serverExtra: secureServerArguments(),
+                     clientExtra: ["--ca", "\(certs)/ca.pem", "--server-name", "localhost", "--pin", pin],
+                     bytes: 10_000)
+        try failingClient(["--ca", "\(certs)/ca.pem", "--server-name", "localhost",
+                           "--pin", "sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="],
+                          expectedStatus: 3, message: "not pinned")
+        let malformed = try CLIProcess(["--ca", "\(certs)/ca.pem", "--pin", "sha256:nonsense", "127.0.0.1", "9"])
+        #expect(malformed.wait() == 2, "stderr: \(malformed.errorOutput)")
+    }
+
+    @Test("an expired server certificate exits 3 and says so")
+    func expiredCertificate() throws {
+        let server = try listen(["--cert", "\(certs)/expired-server.pem", "--key", "\(certs)/expired-server.key"])
+        defer { server.terminate() }
+        #expect(server.waitForError(containing: "listening on"))
+        let port = try #require(server.listeningPort)
+        let client = try CLIProcess(["--ca", "\(certs)/ca.pem", "--server-name", "localhost", "127.0.0.1", "\(port)"])
+        #expect(client.wait(timeout: 30) == 3, "client: \(client.errorOutput)")
+        #expect(client.errorOutput.contains("expired"), "stderr: \(client.errorOutput)")
+    }
 }
