@@ -8,7 +8,8 @@ struct RelayTransferTests {
     let certs = CLIProcess.certs
 
     func transferThroughRelay(bytes: Int, secure: Bool, impairment: RelayImpairment, seed: UInt64,
-                              timeout: TimeInterval, rebindAfterBytes: Int? = nil)
+                              timeout: TimeInterval, rebindAfterBytes: Int? = nil,
+                              clientLog: ((String) -> Void)? = nil)
         throws -> (RelayDirectionStats, RelayDirectionStats) {
         let input = try makeRandomFile(bytes: bytes)
         defer { try? FileManager.default.removeItem(at: input) }
@@ -57,6 +58,7 @@ struct RelayTransferTests {
         // The listener was reached from the relay's own port, never from the client's.
         #expect(server.errorOutput.contains(":\(firstUpstreamPort)"), "listener log: \(server.errorOutput)")
         if rebound { #expect(relay.upstreamPort != firstUpstreamPort) }
+        clientLog?(client.errorOutput)
         return (stats.toTarget, stats.toClient)
     }
 
@@ -77,5 +79,23 @@ struct RelayTransferTests {
         let (toListener, toClient) = try transferThroughRelay(bytes: 4 << 20, secure: true, impairment: .none,
                                                               seed: 1, timeout: 50, rebindAfterBytes: 1 << 20)
         #expect(toListener.lost == 0 && toClient.sendErrors == 0, "\(toListener) / \(toClient)")
+    }
+
+    /// Issue 3's acceptance path: 5 % loss, 5 % reordering, 1 % duplication, 20 ms delay.
+    @Test("20 MB with DTLS through 5% loss, 5% reordering, 1% duplication and 20 ms delay; retransmissions reported")
+    func harshPath() throws {
+        let impairment = RelayImpairment(lossPercent: 5, duplicatePercent: 1, reorderPercent: 5,
+                                         reorderExtraDelay: 0.005, delay: 0.010, jitter: 0.001, queueLimit: 4096)
+        var log = ""
+        let (toListener, _) = try transferThroughRelay(bytes: 20 << 20, secure: true, impairment: impairment,
+                                                       seed: 0x5EED, timeout: 240, clientLog: { log = $0 })
+        #expect(toListener.lost > 500, "\(toListener)")
+        // The client's -v summary reports the connection's retransmissions.
+        let summary = log.split(separator: "\n").first { $0.contains("retransmissions") } ?? ""
+        print("client: \(summary)")
+        let count = summary.split(separator: " ").firstIndex(of: "retransmissions").flatMap { index in
+            Int(summary.split(separator: " ")[index - 1])
+        }
+        #expect((count ?? 0) > 0, "client log: \(log)")
     }
 }
