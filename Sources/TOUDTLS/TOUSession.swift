@@ -194,8 +194,11 @@ final class TOUSession {
                 droppedDatagrams += 1
                 return
             }
+            let droppedBefore = dtls?.droppedRecords ?? 0
             dtls?.receiveDatagram(payload, now: now)
             learnAddress(address, datagramBytes: header.encodedLength + payload.readableBytes)
+            // Forged datagrams naming our SID must not keep a dead session from idling out.
+            if (dtls?.droppedRecords ?? 0) == droppedBefore { lastReceived = now }
         case .plain:
             let segment: TCPSegment
             do {
@@ -210,8 +213,8 @@ final class TOUSession {
                 return
             }
             deliver(segment, now: now)
+            lastReceived = now
         }
-        lastReceived = now
         pump(now: now)
     }
 
