@@ -1,0 +1,148 @@
+import Foundation
+import NIOCore
+import Testing
+@testable import TOUDTLS
+
+/// The listener under a flood of hostile datagrams from many source ports, sent with plain BSD
+/// sockets, while real connections run through it.
+@Suite("Hostile floods against a listener", .serialized)
+struct FloodTests {
+    typealias E2E = EndToEndTests
+
+    /// Aborts `connections` if the test overruns, so a stalled transfer fails instead of hanging.
+    final class Watchdog: Sendable {
+        let task: Task<Void, Never>
+        let fired = LockedBox(false)
+
+        init(seconds: Int, _ connections: @escaping @Sendable () -> [TOUConnection]) {
+            let fired = self.fired
+            task = Task {
+                try? await Task.sleep(for: .seconds(seconds))
+                guard !Task.isCancelled else { return }
+                fired.withLock { $0 = true }
+                for connection in connections() { await connection.abort() }
+            }
+        }
+
+        func cancel() { task.cancel() }
+    }
+
+    /// Receives every connection the listener accepts, checks its bytes against `seed`'s
+    /// pattern, then closes it. Returns (count, intact) per connection, in accept order.
+    static func serveChecking(_ listener: TOUListener, connections count: Int,
+                              accepted: LockedBox<[TOUConnection]>) -> Task<[(Int, Bool)], Error> {
+        Task {
+            try await withThrowingTaskGroup(of: (Int, Int, Bool).self) { group in
+                var iterator = listener.connections.makeAsyncIterator()
+                for index in 0..<count {
+                    guard let connection = await iterator.next() else { break }
+                    accepted.withLock { $0.append(connection) }
+                    group.addTask {
+                        let result = try await E2E.receive(connection, seed: 7)
+                        try await connection.close()
+                        return (index, result.count, result.intact)
+                    }
+                }
+                var results = [(Int, Bool)](repeating: (0, false), count: count)
+                for try await (index, bytes, intact) in group { results[index] = (bytes, intact) }
+                return results
+            }
+        }
+    }
+
+    /// Sends `bytes` of the seed-7 pattern, half-closes, waits for the server's FIN, closes.
+    static func clientTransfer(_ connection: TOUConnection, bytes: Int) async throws {
+        try await E2E.send(connection, bytes: bytes, seed: 7)
+        for try await _ in connection.inbound {}
+        try await connection.close()
+    }
+
+    @Test("a 20 MB transfer survives a flood of junk, forgeries and replays; drops are counted; memory bounded")
+    func transferUnderFlood() async throws {
+        let transferBytes = 20 << 20
+        let rssBefore = try #require(ProcCounters.residentKiB())
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
+        let listenerPort = try #require(listener.localAddress.port)
+        let relay = try CapturingRelay(listenerPort: UInt16(listenerPort))
+        defer { relay.stop() }
+        let accepted = LockedBox<[TOUConnection]>([])
+        let clients = LockedBox<[TOUConnection]>([])
+        let watchdog = Watchdog(seconds: 75) { accepted.current + clients.current }
+        defer { watchdog.cancel() }
+        let server = Self.serveChecking(listener, connections: 2, accepted: accepted)
+
+        var flooder: HostileFlooder?
+        defer { flooder?.stop() }
+        do {
+            let client = try await TOUConnection.connect(host: "127.0.0.1", port: Int(relay.port),
+                                                         configuration: E2E.clientConfiguration())
+            clients.withLock { $0.append(client) }
+            let transfer = Task { try await Self.clientTransfer(client, bytes: transferBytes) }
+
+            // Learn the live session's SID from the client's data datagrams (D names it).
+            var sessionSID: UInt64?
+            for _ in 0..<200 where sessionSID == nil {
+                try await Task.sleep(for: .milliseconds(10))
+                sessionSID = relay.snapshot.clientRecent.lazy
+                    .filter { CapturedDatagram.firstContentType($0) == 23 }
+                    .compactMap(CapturedDatagram.destinationSID).first
+            }
+            let template = relay.snapshot.clientHandshake.first(where: CapturedDatagram.isClientHello)
+            #expect(sessionSID != nil && template != nil)
+
+            let before = await listener.counters
+            let dropsBefore = ProcCounters.udpDrops(localPort: listenerPort) ?? 0
+            flooder = try HostileFlooder(listenerPort: UInt16(listenerPort), sourcePorts: 64, seed: 0xF100D,
+                                         kinds: HostileJunk.Kind.allCases, perSecond: 6000, relay: relay,
+                                         clientHelloTemplate: template, sessionSID: sessionSID)
+
+            // A second legitimate client, from the attacker's address, in the middle of the flood.
+            try await Task.sleep(for: .seconds(2))
+            let secondStart = ContinuousClock.now
+            let second = try await TOUConnection.connect(host: "127.0.0.1", port: listenerPort,
+                                                         configuration: E2E.clientConfiguration())
+            clients.withLock { $0.append(second) }
+            let secondConnectTime = ContinuousClock.now - secondStart
+            try await Self.clientTransfer(second, bytes: 1 << 20)
+
+            try await transfer.value
+            flooder?.stop()
+            let tally = try #require(flooder?.counts)
+            // Let the listener drain its socket before reading the counters.
+            try await Task.sleep(for: .milliseconds(300))
+            let after = await listener.counters
+            let kernelDrops = (ProcCounters.udpDrops(localPort: listenerPort) ?? 0) - dropsBefore
+            let results = try await server.value
+            try await listener.close()
+
+            #expect(results.count == 2)
+            #expect(results.first?.0 == transferBytes && results.first?.1 == true, "flooded transfer: \(results)")
+            #expect(results.last?.0 == 1 << 20 && results.last?.1 == true, "second client: \(results)")
+            #expect(secondConnectTime < .seconds(5), "second client took \(secondConnectTime) to connect")
+
+            // Every junk datagram the library must count: all but records aimed at the live
+            // session that OpenSSL discards without telling (non-data types) and replayed
+            // handshake datagrams, which the established session receives as harmless retransmissions.
+            let uncounted = (tally.sent[.badRecordsToSession] ?? 0) + (tally.sent[.replayedHandshake] ?? 0)
+            let mustCount = tally.total - uncounted
+            let accounted = (after.totalDropped - before.totalDropped)
+                + (after.helloVerifyRequestsSent - before.helloVerifyRequestsSent)
+            let tolerance = kernelDrops + mustCount / 200
+            let perKind = tally.sent.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key): \($0.value)" }
+            let summary = "sent \(tally.total) (\(perKind.joined(separator: ", "))); kernel drops \(kernelDrops); "
+                + "counters before: \(before); after: \(after)"
+            #expect(tally.total > 10_000, "\(summary)")
+            #expect(accounted >= mustCount - tolerance, "accounted \(accounted) < \(mustCount) - \(tolerance): \(summary)")
+            #expect(after.sessionsAccepted - before.sessionsAccepted == 1, "\(summary)")
+            print("transferUnderFlood: second client connected in \(secondConnectTime); accounted \(accounted) of \(mustCount); \(summary)")
+        } catch {
+            for connection in clients.current + accepted.current { await connection.abort() }
+            server.cancel()
+            try? await listener.close()
+            throw error
+        }
+        #expect(!watchdog.fired.current, "the watchdog had to abort the connections")
+        let rssAfter = try #require(ProcCounters.residentKiB())
+        #expect(rssAfter - rssBefore < 100 << 10, "RSS grew from \(rssBefore) KiB to \(rssAfter) KiB")
+    }
+}
