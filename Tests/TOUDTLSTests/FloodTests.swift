@@ -50,6 +50,14 @@ struct FloodTests {
         }
     }
 
+    /// An upper bound on the legitimate datagrams `connections` (the listener's side) received:
+    /// their TCP segments plus a generous allowance for handshake and closing datagrams.
+    static func legitimateDatagrams(_ connections: [TOUConnection]) async -> Int {
+        var total = 0
+        for connection in connections { total += await connection.stats.segmentsReceived + 16 }
+        return total
+    }
+
     /// Sends `bytes` of the seed-7 pattern, half-closes, waits for the server's FIN, closes.
     static func clientTransfer(_ connection: TOUConnection, bytes: Int) async throws {
         try await E2E.send(connection, bytes: bytes, seed: 7)
@@ -91,7 +99,7 @@ struct FloodTests {
             #expect(sessionSID != nil && template != nil)
 
             let before = await listener.counters
-            let dropsBefore = ProcCounters.udpDrops(localPort: listenerPort) ?? 0
+            let dropsBefore = ProcCounters.udpReceiveBufferErrors()
             flooder = try HostileFlooder(listenerPort: UInt16(listenerPort), sourcePorts: 64, seed: 0xF100D,
                                          kinds: HostileJunk.Kind.allCases, perSecond: 6000, relay: relay,
                                          clientHelloTemplate: template, sessionSID: sessionSID)
@@ -111,7 +119,7 @@ struct FloodTests {
             // Let the listener drain its socket before reading the counters.
             try await Task.sleep(for: .milliseconds(300))
             let after = await listener.counters
-            let kernelDrops = (ProcCounters.udpDrops(localPort: listenerPort) ?? 0) - dropsBefore
+            let kernelDrops = ProcCounters.udpReceiveBufferErrors() - dropsBefore
             let results = try await server.value
             try await listener.close()
 
@@ -128,11 +136,17 @@ struct FloodTests {
             let accounted = (after.totalDropped - before.totalDropped)
                 + (after.helloVerifyRequestsSent - before.helloVerifyRequestsSent)
             let tolerance = kernelDrops + mustCount / 200
+            // Tighter: of what the library actually read, everything but legitimate traffic and
+            // the uncounted kinds was counted.
+            let received = after.datagramsReceived - before.datagramsReceived
+            let legitimate = await Self.legitimateDatagrams(accepted.current)
             let perKind = tally.sent.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key): \($0.value)" }
             let summary = "sent \(tally.total) (\(perKind.joined(separator: ", "))); kernel drops \(kernelDrops); "
                 + "counters before: \(before); after: \(after)"
             #expect(tally.total > 10_000, "\(summary)")
             #expect(accounted >= mustCount - tolerance, "accounted \(accounted) < \(mustCount) - \(tolerance): \(summary)")
+            #expect(accounted + uncounted + legitimate >= received,
+                    "read \(received), accounted \(accounted), legitimate <= \(legitimate): \(summary)")
             #expect(after.sessionsAccepted - before.sessionsAccepted == 1, "\(summary)")
             print("transferUnderFlood: second client connected in \(secondConnectTime); accounted \(accounted) of \(mustCount); \(summary)")
         } catch {
@@ -144,5 +158,102 @@ struct FloodTests {
         #expect(!watchdog.fired.current, "the watchdog had to abort the connections")
         let rssAfter = try #require(ProcCounters.residentKiB())
         #expect(rssAfter - rssBefore < 100 << 10, "RSS grew from \(rssBefore) KiB to \(rssAfter) KiB")
+    }
+
+    @Test("50k forged ClientHellos from 256 ports: only HelloVerifyRequests, no half-open state, legitimate clients still connect")
+    func clientHelloFlood() async throws {
+        let forged = 50_000
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
+        let listenerPort = try #require(listener.localAddress.port)
+        let relay = try CapturingRelay(listenerPort: UInt16(listenerPort))
+        defer { relay.stop() }
+        let accepted = LockedBox<[TOUConnection]>([])
+        let clients = LockedBox<[TOUConnection]>([])
+        let watchdog = Watchdog(seconds: 60) { accepted.current + clients.current }
+        defer { watchdog.cancel() }
+        let server = Self.serveChecking(listener, connections: 3, accepted: accepted)
+        var flooder: HostileFlooder?
+        defer { flooder?.stop() }
+        do {
+            // A real ClientHello to forge from, captured through the relay.
+            let first = try await TOUConnection.connect(host: "127.0.0.1", port: Int(relay.port),
+                                                        configuration: E2E.clientConfiguration())
+            clients.withLock { $0.append(first) }
+            try await Self.clientTransfer(first, bytes: 64 << 10)
+            let template = try #require(relay.snapshot.clientHandshake.first(where: CapturedDatagram.isClientHello))
+
+            // Answers to forged hellos are HelloVerifyRequests no larger than the hello: no amplification.
+            let probe = try RawUDPSocket()
+            defer { probe.close() }
+            var random = SeededRandom(seed: 0xC00C1E)
+            var probeSizes: [(sent: Int, answered: Int)] = []
+            for _ in 0..<20 {
+                let hello = try #require(HostileJunk.forgeClientHello(template, random: &random, source: random.next() | 1,
+                                                                      destination: nil))
+                probe.send(hello, toPort: UInt16(listenerPort))
+                _ = pollReadable([probe], milliseconds: 1000)
+                if let answer = probe.receive() { probeSizes.append((hello.count, answer.bytes.count)) }
+            }
+            #expect(probeSizes.count == 20)
+            #expect(probeSizes.allSatisfy { $0.answered <= $0.sent }, "HelloVerifyRequest sizes: \(probeSizes)")
+
+            let before = await listener.counters
+            let dropsBefore = ProcCounters.udpReceiveBufferErrors()
+            let floodStart = ContinuousClock.now
+            flooder = try HostileFlooder(listenerPort: UInt16(listenerPort), sourcePorts: 256, seed: 0x4E110,
+                                         kinds: [.forgedClientHello], perSecond: 10_000, limit: forged, relay: nil,
+                                         clientHelloTemplate: template, sessionSID: nil)
+
+            // A legitimate client from the same address connects while the flood runs.
+            try await Task.sleep(for: .milliseconds(500))
+            let duringStart = ContinuousClock.now
+            let during = try await TOUConnection.connect(host: "127.0.0.1", port: listenerPort,
+                                                         configuration: E2E.clientConfiguration())
+            clients.withLock { $0.append(during) }
+            let duringConnect = ContinuousClock.now - duringStart
+            try await Self.clientTransfer(during, bytes: 64 << 10)
+
+            flooder?.waitUntilDone()
+            let floodTime = ContinuousClock.now - floodStart
+            let tally = try #require(flooder?.counts)
+            try await Task.sleep(for: .milliseconds(500))
+            let after = await listener.counters
+            let kernelDrops = ProcCounters.udpReceiveBufferErrors() - dropsBefore
+            let sessionsLeft = try await listener.endpoint.loop.submit { listener.endpoint.sessionCount }.get()
+
+            let afterStart = ContinuousClock.now
+            let last = try await TOUConnection.connect(host: "127.0.0.1", port: listenerPort,
+                                                       configuration: E2E.clientConfiguration())
+            clients.withLock { $0.append(last) }
+            let afterConnect = ContinuousClock.now - afterStart
+            try await Self.clientTransfer(last, bytes: 64 << 10)
+            let results = try await server.value
+            try await listener.close()
+
+            let summary = "sent \(tally.total) in \(floodTime); kernel drops \(kernelDrops); before: \(before); after: \(after)"
+            #expect(tally.total == forged)
+            #expect(results.allSatisfy { $0.0 == 64 << 10 && $0.1 }, "\(results)")
+            // Only the legitimate client of the flood period became a session; nothing half-open remains.
+            #expect(after.sessionsAccepted - before.sessionsAccepted == 1, "\(summary)")
+            #expect(sessionsLeft == 0, "\(sessionsLeft) sessions left after the flood: \(summary)")
+            let answeredOrDropped = (after.helloVerifyRequestsSent - before.helloVerifyRequestsSent)
+                + (after.totalDropped - before.totalDropped)
+            #expect(answeredOrDropped >= forged - kernelDrops - forged / 200, "\(summary)")
+            let received = after.datagramsReceived - before.datagramsReceived
+            let legitimate = await Self.legitimateDatagrams(accepted.current)
+            #expect(answeredOrDropped + legitimate >= received, "read \(received), legitimate <= \(legitimate): \(summary)")
+            // Eight in ten forgeries carry S and reach the cookie exchange.
+            #expect(after.helloVerifyRequestsSent - before.helloVerifyRequestsSent >= (received - legitimate) * 7 / 10,
+                    "\(summary)")
+            #expect(duringConnect < .seconds(8), "connecting during the flood took \(duringConnect)")
+            #expect(afterConnect < .seconds(1), "connecting after the flood took \(afterConnect)")
+            print("clientHelloFlood: during \(duringConnect), after \(afterConnect); \(summary)")
+        } catch {
+            for connection in clients.current + accepted.current { await connection.abort() }
+            server.cancel()
+            try? await listener.close()
+            throw error
+        }
+        #expect(!watchdog.fired.current, "the watchdog had to abort the connections")
     }
 }

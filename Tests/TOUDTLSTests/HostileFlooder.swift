@@ -15,9 +15,10 @@ final class HostileFlooder: @unchecked Sendable {
     private let tally = LockedBox(Tally())
     private var thread: HelperThread?
 
-    /// Sends about `perSecond` datagrams a second of `kinds` (chosen uniformly) until stopped.
+    /// Sends about `perSecond` datagrams a second of `kinds` (chosen uniformly) until stopped or
+    /// until `limit` datagrams have been sent.
     init(listenerPort: UInt16, sourcePorts: Int, seed: UInt64, kinds: [HostileJunk.Kind], perSecond: Int,
-         relay: CapturingRelay?, clientHelloTemplate: [UInt8]?, sessionSID: UInt64?) throws {
+         limit: Int? = nil, relay: CapturingRelay?, clientHelloTemplate: [UInt8]?, sessionSID: UInt64?) throws {
         sockets = try (0..<sourcePorts).map { _ in try RawUDPSocket(receiveBuffer: 4096) }
         let sockets = self.sockets
         let stopped = self.stopped
@@ -28,9 +29,9 @@ final class HostileFlooder: @unchecked Sendable {
             let burst = max(1, perSecond / 200)
             var local = Tally()
             var count = 0
-            while !stopped.current {
+            while !stopped.current, count < limit ?? .max {
                 let burstStart = DispatchTime.now().uptimeNanoseconds
-                for _ in 0..<burst {
+                for _ in 0..<burst where count < limit ?? .max {
                     let kind = kinds[junk.random.below(kinds.count)]
                     let socket = sockets[junk.random.below(sockets.count)]
                     var datagram: [UInt8]
@@ -65,6 +66,12 @@ final class HostileFlooder: @unchecked Sendable {
     }
 
     var counts: Tally { tally.current }
+
+    /// Waits until a flooder with a `limit` has sent it all.
+    func waitUntilDone() {
+        thread?.join()
+        thread = nil
+    }
 
     /// Stops sending and closes the sockets; the final tally stays readable.
     func stop() {

@@ -313,17 +313,16 @@ enum ProcCounters {
         return nil
     }
 
-    /// Datagrams the kernel dropped for the UDP socket bound to local `port` (receive buffer full).
-    static func udpDrops(localPort port: Int) -> Int? {
-        let suffix = String(format: ":%04X", port)
-        for file in ["/proc/net/udp", "/proc/net/udp6"] {
-            guard let table = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
-            for line in table.split(separator: "\n").dropFirst() {
-                let fields = line.split(separator: " ")
-                guard fields.count > 12, fields[1].hasSuffix(suffix) else { continue }
-                return Int(fields[fields.count - 1])
-            }
-        }
-        return nil
+    /// UDP datagrams the kernel dropped host-wide because a receive buffer was full (RcvbufErrors).
+    /// An upper bound on what the listener lost before the library saw it: the per-socket
+    /// drops column of /proc/net/udp stays 0 on this kernel even when its buffer overflows.
+    static func udpReceiveBufferErrors() -> Int {
+        guard let snmp = try? String(contentsOfFile: "/proc/net/snmp", encoding: .utf8) else { return 0 }
+        let lines = snmp.split(separator: "\n").filter { $0.hasPrefix("Udp:") }
+        guard lines.count >= 2 else { return 0 }
+        let names = lines[0].split(separator: " ")
+        let values = lines[1].split(separator: " ")
+        guard let index = names.firstIndex(of: "RcvbufErrors"), index < values.count else { return 0 }
+        return Int(values[index]) ?? 0
     }
 }
