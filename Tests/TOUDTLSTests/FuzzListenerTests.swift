@@ -71,6 +71,13 @@ struct FuzzListenerTests {
                     sent += 1
                 }
                 try await Task.sleep(for: .milliseconds(5))
+                // Keep within what the listener can read, so the fuzz reaches the library rather
+                // than overflowing the socket buffer when the machine is busy.
+                for _ in 0..<500 {
+                    let read = await listener.counters.datagramsReceived - before.datagramsReceived
+                    if read >= sent - 2_000 { break }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
             }
             try await Task.sleep(for: .milliseconds(300))
             let afterFuzz = await listener.counters
@@ -94,7 +101,7 @@ struct FuzzListenerTests {
             #expect(results.last?.0 == half && results.last?.1 == true, "fresh session: \(results); \(context)")
             #expect(afterFuzz.sessionsAccepted == before.sessionsAccepted, "the fuzz opened a session: \(context)")
             #expect(after.sessionsAccepted == 2, "\(context)")
-            #expect(afterFuzz.datagramsReceived - before.datagramsReceived > total / 2, "\(context)")
+            #expect(afterFuzz.datagramsReceived - before.datagramsReceived > total * 9 / 10, "\(context)")
             print("mutatedCapturedDatagrams: \(context)")
         } catch {
             for connection in clients.current + accepted.current { await connection.abort() }

@@ -73,10 +73,13 @@ struct HostileCountingTests {
             let datagram = testCase.make(&random, sessionSID, template)
             if testCase.fromClientAddress { relay.inject(datagram) } else { socket.send(datagram, toPort: port) }
         }
+        // The live session's own datagrams arrive too, so wait for the counter itself, or (for
+        // kinds that may go uncounted) for the listener to have read them and a little more.
         var after = before
-        for _ in 0..<100 {
+        for attempt in 0..<100 {
             after = await listener.counters
-            if after.datagramsReceived - before.datagramsReceived >= count { break }
+            if testCase.counter(after) - testCase.counter(before) >= count { break }
+            if after.datagramsReceived - before.datagramsReceived >= count, attempt >= 10 { break }
             try await Task.sleep(for: .milliseconds(20))
         }
         return (testCase.counter(after) - testCase.counter(before), after.datagramsReceived - before.datagramsReceived)
@@ -100,9 +103,8 @@ struct HostileCountingTests {
             clients.withLock { $0.append(live) }
             try await FuzzListenerTests.sendPattern(live, from: 0, count: 64 << 10)
             try await Task.sleep(for: .milliseconds(200))
+            let sessionSID = try #require(await FloodTests.learnSessionSID(relay))
             let capture = relay.snapshot
-            let sessionSID = try #require(capture.clientRecent.lazy.filter { CapturedDatagram.firstContentType($0) == 23 }
-                .compactMap(CapturedDatagram.destinationSID).first)
             let template = try #require(capture.clientHandshake.first(where: CapturedDatagram.isClientHello))
             var random = SeededRandom(seed: 0xC0_07ED)
             let count = 100
@@ -110,25 +112,32 @@ struct HostileCountingTests {
             for testCase in Self.cases {
                 let result = try await Self.run(testCase, count: count, listener: listener, socket: socket, relay: relay,
                                                 random: &random, sessionSID: sessionSID, template: template)
-                #expect(result.read == count, "\(testCase.name): the listener read \(result.read) of \(count)")
+                #expect(result.read >= count, "\(testCase.name): the listener read \(result.read) of \(count)")
                 #expect(result.counted >= count, "\(testCase.name): counted \(result.counted) of \(count)")
             }
             for testCase in Self.protectedNonDataCases {
                 let result = try await Self.run(testCase, count: count, listener: listener, socket: socket, relay: relay,
                                                 random: &random, sessionSID: sessionSID, template: template)
-                #expect(result.read == count, "\(testCase.name): the listener read \(result.read) of \(count)")
+                #expect(result.read >= count, "\(testCase.name): the listener read \(result.read) of \(count)")
                 withKnownIssue("OpenSSL discards epoch-1 non-data records that fail their MAC without the DTLS layer counting them") {
                     #expect(result.counted >= count, "\(testCase.name): counted \(result.counted) of \(count)")
                 }
             }
 
             // Replays of captured data, from another port and from the client's own address.
-            let data = capture.clientRecent.filter { CapturedDatagram.firstContentType($0) == 23 }
+            let data = (capture.clientHandshake + capture.clientRecent).filter {
+                CapturedDatagram.firstContentType($0) == 23 && CapturedDatagram.destinationSID($0) == sessionSID
+            }
+            try #require(!data.isEmpty)
             let replays = try await Self.run(
                 Case(name: "replayed data", counter: { $0.droppedBySession }) { random, _, _ in data[random.below(data.count)] },
                 count: count, listener: listener, socket: socket, relay: relay, random: &random, sessionSID: sessionSID,
                 template: template)
             #expect(replays.counted >= count, "replayed data: counted \(replays.counted) of \(count)")
+            // Replays from another port never move the session's peer address.
+            let serverSide = try #require(accepted.current.first)
+            let peer = try await listener.endpoint.loop.submit { serverSide.core.session.peerAddress }.get()
+            #expect(peer.port == Int(relay.serverFacing.port), "the session moved to \(peer)")
 
             // The session was not disturbed by any of it.
             try await FuzzListenerTests.sendPattern(live, from: 64 << 10, count: 64 << 10)
