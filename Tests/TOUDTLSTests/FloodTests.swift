@@ -150,8 +150,10 @@ struct FloodTests {
             let after = await listener.counters
             let kernelDrops = ProcCounters.udpReceiveBufferErrors() - dropsBefore
             let results = try await server.value
+            let sessionsLeft = try await listener.endpoint.loop.submit { listener.endpoint.sessionCount }.get()
             try await listener.close()
 
+            #expect(sessionsLeft == 0, "\(sessionsLeft) sessions (established or half-open) outlived the flood")
             #expect(results.count == 2)
             #expect(results.first?.0 == transferBytes && results.first?.1 == true, "flooded transfer: \(results)")
             #expect(results.last?.0 == 1 << 20 && results.last?.1 == true, "second client: \(results)")

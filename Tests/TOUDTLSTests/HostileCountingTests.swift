@@ -55,7 +55,20 @@ struct HostileCountingTests {
             HostileJunk.secureHeader(source: nil, destination: sid) + [23, 0xFE, 0xFD, 0, 1] + random.bytes(6) + [4, 0]
                 + random.bytes(40)
         },
+        Case(name: "oversized, to the live SID, one record claiming it all", counter: { $0.droppedBySession }) { random, sid, _ in
+            let body = random.bytes(9000)
+            return HostileJunk.secureHeader(source: nil, destination: sid) + [23, 0xFE, 0xFD, 0, 1] + random.bytes(6)
+                + [UInt8(body.count >> 8), UInt8(body.count & 0xFF)] + body
+        },
+        Case(name: "oversized, random D", counter: { $0.droppedUnknownSession }) { random, _, _ in
+            HostileJunk.secureHeader(source: nil, destination: random.next() | 1) + random.bytes(9000)
+        },
     ]
+
+    /// Every reason at once, for kinds whose datagrams spread over several.
+    static func anyReason(_ counters: TOUEndpointCounters) -> Int {
+        counters.totalDropped + counters.helloVerifyRequestsSent
+    }
 
     /// Records OpenSSL discards on its own after a failed MAC; the wire format says to count them.
     static let protectedNonDataCases: [Case] = [20, 21, 22].map { type in
@@ -69,9 +82,15 @@ struct HostileCountingTests {
                     random: inout SeededRandom, sessionSID: UInt64, template: [UInt8]) async throws -> (counted: Int, read: Int) {
         let port = UInt16(try #require(listener.localAddress.port))
         let before = await listener.counters
-        for _ in 0..<count {
+        for index in 0..<count {
             let datagram = testCase.make(&random, sessionSID, template)
             if testCase.fromClientAddress { relay.inject(datagram) } else { socket.send(datagram, toPort: port) }
+            // Large runs go in chunks the socket buffer can hold, so none is lost before the library.
+            if index % 500 == 499 {
+                for _ in 0..<200 where await listener.counters.datagramsReceived - before.datagramsReceived < index - 100 {
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+            }
         }
         // The live session's own datagrams arrive too, so wait for the counter itself, or (for
         // kinds that may go uncounted) for the listener to have read them and a little more.
@@ -123,6 +142,16 @@ struct HostileCountingTests {
                     #expect(result.counted >= count, "\(testCase.name): counted \(result.counted) of \(count)")
                 }
             }
+
+            // Every variant, C, Hlen, T/S/D subset, unknown flag and proto of the GUE header once.
+            let combinations = HostileJunk.forgedGUECombinations
+            let junkBox = LockedBox(HostileJunk(seed: 0x6E, clientHelloTemplate: template, sessionSID: sessionSID))
+            let gue = try await Self.run(
+                Case(name: "forged GUE", counter: Self.anyReason) { _, _, _ in junkBox.withLock { $0.forgedGUE() } },
+                count: combinations, listener: listener, socket: socket, relay: relay, random: &random,
+                sessionSID: sessionSID, template: template)
+            #expect(gue.read >= combinations, "forged GUE: the listener read \(gue.read) of \(combinations)")
+            #expect(gue.counted >= combinations, "forged GUE: counted \(gue.counted) of \(combinations)")
 
             // Replays of captured data, from another port and from the client's own address.
             let data = (capture.clientHandshake + capture.clientRecent).filter {
