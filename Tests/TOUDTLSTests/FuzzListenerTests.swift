@@ -30,7 +30,7 @@ struct FuzzListenerTests {
         }
     }
 
-    @Test("20k mutated captured datagrams: no crash, no stray session, the live session and a new one stay intact")
+    @Test("20k mutated captured datagrams at the listener and the client: no crash, no stray session, both sessions intact")
     func mutatedCapturedDatagrams() async throws {
         let (seed, total) = (Self.seed, Self.count)
         let half = 256 << 10
@@ -62,8 +62,12 @@ struct FuzzListenerTests {
             while sent < total {
                 for _ in 0..<50 where sent < total {
                     let datagram = mutator.next()
-                    // A quarter from the live client's own address, the rest from other ports.
-                    if mutator.random.chance(25) {
+                    // A tenth at the live client (as if from its server), a quarter from the live
+                    // client's own address, the rest from other ports.
+                    let roll = mutator.random.below(100)
+                    if roll < 10 {
+                        relay.injectToClient(datagram)
+                    } else if roll < 35 {
                         relay.inject(datagram)
                     } else {
                         sockets[mutator.random.below(sockets.count)].send(datagram, toPort: UInt16(listenerPort))
@@ -75,7 +79,7 @@ struct FuzzListenerTests {
                 // than overflowing the socket buffer when the machine is busy.
                 for _ in 0..<500 {
                     let read = await listener.counters.datagramsReceived - before.datagramsReceived
-                    if read >= sent - 2_000 { break }
+                    if read >= sent * 8 / 10 - 2_000 { break }
                     try await Task.sleep(for: .milliseconds(10))
                 }
             }
@@ -95,13 +99,14 @@ struct FuzzListenerTests {
             let after = await listener.counters
             try await listener.close()
 
-            let context = "seed \(seed), \(total) datagrams; after fuzzing: \(afterFuzz)"
+            let liveStats = await live.stats
+            let context = "seed \(seed), \(total) datagrams; after fuzzing: \(afterFuzz); the client dropped \(liveStats.droppedDatagrams)"
             #expect(results.count == 2)
             #expect(results.first?.0 == 2 * half && results.first?.1 == true, "live session: \(results); \(context)")
             #expect(results.last?.0 == half && results.last?.1 == true, "fresh session: \(results); \(context)")
             #expect(afterFuzz.sessionsAccepted == before.sessionsAccepted, "the fuzz opened a session: \(context)")
             #expect(after.sessionsAccepted == 2, "\(context)")
-            #expect(afterFuzz.datagramsReceived - before.datagramsReceived > total * 9 / 10, "\(context)")
+            #expect(afterFuzz.datagramsReceived - before.datagramsReceived > total * 8 / 10, "\(context)")
             print("mutatedCapturedDatagrams: \(context)")
         } catch {
             for connection in clients.current + accepted.current { await connection.abort() }

@@ -206,12 +206,15 @@ final class CapturingRelay: @unchecked Sendable {
         thread = HelperThread(name: "relay") { [self] in run() }
     }
 
+    private let clientPort = LockedBox<UInt16?>(nil)
+
     private func run() {
         var clientPort: UInt16?
         while !stopped.current {
             let ready = pollReadable([clientFacing, serverFacing], milliseconds: 20)
             if ready[0] {
                 while let (bytes, from) = clientFacing.receive(maximum: 2048) {
+                    if clientPort != from { self.clientPort.withLock { $0 = from } }
                     clientPort = from
                     serverFacing.send(bytes, toPort: listenerPort)
                     record(bytes, fromClient: true)
@@ -256,6 +259,11 @@ final class CapturingRelay: @unchecked Sendable {
     /// Sends `bytes` to the listener from the relay's own address, as if the client had.
     func inject(_ bytes: [UInt8]) {
         serverFacing.send(bytes, toPort: listenerPort)
+    }
+
+    /// Sends `bytes` to the client from the relay's client-facing address, as if the server had.
+    func injectToClient(_ bytes: [UInt8]) {
+        if let port = clientPort.current { clientFacing.send(bytes, toPort: port) }
     }
 
     func stop() {
