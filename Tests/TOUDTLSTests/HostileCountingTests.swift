@@ -163,6 +163,22 @@ struct HostileCountingTests {
                 count: count, listener: listener, socket: socket, relay: relay, random: &random, sessionSID: sessionSID,
                 template: template)
             #expect(replays.counted >= count, "replayed data: counted \(replays.counted) of \(count)")
+            // Replayed handshake datagrams (they carry D) reach the established session, which
+            // must not answer each with a retransmitted flight: that would let anyone who saw the
+            // handshake make the listener send on demand.
+            let handshake = capture.clientHandshake.filter {
+                CapturedDatagram.firstContentType($0) != 23 && CapturedDatagram.destinationSID($0) == sessionSID
+            }
+            try #require(!handshake.isEmpty)
+            let sentBefore = await listener.counters.datagramsSent
+            _ = try await Self.run(
+                Case(name: "replayed handshake", counter: { $0.datagramsReceived }) { random, _, _ in
+                    handshake[random.below(handshake.count)]
+                }, count: count, listener: listener, socket: socket, relay: relay, random: &random,
+                sessionSID: sessionSID, template: template)
+            let answers = await listener.counters.datagramsSent - sentBefore
+            #expect(answers <= 3, "the session answered \(count) replayed handshake datagrams with \(answers)")
+
             // Replays from another port never move the session's peer address.
             let serverSide = try #require(accepted.current.first)
             let peer = try await listener.endpoint.loop.submit { serverSide.core.session.peerAddress }.get()
