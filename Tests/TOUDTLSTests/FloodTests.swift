@@ -190,6 +190,7 @@ struct FloodTests {
         #expect(!watchdog.fired.current, "the watchdog had to abort the connections")
         let rssAfter = try #require(ProcCounters.residentKiB())
         #expect(rssAfter - rssBefore < 100 << 10, "RSS grew from \(rssBefore) KiB to \(rssAfter) KiB")
+        print("transferUnderFlood: RSS \(rssBefore) KiB before, \(rssAfter) KiB after")
     }
 
     @Test("50k forged ClientHellos from 256 ports: only HelloVerifyRequests, no half-open state, legitimate clients still connect")
