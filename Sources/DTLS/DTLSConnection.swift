@@ -115,6 +115,11 @@ public final class DTLSConnection {
 
     private func process(record: UnsafeRawBufferPointer, type: UInt8, epoch: UInt16, sequence: UInt64) {
         let dataExpected = type == 23 && state != .handshaking
+        // After the handshake a control record that changes nothing (no alert surfaced, no flight
+        // answered) was discarded by OpenSSL: forged, replayed or a duplicate. Count it.
+        let controlAfterHandshake = type != 23 && state != .handshaking
+        let eventsBefore = events.count
+        let outputBefore = tou_dtls_conn_out_count(handle)
         var delivered = false
         tou_dtls_conn_set_input(handle, record.baseAddress?.assumingMemoryBound(to: UInt8.self), record.count)
         defer { tou_dtls_conn_clear_input(handle) }
@@ -139,6 +144,10 @@ public final class DTLSConnection {
             spare = buffer
             if result == Int32(TOU_DTLS_STEP_WANT) { break }
             handle(step: result)
+        }
+        if controlAfterHandshake, state != .failed, events.count == eventsBefore,
+           tou_dtls_conn_out_count(handle) == outputBefore {
+            droppedRecords += 1
         }
         guard dataExpected else { return }
         if delivered {

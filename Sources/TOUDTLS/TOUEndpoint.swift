@@ -224,6 +224,14 @@ final class TOUEndpoint: @unchecked Sendable {
         }
         while let event = session.pollEvent() {
             if event == .established { established(core) }
+            if case .finished = event {
+                // Flush before the application hears of it: it may exit the process at once,
+                // and the close_notify or RST must be on the wire by then.
+                while let datagram = session.pollDatagram() {
+                    emit(datagram, to: session.peerAddress)
+                }
+                flush()
+            }
             core.handle(event, now: now)
         }
         if session.isFinished {

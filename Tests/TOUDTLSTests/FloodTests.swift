@@ -108,7 +108,7 @@ struct FloodTests {
         defer { relay.stop() }
         let accepted = LockedBox<[TOUConnection]>([])
         let clients = LockedBox<[TOUConnection]>([])
-        let watchdog = Watchdog(seconds: 75) { accepted.current + clients.current }
+        let watchdog = Watchdog(seconds: 180) { accepted.current + clients.current }
         defer { watchdog.cancel() }
         let server = Self.serveChecking(listener, connections: 2, accepted: accepted)
 
@@ -159,10 +159,9 @@ struct FloodTests {
             #expect(results.last?.0 == 1 << 20 && results.last?.1 == true, "second client: \(results)")
             #expect(secondConnectTime < .seconds(15), "second client took \(secondConnectTime) to connect")
 
-            // Every junk datagram the library must count: all but records aimed at the live
-            // session that OpenSSL discards without telling (non-data types) and replayed
-            // handshake datagrams, which the established session receives as harmless retransmissions.
-            let uncounted = (tally.sent[.badRecordsToSession] ?? 0) + (tally.sent[.replayedHandshake] ?? 0)
+            // Every junk datagram the library must count: all but replayed handshake datagrams,
+            // which the established session may take as a peer's retransmission and answer.
+            let uncounted = tally.sent[.replayedHandshake] ?? 0
             let mustCount = tally.total - uncounted
             let accounted = (after.totalDropped - before.totalDropped)
                 + (after.helloVerifyRequestsSent - before.helloVerifyRequestsSent)
@@ -174,7 +173,8 @@ struct FloodTests {
             let perKind = tally.sent.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key): \($0.value)" }
             let summary = "sent \(tally.total) (\(perKind.joined(separator: ", "))); kernel drops \(kernelDrops); "
                 + "counters before: \(before); after: \(after)"
-            #expect(tally.total > 20_000, "\(summary)")
+            // A flood worth the name during the transfer (a fast, unloaded run still sends ~20k).
+            #expect(tally.total > 10_000, "\(summary)")
             #expect(accounted >= mustCount - tolerance, "accounted \(accounted) < \(mustCount) - \(tolerance): \(summary)")
             #expect(accounted + uncounted + legitimate >= received,
                     "read \(received), accounted \(accounted), legitimate <= \(legitimate): \(summary)")
@@ -202,7 +202,7 @@ struct FloodTests {
         defer { relay.stop() }
         let accepted = LockedBox<[TOUConnection]>([])
         let clients = LockedBox<[TOUConnection]>([])
-        let watchdog = Watchdog(seconds: 60) { accepted.current + clients.current }
+        let watchdog = Watchdog(seconds: 180) { accepted.current + clients.current }
         defer { watchdog.cancel() }
         let server = Self.serveChecking(listener, connections: 3, accepted: accepted)
         var flooder: HostileFlooder?

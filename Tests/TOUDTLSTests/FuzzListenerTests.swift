@@ -42,7 +42,7 @@ struct FuzzListenerTests {
         defer { for socket in sockets { socket.close() } }
         let accepted = LockedBox<[TOUConnection]>([])
         let clients = LockedBox<[TOUConnection]>([])
-        let watchdog = FloodTests.Watchdog(seconds: 60) { accepted.current + clients.current }
+        let watchdog = FloodTests.Watchdog(seconds: 180) { accepted.current + clients.current }
         defer { watchdog.cancel() }
         let server = FloodTests.serveChecking(listener, connections: 2, accepted: accepted)
         do {

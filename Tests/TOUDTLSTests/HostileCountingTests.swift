@@ -113,7 +113,7 @@ struct HostileCountingTests {
         defer { socket.close() }
         let accepted = LockedBox<[TOUConnection]>([])
         let clients = LockedBox<[TOUConnection]>([])
-        let watchdog = FloodTests.Watchdog(seconds: 40) { accepted.current + clients.current }
+        let watchdog = FloodTests.Watchdog(seconds: 180) { accepted.current + clients.current }
         defer { watchdog.cancel() }
         let server = FloodTests.serveChecking(listener, connections: 1, accepted: accepted)
         do {
@@ -138,9 +138,7 @@ struct HostileCountingTests {
                 let result = try await Self.run(testCase, count: count, listener: listener, socket: socket, relay: relay,
                                                 random: &random, sessionSID: sessionSID, template: template)
                 #expect(result.read >= count, "\(testCase.name): the listener read \(result.read) of \(count)")
-                withKnownIssue("OpenSSL discards epoch-1 non-data records that fail their MAC without the DTLS layer counting them") {
-                    #expect(result.counted >= count, "\(testCase.name): counted \(result.counted) of \(count)")
-                }
+                #expect(result.counted >= count, "\(testCase.name): counted \(result.counted) of \(count)")
             }
 
             // Every variant, C, Hlen, T/S/D subset, unknown flag and proto of the GUE header once.
