@@ -9,6 +9,7 @@ struct RelayTransferTests {
 
     func transferThroughRelay(bytes: Int, secure: Bool, impairment: RelayImpairment, seed: UInt64,
                               timeout: TimeInterval, rebindAfterBytes: Int? = nil,
+                              rebindEvery interval: TimeInterval? = nil, minimumRebinds: Int = 1,
                               clientLog: ((String) -> Void)? = nil)
         throws -> (RelayDirectionStats, RelayDirectionStats) {
         let input = try makeRandomFile(bytes: bytes)
@@ -38,6 +39,20 @@ struct RelayTransferTests {
                 rebound = true
             }
             #expect(rebound, "the transfer ended before the relay could rebind; use more bytes")
+        }
+        if let interval {
+            // A NAT that rebinds again and again while the transfer runs.
+            var rebinds = 0
+            let deadline = Date().addingTimeInterval(timeout)
+            while client.process.isRunning && Date() < deadline {
+                Thread.sleep(forTimeInterval: interval)
+                if client.process.isRunning {
+                    try relay.rebind()
+                    rebinds += 1
+                    rebound = true
+                }
+            }
+            #expect(rebinds >= minimumRebinds, "only \(rebinds) rebinds before the transfer ended; use more bytes")
         }
         let clientStatus = finish(client, timeout: timeout)
         let serverStatus = finish(server, timeout: 15)
@@ -97,5 +112,12 @@ struct RelayTransferTests {
             Int(summary.split(separator: " ")[index - 1])
         }
         #expect((count ?? 0) > 0, "client log: \(log)")
+    }
+
+    @Test("a NAT that rebinds every second: the session follows each move, 32 MB arrive intact")
+    func rebindingEverySecond() throws {
+        let (toListener, _) = try transferThroughRelay(bytes: 32 << 20, secure: true, impairment: .none, seed: 2,
+                                                       timeout: 120, rebindEvery: 1, minimumRebinds: 2)
+        #expect(toListener.lost == 0, "\(toListener)")
     }
 }
