@@ -135,6 +135,14 @@ public final class TOUConnection: Sendable {
         }
     }
 
+    /// Counters of the UDP endpoint this connection runs on (for a client, its own socket; for an
+    /// accepted connection, the listener's), including datagrams dropped by reason.
+    public var endpointCounters: TOUEndpointCounters {
+        get async {
+            (try? await endpoint.loop.submit { [endpoint] in endpoint.counters }.get()) ?? TOUEndpointCounters()
+        }
+    }
+
     /// The peer's bytes, in order, until its FIN. Throws `TOUError` if the connection fails.
     public var inbound: Inbound { Inbound(connection: self) }
 

@@ -122,6 +122,9 @@ struct CatRunner: Sendable {
         }
         if command.verbose {
             printError("toudtls-cat: \(await connection.stats)")
+            if !command.listen {
+                printError("toudtls-cat: \(await connection.endpointCounters)")
+            }
         }
     }
 
