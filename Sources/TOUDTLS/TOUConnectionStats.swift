@@ -11,11 +11,18 @@ public struct TOUConnectionStats: Sendable, CustomStringConvertible {
     public var retransmissions: Int
     public var retransmissionTimeouts: Int
     public var fastRetransmits: Int
+    /// Retransmissions later found unnecessary (Eifel or D-SACK), and tail loss probes sent.
+    public var spuriousRetransmissions: Int
+    public var tailLossProbes: Int
+    public var sackBlocksReceived: Int
+    public var sackBlocksSent: Int
     public var smoothedRTT: TimeAmount?
     public var rttVariance: TimeAmount?
     public var retransmissionTimeout: TimeAmount
     public var congestionWindow: Int
     public var slowStartThreshold: Int
+    /// Bytes per second the sender paces at, nil before an RTT sample or with pacing off.
+    public var pacingRate: Int?
     /// Datagrams this session dropped (wrong SID, DTLS rejects) and undecodable TCP segments.
     public var droppedDatagrams: Int
     public var malformedSegments: Int
@@ -34,6 +41,11 @@ public struct TOUConnectionStats: Sendable, CustomStringConvertible {
         retransmissions = tcp?.retransmissions ?? 0
         retransmissionTimeouts = tcp?.rtoExpiries ?? 0
         fastRetransmits = tcp?.fastRetransmits ?? 0
+        spuriousRetransmissions = tcp?.spuriousRetransmissions ?? 0
+        tailLossProbes = tcp?.tailLossProbes ?? 0
+        sackBlocksReceived = tcp?.sackBlocksReceived ?? 0
+        sackBlocksSent = tcp?.sackBlocksSent ?? 0
+        pacingRate = tcp?.pacingRate
         smoothedRTT = tcp?.smoothedRTT
         rttVariance = tcp?.rttVariance
         retransmissionTimeout = tcp?.rto ?? .seconds(1)
@@ -48,7 +60,8 @@ public struct TOUConnectionStats: Sendable, CustomStringConvertible {
         let srtt = smoothedRTT.map { String(format: "%.3f ms", Double($0.nanoseconds) / 1e6) } ?? "-"
         return "sent \(bytesSent) B in \(segmentsSent) segments, received \(bytesReceived) B in "
             + "\(segmentsReceived) segments, \(retransmissions) retransmissions "
-            + "(\(retransmissionTimeouts) timeouts, \(fastRetransmits) fast), srtt \(srtt), "
+            + "(\(retransmissionTimeouts) timeouts, \(fastRetransmits) fast, \(spuriousRetransmissions) spurious, "
+            + "\(tailLossProbes) tail probes), srtt \(srtt), "
             + "cwnd \(congestionWindow) B"
     }
 }

@@ -215,4 +215,35 @@ struct EndToEndTests {
             return true
         }
     }
+
+    @Test("a peer that vanishes mid-transfer ends in a timeout error, never a hang")
+    func vanishedPeer() async throws {
+        var serverConfiguration = Self.serverConfiguration()
+        serverConfiguration.idleTimeout = .seconds(2)  // the server side notices too, and close() returns
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: serverConfiguration)
+        let relay = try CapturingRelay(listenerPort: UInt16(try #require(listener.localAddress.port)))
+        defer { relay.stop() }
+        let serverSide = Task {
+            var iterator = listener.connections.makeAsyncIterator()
+            let connection = try #require(await iterator.next())
+            // Reads until the path dies; its own idle timeout ends it.
+            _ = try? await Self.receive(connection, seed: 3)
+        }
+        defer { serverSide.cancel() }
+        var configuration = Self.clientConfiguration()
+        configuration.idleTimeout = .seconds(2)
+        let connection = try await TOUConnection.connect(host: "127.0.0.1", port: Int(relay.port),
+                                                         configuration: configuration)
+        let start = ContinuousClock.now
+        relay.stop()  // the peer is gone: nothing passes any more
+        await #expect {
+            try await Self.send(connection, bytes: 64 << 20, seed: 3)
+            for try await _ in connection.inbound {}
+        } throws: { error in
+            guard case .timedOut = error as? TOUError else { return false }
+            return true
+        }
+        #expect(ContinuousClock.now - start < .seconds(30))
+        try? await listener.close()
+    }
 }
