@@ -217,4 +217,25 @@ struct CatTests {
         #expect(client.wait(timeout: 30) == 3, "client: \(client.errorOutput)")
         #expect(client.errorOutput.contains("expired"), "stderr: \(client.errorOutput)")
     }
+
+    @Test("certificate failures from the CLI: the peer's fault exits 3, our own bad files exit 2",
+          arguments: [
+              (["--cert", "future-server.pem", "--key", "future-server.key"], [String](), Int32(3), "not yet valid"),
+              (["--cert", "other-server.pem", "--key", "other-server.key"], [String](), Int32(3), "not trusted"),
+              ([String](), ["--ca", "README.md"], Int32(2), "PEM"),
+              ([String](), ["--ca", "ca.pem", "--cert", "client.pem", "--key", "server.key"], Int32(2), "does not match"),
+          ])
+    func certificateFailures(server: [String], client: [String], status: Int32, message: String) throws {
+        let inCerts = { (arguments: [String]) in
+            arguments.map { $0.hasSuffix(".pem") || $0.hasSuffix(".key") ? "\(self.certs)/\($0)" : $0 }
+        }
+        let listener = try listen(server.isEmpty ? secureServerArguments() : inCerts(server))
+        defer { listener.terminate() }
+        #expect(listener.waitForError(containing: "listening on"))
+        let port = try #require(listener.listeningPort)
+        let clientArguments = client.isEmpty ? ["--ca", "\(certs)/ca.pem"] : inCerts(client)
+        let process = try CLIProcess(clientArguments + ["--server-name", "localhost", "127.0.0.1", "\(port)"])
+        #expect(process.wait(timeout: 30) == status, "stderr: \(process.errorOutput)")
+        #expect(process.errorOutput.contains(message), "stderr: \(process.errorOutput)")
+    }
 }

@@ -246,4 +246,27 @@ struct EndToEndTests {
         #expect(ContinuousClock.now - start < .seconds(30))
         try? await listener.close()
     }
+
+    @Test("expired and not-yet-valid server certificates and a wrong pin are typed errors")
+    func certificateFailures() async throws {
+        for (name, pin) in [("expired-server", nil), ("future-server", nil), ("server", "sha256:" + String(repeating: "A", count: 43) + "=")] {
+            let server = TOUConfiguration.server(certificateChain: .pemFile("\(Self.certs)/\(name).pem"),
+                                                 privateKey: .pemFile("\(Self.certs)/\(name).key"))
+            let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: server)
+            let port = try #require(listener.localAddress.port)
+            var client = Self.clientConfiguration()
+            if let pin { client.pinnedPublicKeys = [pin] }
+            await #expect {
+                _ = try await TOUConnection.connect(host: "127.0.0.1", port: port, configuration: client)
+            } throws: { error in
+                switch error as? TOUError {
+                case .untrustedCertificate(let what): return pin == nil && (what.contains("expired") || what.contains("not yet valid"))
+                case .pinMismatch: return pin != nil
+                default: return false
+                }
+            }
+            #expect(await listener.counters.sessionsAccepted == 0)
+            try await listener.close()
+        }
+    }
 }

@@ -98,9 +98,9 @@ struct FloodTests {
         try await connection.close()
     }
 
-    @Test("a 32 MB transfer survives a flood of junk, forgeries and replays; drops are counted; memory bounded")
+    @Test("a 50 MB transfer survives a flood of junk, forgeries and replays; drops are counted; memory bounded")
     func transferUnderFlood() async throws {
-        let transferBytes = 32 << 20
+        let transferBytes = 50 << 20
         let rssBefore = try #require(ProcCounters.residentKiB())
         let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
         let listenerPort = try #require(listener.localAddress.port)
