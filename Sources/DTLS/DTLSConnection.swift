@@ -30,6 +30,9 @@ public final class DTLSConnection {
     /// True if the last `receiveDatagram` delivered an authenticated epoch-1+ record whose
     /// sequence number is the highest seen so far (the condition for learning a new peer address).
     public private(set) var lastDatagramAdvancedReceiveWindow = false
+    /// Bytes left free in front of each application-data record from `pollDatagram`, for the
+    /// caller's own header (GUE in TOU).
+    public var headroom = 0
 
     /// A client connection to `serverName`: a DNS name (verified against the certificate and sent
     /// as SNI) or an IP literal (verified against IP SANs, no SNI). `mtu` is the room for one
@@ -255,7 +258,10 @@ public final class DTLSConnection {
             throw .protocolError("plaintext of \(plaintext.readableBytes) bytes; one record carries 1...16384")
         }
         let room = plaintext.readableBytes + 64
-        var record = allocator.buffer(capacity: room)
+        var record = allocator.buffer(capacity: headroom + room)
+        // Free bytes before the record, so the caller can put its framing there without a copy.
+        record.moveWriterIndex(forwardBy: headroom)
+        record.moveReaderIndex(forwardBy: headroom)
         var result = 0
         _ = plaintext.withUnsafeReadableBytes { input in
             record.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out in

@@ -383,7 +383,6 @@ final class TOUEndpoint: @unchecked Sendable {
 /// Feeds the endpoint from the UDP channel.
 final class EndpointHandler: ChannelInboundHandler {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
-    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
 
     let endpoint: TOUEndpoint
 

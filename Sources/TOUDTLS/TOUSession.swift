@@ -120,6 +120,7 @@ final class TOUSession {
             } catch {
                 throw TOUError(error)
             }
+            session.dtls?.headroom = GUEHeader.maximumEncodedLength
             session.dtls?.startHandshake(now: now)
         case .plain:
             session.startTCP(now: now)
@@ -133,6 +134,7 @@ final class TOUSession {
                        parameters: SessionParameters, now: NIODeadline) -> TOUSession {
         let session = TOUSession(role: .target, localSID: localSID, remoteSID: remoteSID, peer: peer,
                                  parameters: parameters, innerRemotePort: 0, now: now)
+        dtls.headroom = GUEHeader.maximumEncodedLength
         session.dtls = dtls
         session.pump(now: now)
         return session
@@ -480,11 +482,9 @@ final class TOUSession {
 
     private func sendCloseNotifyAndFinish() {
         guard !isFinished else { return }
-        // The peer's close_notify moves DTLS to .closed, and ours must still go out then.
-        if let dtls, dtls.state == .established || dtls.state == .closed {
-            dtls.sendCloseNotify()
-            drainDTLS()
-        }
+        // Only reached with TCP running, so DTLS is up; it refuses a second close_notify itself.
+        dtls?.sendCloseNotify()
+        drainDTLS()
         isFinished = true
         events.append(.finished(nil))
     }
@@ -508,9 +508,7 @@ final class TOUSession {
 
     private func send(_ segment: TCPSegment) {
         let end = segment.sequenceNumber &+ UInt32(truncatingIfNeeded: segment.sequenceLength)
-        if let highest = highestSequenceSent, Int32(bitPattern: end &- highest) <= 0 {
-            // Not beyond what was already sent.
-        } else {
+        if highestSequenceSent.map({ Int32(bitPattern: end &- $0) > 0 }) ?? true {
             highestSequenceSent = end
         }
         switch parameters.security {
@@ -526,8 +524,7 @@ final class TOUSession {
             }
             drainDTLS()
         case .plain:
-            let source: UInt64? = segment.flags.contains(.syn) ? localSID : nil
-            let header = GUEHeader.plain(source: source, destination: remoteSID)
+            let header = GUEHeader.plain(synSet: segment.flags.contains(.syn), localSID: localSID, remoteSID: remoteSID)
             var datagram = allocator.buffer(capacity: header.encodedLength + segment.headerLength
                                             + segment.payload.readableBytes)
             header.write(into: &datagram)
@@ -537,13 +534,17 @@ final class TOUSession {
     }
 
     private func drainDTLS() {
-        while let record = dtls?.pollDatagram() {
-            // S marks exactly the datagrams that carry handshake, CCS or epoch-0 records.
-            let needsSource = DTLSDatagramSummary.scan(record)?.carriesHandshakeOrEpoch0 ?? true
-            let header = GUEHeader.secure(source: needsSource ? localSID : nil, destination: remoteSID)
-            var datagram = allocator.buffer(capacity: header.encodedLength + record.readableBytes)
-            header.write(into: &datagram)
-            datagram.writeImmutableBuffer(record)
+        while var datagram = dtls?.pollDatagram() {
+            let header = DTLSDatagramSummary.scan(datagram).map {
+                GUEHeader.secure(carrying: $0, localSID: localSID, remoteSID: remoteSID)
+            } ?? GUEHeader.secure(source: localSID, destination: remoteSID)
+            // Data records come with headroom: the header goes in front of them without a copy.
+            if !header.prepend(to: &datagram) {
+                var framed = allocator.buffer(capacity: header.encodedLength + datagram.readableBytes)
+                header.write(into: &framed)
+                framed.writeImmutableBuffer(datagram)
+                datagram = framed
+            }
             outbound.append(datagram)
         }
     }
@@ -565,13 +566,5 @@ extension TimeAmount {
 
 extension SocketAddress {
     /// IPv4, or IPv4 seen through a dual-stack socket as ::ffff:a.b.c.d.
-    var isIPv4OrMapped: Bool {
-        switch self {
-        case .v4: return true
-        case .v6(let address):
-            let bytes = withUnsafeBytes(of: address.address.sin6_addr) { Array($0) }
-            return bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xff && bytes[11] == 0xff
-        default: return false
-        }
-    }
+    var isIPv4OrMapped: Bool { IPAddressBytes(from: self)?.isIPv4Mapped ?? false }
 }

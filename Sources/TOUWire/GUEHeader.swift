@@ -112,16 +112,33 @@ public struct GUEHeader: Sendable, Hashable {
     /// Appends the header; the variant and C bits are always 0 and Info is always 0.
     public func write(into buffer: inout ByteBuffer) {
         buffer.reserveCapacity(minimumWritableBytes: encodedLength)
-        buffer.writeInteger(UInt8(truncatingIfNeeded: headerLengthWords))
-        buffer.writeInteger(proto)
-        buffer.writeInteger(flags)
+        buffer.moveWriterIndex(forwardBy: set(at: buffer.writerIndex, in: &buffer))
+    }
+
+    /// Puts the header in front of the readable bytes when the buffer has room before them
+    /// (headroom reserved by whoever filled it), so framing costs no copy; false otherwise.
+    public func prepend(to buffer: inout ByteBuffer) -> Bool {
+        let start = buffer.readerIndex - encodedLength
+        guard start >= 0 else { return false }
+        _ = set(at: start, in: &buffer)
+        buffer.moveReaderIndex(to: start)
+        return true
+    }
+
+    /// Writes the header's bytes at `index` without moving either index; returns their count.
+    private func set(at index: Int, in buffer: inout ByteBuffer) -> Int {
+        var offset = index
+        offset += buffer.setInteger(UInt8(truncatingIfNeeded: headerLengthWords), at: offset)
+        offset += buffer.setInteger(proto, at: offset)
+        offset += buffer.setInteger(flags, at: offset)
         if let transform {
-            buffer.writeInteger(transform.type)
-            buffer.writeInteger(transform.payloadType)
-            buffer.writeInteger(UInt16(0))
+            offset += buffer.setInteger(transform.type, at: offset)
+            offset += buffer.setInteger(transform.payloadType, at: offset)
+            offset += buffer.setInteger(UInt16(0), at: offset)
         }
-        if let sourceSID { buffer.writeInteger(sourceSID) }
-        if let destinationSID { buffer.writeInteger(destinationSID) }
+        if let sourceSID { offset += buffer.setInteger(sourceSID, at: offset) }
+        if let destinationSID { offset += buffer.setInteger(destinationSID, at: offset) }
+        return offset - index
     }
 
     /// Validates every receiver drop rule the header alone can decide, then consumes the header

@@ -307,3 +307,27 @@ struct SplitMix64: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+@Suite struct GUEHeaderPrependTests {
+    @Test func prependIntoHeadroomMatchesWrite() throws {
+        let header = GUEHeader.secure(source: 0x0102_0304_0506_0708, destination: 0x1112_1314_1516_1718)
+        var expected = ByteBufferAllocator().buffer(capacity: 64)
+        header.write(into: &expected)
+        expected.writeString("record")
+
+        var buffer = ByteBufferAllocator().buffer(capacity: 64)
+        buffer.moveWriterIndex(forwardBy: GUEHeader.maximumEncodedLength)
+        buffer.moveReaderIndex(forwardBy: GUEHeader.maximumEncodedLength)
+        buffer.writeString("record")
+        #expect(header.prepend(to: &buffer))
+        #expect(buffer == expected)
+    }
+
+    @Test func prependWithoutHeadroomLeavesTheBufferAlone() {
+        var buffer = ByteBufferAllocator().buffer(capacity: 16)
+        buffer.writeString("record")
+        let before = buffer
+        #expect(!GUEHeader.plain(source: 1, destination: nil).prepend(to: &buffer))
+        #expect(buffer == before)
+    }
+}
