@@ -79,10 +79,24 @@ public final class TOUConnection: Sendable {
     public func write(_ buffer: ByteBuffer) async throws {
         let promise = endpoint.loop.makePromise(of: Void.self)
         let core = self.core
-        endpoint.loop.execute { [endpoint] in
+        onLoop { [endpoint] in
             endpoint.withCore(core) { core, now in core.write(buffer, promise: promise, now: now) }
         }
         try await promise.futureResult.get()
+    }
+
+    /// The executor of the event loop this connection runs on. An actor that uses it as its
+    /// executor (`nonisolated var unownedExecutor: UnownedSerialExecutor { connection.executor.asUnownedSerialExecutor() }`)
+    /// reads and writes without a thread switch: the lowest latency for request/response.
+    public var executor: any SerialExecutor { endpoint.loop.executor }
+
+    /// Runs `body` on the endpoint's loop: at once when already there, else queued.
+    private func onLoop(_ body: @escaping @Sendable () -> Void) {
+        if endpoint.loop.inEventLoop {
+            body()
+        } else {
+            endpoint.loop.execute(body)
+        }
     }
 
     /// Half-closes: a FIN follows everything written so far. Reading goes on.
@@ -149,7 +163,7 @@ public final class TOUConnection: Sendable {
     fileprivate func read() async throws -> ByteBuffer? {
         let promise = endpoint.loop.makePromise(of: ByteBuffer?.self)
         let core = self.core
-        endpoint.loop.execute { [endpoint] in
+        onLoop { [endpoint] in
             endpoint.withCore(core) { core, now in core.read(promise: promise, now: now) }
         }
         return try await promise.futureResult.get()
