@@ -253,6 +253,19 @@ public final class DTLSConnection {
     /// Encrypts `plaintext` (1...16,384 bytes) as exactly one record, queued as one datagram for
     /// `pollDatagram()`. Not limited by the handshake MTU: the caller sizes what it writes.
     public func writeApplicationData(_ plaintext: ByteBuffer) throws(DTLSError) {
+        var record = allocator.buffer(capacity: headroom + plaintext.readableBytes + 64)
+        // Free bytes before the record, so the caller can put its framing there without a copy.
+        record.moveWriterIndex(forwardBy: headroom)
+        record.moveReaderIndex(forwardBy: headroom)
+        try writeApplicationData(plaintext, appendingTo: &record)
+        outgoing.append(record)
+    }
+
+    /// Encrypts `plaintext` (1...16,384 bytes) as exactly one record appended to `buffer` (for a
+    /// caller that packs datagrams back to back); returns the record's length. On failure nothing
+    /// is appended.
+    @discardableResult
+    public func writeApplicationData(_ plaintext: ByteBuffer, appendingTo buffer: inout ByteBuffer) throws(DTLSError) -> Int {
         guard state == .established || (state == .closed && !closeSent) else {
             throw .protocolError("cannot write application data in state \(state)")
         }
@@ -260,25 +273,20 @@ public final class DTLSConnection {
             throw .protocolError("plaintext of \(plaintext.readableBytes) bytes; one record carries 1...16384")
         }
         let room = plaintext.readableBytes + 64
-        var record = allocator.buffer(capacity: headroom + room)
-        // Free bytes before the record, so the caller can put its framing there without a copy.
-        record.moveWriterIndex(forwardBy: headroom)
-        record.moveReaderIndex(forwardBy: headroom)
         var result = 0
         _ = plaintext.withUnsafeReadableBytes { input in
-            record.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out in
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out in
                 result = tou_dtls_conn_write(handle, input.baseAddress?.assumingMemoryBound(to: UInt8.self),
                                              input.count,
                                              out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count)
                 return max(result, 0)
             }
         }
+        drainOutput()
         guard result > 0 else {
-            drainOutput()
             throw .protocolError(String(cString: tou_dtls_conn_error_message(handle)))
         }
-        outgoing.append(record)
-        drainOutput()
+        return result
     }
 
     /// When the handshake retransmission timer wants `handleTimeout`; nil when it is not running.

@@ -34,8 +34,6 @@ final class TOUEndpoint: @unchecked Sendable {
     private var closePromise: EventLoopPromise<Void>?
     private var inReadBatch = false
     private var needsFlush = false
-    /// Runs of datagrams waiting to leave as one GSO write.
-    private var batcher = SegmentationBatcher()
     private var segmentationOffload: Bool
     /// Sessions that took datagrams in this read batch and have not answered yet.
     private var batchSessions: [ConnectionCore] = []
@@ -254,26 +252,24 @@ final class TOUEndpoint: @unchecked Sendable {
             core.peerAddress.withLockedValue { $0 = session.peerAddress }
             logger.info("peer address changed", metadata: ["sid": "\(session.localSID)", "peer": "\(session.peerAddress)"])
         }
-        while let datagram = session.pollDatagram() {
-            emit(datagram, to: session.peerAddress)
+        sendQueued(session)
+        while session.transmitPaused, !session.isFinished {
+            session.pump(now: now)
+            sendQueued(session)
         }
         while let event = session.pollEvent() {
             if event == .established { established(core) }
             if case .finished = event {
                 // Flush before the application hears of it: it may exit the process at once,
                 // and the close_notify or RST must be on the wire by then.
-                while let datagram = session.pollDatagram() {
-                    emit(datagram, to: session.peerAddress)
-                }
+                sendQueued(session)
                 flush()
             }
             core.handle(event, now: now)
         }
         if session.isFinished {
             // Events may have produced more output (a final ACK, close_notify).
-            while let datagram = session.pollDatagram() {
-                emit(datagram, to: session.peerAddress)
-            }
+            sendQueued(session)
             remove(core)
         } else {
             armTimer(core)
@@ -338,28 +334,41 @@ final class TOUEndpoint: @unchecked Sendable {
 
     // MARK: Socket
 
-    private func emit(_ datagram: ByteBuffer, to address: SocketAddress) {
-        guard let context else { return }
-        counters.datagramsSent += 1
-        needsFlush = true
-        guard segmentationOffload else {
-            context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: datagram)), promise: nil)
-            return
-        }
-        if let write = batcher.append(datagram, to: address) {
-            // A finished run leaves now: holding a whole window until the pump ends would
-            // leave the receiver idle while we encrypt, then us idle while it decrypts.
-            send(write, context: context)
-            context.flush()
+    private func sendQueued(_ session: TOUSession) {
+        while let run = session.pollRun() {
+            emit(run, to: session.peerAddress)
         }
     }
 
-    private func send(_ write: AddressedEnvelope<ByteBuffer>, context: ChannelHandlerContext) {
-        guard write.metadata?.segmentSize != nil else {
-            context.write(NIOAny(write), promise: nil)
+    private func emit(_ datagram: ByteBuffer, to address: SocketAddress) {
+        emit(.single(datagram), to: address)
+    }
+
+    private func emit(_ run: OutboundQueue.Run, to address: SocketAddress) {
+        guard let context else { return }
+        counters.datagramsSent += run.count
+        needsFlush = true
+        guard run.count > 1 else {
+            context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: run.datagrams)), promise: nil)
             return
         }
+        if segmentationOffload {
+            sendSegmented(run, to: address, context: context)
+        } else {
+            for datagram in run.slices {
+                context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: datagram)), promise: nil)
+            }
+        }
+        // A full run leaves now: holding a whole window until the pump ends would leave the
+        // receiver idle while we encrypt, then us idle while it decrypts.
+        context.flush()
+    }
+
+    private func sendSegmented(_ run: OutboundQueue.Run, to address: SocketAddress, context: ChannelHandlerContext) {
         counters.segmentationWrites += 1
+        let metadata = AddressedEnvelope<ByteBuffer>.Metadata(ecnState: .transportNotCapable, packetInfo: nil,
+                                                              segmentSize: run.segmentSize)
+        let write = AddressedEnvelope(remoteAddress: address, data: run.datagrams, metadata: metadata)
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenFailure { [weak self] error in
             // EIO/EINVAL: this path cannot segment (no checksum offload, say). TCP resends the lost run.
@@ -375,9 +384,6 @@ final class TOUEndpoint: @unchecked Sendable {
     private func flush() {
         guard needsFlush, let context else { return }
         needsFlush = false
-        if let write = batcher.finish() {
-            send(write, context: context)
-        }
         context.flush()
     }
 

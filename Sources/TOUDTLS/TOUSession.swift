@@ -58,7 +58,12 @@ final class TOUSession {
     private var dtls: DTLSConnection?
     private(set) var tcp: TCPConnection?
 
-    private var outbound: Deque<ByteBuffer> = []
+    private var outbound = OutboundQueue()
+    /// The pump stopped after filling a run of datagrams so it can leave before more is
+    /// encrypted; the endpoint sends what is queued and pumps again.
+    private(set) var transmitPaused = false
+    /// Bytes a data record adds to its plaintext, known once the handshake is done.
+    private var dataRecordOverhead = 0
     private var events: Deque<SessionEvent> = []
     private var segmentScratch: ByteBuffer
     private let allocator = ByteBufferAllocator()
@@ -277,20 +282,34 @@ final class TOUSession {
         }
     }
 
-    /// The next framed datagram to send to `peerAddress`.
-    func pollDatagram() -> ByteBuffer? {
-        while let datagram = outbound.popFirst() {
-            if let path = unvalidatedPath {
-                // At most three times what the unproven address sent us; TCP resends what is held back.
-                guard path.bytesSent + datagram.readableBytes <= 3 * path.bytesReceived else {
-                    amplificationLimitedDatagrams += 1
-                    continue
-                }
-                unvalidatedPath?.bytesSent += datagram.readableBytes
+    /// The next run of framed datagrams to send to `peerAddress`.
+    func pollRun() -> OutboundQueue.Run? {
+        while let run = outbound.pollRun() {
+            guard let path = unvalidatedPath else { return run }
+            if run.count > 1 {
+                // Judged one datagram at a time below.
+                for slice in run.slices.reversed() { outbound.pushFront(.single(slice)) }
+                continue
             }
-            return datagram
+            // At most three times what the unproven address sent us; TCP resends what is held back.
+            let size = run.datagrams.readableBytes
+            guard path.bytesSent + size <= 3 * path.bytesReceived else {
+                amplificationLimitedDatagrams += 1
+                continue
+            }
+            unvalidatedPath?.bytesSent += size
+            return run
         }
         return nil
+    }
+
+    /// The next framed datagram, one at a time (runs taken apart).
+    func pollDatagram() -> ByteBuffer? {
+        guard let run = pollRun() else { return nil }
+        guard run.count > 1 else { return run.datagrams }
+        let slices = run.slices
+        for slice in slices.dropFirst().reversed() { outbound.pushFront(.single(slice)) }
+        return slices.first
     }
 
     func pollEvent() -> SessionEvent? {
@@ -393,6 +412,7 @@ final class TOUSession {
             while let event = dtls?.pollEvent() {
                 switch event {
                 case .handshakeCompleted:
+                    dataRecordOverhead = dtls?.recordOverhead ?? 0
                     if role == .initiator && tcp == nil {
                         startTCP(now: now)
                     }
@@ -453,8 +473,13 @@ final class TOUSession {
                 }
             }
         }
+        transmitPaused = false
         while let segment = tcp?.pollTransmit(now: now) {
             send(segment)
+            if outbound.completedRuns > 0 {
+                transmitPaused = true
+                break
+            }
         }
     }
 
@@ -522,20 +547,34 @@ final class TOUSession {
             guard let dtls, dtls.state == .established else { return }
             segmentScratch.clear()
             segment.write(into: &segmentScratch, checksum: .zero)
-            do {
-                try dtls.writeApplicationData(segmentScratch)
-            } catch {
-                fail(TOUError(error))
+            let plaintext = segmentScratch
+            // Application data never needs S once the peer's SID is known (wire format).
+            let header = GUEHeader.secure(source: remoteSID == nil ? localSID : nil, destination: remoteSID)
+            let size = header.encodedLength + dataRecordOverhead + plaintext.readableBytes
+            var failure: DTLSError?
+            // Encrypted straight into the run that leaves as one GSO write.
+            outbound.appendDatagram(size: size) { buffer in
+                let start = buffer.writerIndex
+                header.write(into: &buffer)
+                do throws(DTLSError) {
+                    try dtls.writeApplicationData(plaintext, appendingTo: &buffer)
+                } catch {
+                    buffer.moveWriterIndex(to: start)
+                    failure = error
+                }
+            }
+            if let failure {
+                fail(TOUError(failure))
                 return
             }
             drainDTLS()
         case .plain:
             let header = GUEHeader.plain(synSet: segment.flags.contains(.syn), localSID: localSID, remoteSID: remoteSID)
-            var datagram = allocator.buffer(capacity: header.encodedLength + segment.headerLength
-                                            + segment.payload.readableBytes)
-            header.write(into: &datagram)
-            segment.write(into: &datagram, checksum: .addressFree)
-            outbound.append(datagram)
+            let size = header.encodedLength + segment.headerLength + segment.payload.readableBytes
+            outbound.appendDatagram(size: size) { buffer in
+                header.write(into: &buffer)
+                segment.write(into: &buffer, checksum: .addressFree)
+            }
         }
     }
 
