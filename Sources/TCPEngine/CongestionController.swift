@@ -16,12 +16,14 @@ public struct CongestionAckSample: Sendable {
     public var highestSent: UInt32
     /// The sender had less to send than the window allowed, so the window was not tested.
     public var applicationLimited: Bool
+    /// The sender paces: bursts are spread anyway, so slow start may count every acked byte.
+    public var paced: Bool
     public var now: NIODeadline
 
     public init(
         ackedBytes: Int, bytesInFlight: Int, rttSample: TimeAmount?, smoothedRTT: TimeAmount?,
         minimumRTT: TimeAmount?, acknowledgment: UInt32, highestSent: UInt32,
-        applicationLimited: Bool, now: NIODeadline
+        applicationLimited: Bool, paced: Bool = false, now: NIODeadline
     ) {
         self.ackedBytes = ackedBytes
         self.bytesInFlight = bytesInFlight
@@ -31,6 +33,7 @@ public struct CongestionAckSample: Sendable {
         self.acknowledgment = acknowledgment
         self.highestSent = highestSent
         self.applicationLimited = applicationLimited
+        self.paced = paced
         self.now = now
     }
 }

@@ -73,12 +73,14 @@ struct HyStartPlusPlus: Sendable {
     mutating func reset() { self = HyStartPlusPlus() }
 }
 
-/// Slow start shared by both controllers: RFC 3465 byte counting (L = 2), shaped by HyStart++.
+/// Slow start shared by both controllers: RFC 3465 byte counting, shaped by HyStart++. L = 2
+/// unpaced; a paced sender counts every acked byte (RFC 9406 4.2), so stretch ACKs from a
+/// receiver that coalesces them do not slow it down.
 /// Returns the growth, and whether slow start should end now.
 func slowStartGrowth(
     _ hyStart: inout HyStartPlusPlus, sample: CongestionAckSample, mss: Int
 ) -> (growth: Int, exit: Bool) {
-    let base = min(sample.ackedBytes, 2 * mss)
+    let base = sample.paced ? sample.ackedBytes : min(sample.ackedBytes, 2 * mss)
     switch hyStart.onAck(sample) {
     case .slowStart: return (base, false)
     case .conservative: return (max(1, base / HyStartPlusPlus.cssGrowthDivisor), false)

@@ -1265,7 +1265,8 @@ public struct TCPConnection {
                 CongestionAckSample(
                     ackedBytes: acked, bytesInFlight: flightBefore, rttSample: sample,
                     smoothedRTT: rtt.smoothed, minimumRTT: minimumRTT, acknowledgment: ack,
-                    highestSent: sndMax, applicationLimited: limited, now: now))
+                    highestSent: sndMax, applicationLimited: limited, paced: currentPacingRate != nil,
+                    now: now))
         }
         duplicateACKs = 0
         if probeRepairedLoss {

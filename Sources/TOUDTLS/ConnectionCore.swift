@@ -11,6 +11,8 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     var timer: Scheduled<Void>?
     var knownAddressChanges = 0
     var timerDeadline: NIODeadline?
+    /// Queued on the endpoint to answer at the end of the current read batch.
+    var awaitingBatchEnd = false
 
     var connectPromise: EventLoopPromise<TOUConnection>?
     private var pendingWrites: Deque<(buffer: ByteBuffer, promise: EventLoopPromise<Void>)> = []

@@ -69,6 +69,9 @@ public struct TOUConfiguration: Sendable {
     public var noDelay: Bool = false
     public enum CongestionControl: Sendable, Hashable { case newReno, cubic }
     public var congestionControl: CongestionControl = .cubic
+    /// UDP segmentation and receive offload (GSO/GRO) where the kernel has them: a run of datagrams
+    /// crosses the socket layer once. Off sends and receives one datagram at a time.
+    public var segmentationOffload: Bool = true
 
     /// Listener limits (wire format defaults).
     public var maximumHalfOpenSessions: Int = 1024
@@ -113,8 +116,9 @@ public struct TOUConfiguration: Sendable {
 
     /// recvmmsg batching: NIO splits one receive buffer evenly across the messages of a batch, so
     /// each slot must hold a whole datagram of the path MTU or the kernel truncates it.
-    var receiveBatch: (count: Int, allocator: FixedSizeRecvByteBufferAllocator) {
-        let slot = max(2048, pathMTU)
+    /// recvmmsg slots: one datagram each, or up to 64 KiB of coalesced datagrams with GRO.
+    func receiveBatch(coalescing: Bool) -> (count: Int, allocator: FixedSizeRecvByteBufferAllocator) {
+        let slot = coalescing ? 65_536 : max(2048, pathMTU)
         let count = max(1, min(32, (1 << 20) / slot))
         return (count, FixedSizeRecvByteBufferAllocator(capacity: slot * count))
     }

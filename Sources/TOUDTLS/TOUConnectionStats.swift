@@ -70,6 +70,10 @@ public struct TOUConnectionStats: Sendable, CustomStringConvertible {
 public struct TOUEndpointCounters: Sendable, CustomStringConvertible {
     public var datagramsReceived = 0
     public var datagramsSent = 0
+    /// Writes that carried a run of datagrams for the kernel to segment (UDP GSO).
+    public var segmentationWrites = 0
+    /// Reads that delivered several coalesced datagrams (UDP GRO).
+    public var coalescedReads = 0
     /// GUE header failed a receiver rule (truncated, bad flags, wrong mode...).
     public var droppedMalformed = 0
     /// No session for D and not an acceptable new-session attempt.
@@ -93,7 +97,8 @@ public struct TOUEndpointCounters: Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        "datagrams received \(datagramsReceived), sent \(datagramsSent); dropped: malformed \(droppedMalformed), "
+        "datagrams received \(datagramsReceived) (\(coalescedReads) coalesced reads), "
+            + "sent \(datagramsSent) (\(segmentationWrites) GSO writes); dropped: malformed \(droppedMalformed), "
             + "unknown session \(droppedUnknownSession), bad attempt \(droppedBadAttempt), "
             + "over limit \(droppedOverLimit), in session \(droppedBySession); "
             + "hello-verify-requests \(helloVerifyRequestsSent), replayed attempts \(replayedAttempts)"

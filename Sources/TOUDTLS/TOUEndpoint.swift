@@ -34,6 +34,11 @@ final class TOUEndpoint: @unchecked Sendable {
     private var closePromise: EventLoopPromise<Void>?
     private var inReadBatch = false
     private var needsFlush = false
+    /// Runs of datagrams waiting to leave as one GSO write.
+    private var batcher = SegmentationBatcher()
+    private var segmentationOffload: Bool
+    /// Sessions that took datagrams in this read batch and have not answered yet.
+    private var batchSessions: [ConnectionCore] = []
 
     init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?) {
         let now = NIODeadline.now()
@@ -42,6 +47,7 @@ final class TOUEndpoint: @unchecked Sendable {
         self.configuration = configuration
         self.parameters = SessionParameters(configuration)
         self.dtlsContext = dtlsContext
+        self.segmentationOffload = configuration.segmentationOffload && System.supportsUDPSegmentationOffload
         self.admission = StatelessAdmission(now: now)
         self.admitted = AdmittedAttemptCache()
         self.rateLimiter = SourceRateLimiter(ratePerSecond: configuration.newSessionsPerSecondPerSource,
@@ -74,9 +80,23 @@ final class TOUEndpoint: @unchecked Sendable {
     // MARK: Datagrams in
 
     func receive(_ envelope: AddressedEnvelope<ByteBuffer>) {
-        counters.datagramsReceived += 1
         let now = NIODeadline.now()
-        var payload = envelope.data
+        guard let segmentSize = envelope.metadata?.segmentSize, segmentSize > 0,
+              envelope.data.readableBytes > segmentSize else {
+            receive(envelope.data, from: envelope.remoteAddress, now: now)
+            return
+        }
+        // GRO: the kernel joined several datagrams from one source; all but the last are full size.
+        counters.coalescedReads += 1
+        var rest = envelope.data
+        while rest.readableBytes > 0, let datagram = rest.readSlice(length: min(segmentSize, rest.readableBytes)) {
+            receive(datagram, from: envelope.remoteAddress, now: now)
+        }
+    }
+
+    private func receive(_ datagram: ByteBuffer, from remoteAddress: SocketAddress, now: NIODeadline) {
+        counters.datagramsReceived += 1
+        var payload = datagram
         let header: GUEHeader
         do {
             header = try GUEHeader.parse(from: &payload, mode: mode)
@@ -86,19 +106,19 @@ final class TOUEndpoint: @unchecked Sendable {
         }
         // 1. D names a local session: that session, whatever the source address.
         if let destination = header.destinationSID, let core = sessions[destination] {
-            deliver(header: header, payload: payload, from: envelope.remoteAddress, to: core, now: now)
+            deliver(header: header, payload: payload, from: remoteAddress, to: core, now: now)
             return
         }
         // 2. S present: a new-session attempt keyed by (address, port, S).
         guard role == .listener, let source = header.sourceSID,
-              let address = IPAddressBytes(from: envelope.remoteAddress),
-              let port = envelope.remoteAddress.port else {
+              let address = IPAddressBytes(from: remoteAddress),
+              let port = remoteAddress.port else {
             counters.droppedUnknownSession += 1
             return
         }
         let key = PeerKey(address: address, port: UInt16(truncatingIfNeeded: port), sid: source)
         if let sid = halfOpen[key], let core = sessions[sid] {
-            deliver(header: header, payload: payload, from: envelope.remoteAddress, to: core, now: now)
+            deliver(header: header, payload: payload, from: remoteAddress, to: core, now: now)
             return
         }
         guard accepting else {
@@ -107,9 +127,9 @@ final class TOUEndpoint: @unchecked Sendable {
         }
         switch mode {
         case .secure:
-            admitSecure(header: header, payload: payload, key: key, from: envelope.remoteAddress, now: now)
+            admitSecure(header: header, payload: payload, key: key, from: remoteAddress, now: now)
         case .plain:
-            admitPlain(header: header, payload: payload, key: key, from: envelope.remoteAddress, now: now)
+            admitPlain(header: header, payload: payload, key: key, from: remoteAddress, now: now)
         }
     }
 
@@ -118,7 +138,16 @@ final class TOUEndpoint: @unchecked Sendable {
         let droppedBefore = core.session.droppedCount
         core.session.receive(header: header, payload: payload, from: address, now: now)
         counters.droppedBySession += core.session.droppedCount - droppedBefore
-        drive(core, now: now)
+        if inReadBatch {
+            // Answer once per batch: one ACK for many segments, new data for all ACKs at once.
+            if !core.awaitingBatchEnd {
+                core.awaitingBatchEnd = true
+                batchSessions.append(core)
+            }
+        } else {
+            core.session.pump(now: now)
+            drive(core, now: now)
+        }
     }
 
     private func admitSecure(header: GUEHeader, payload: ByteBuffer, key: PeerKey, from address: SocketAddress,
@@ -306,13 +335,40 @@ final class TOUEndpoint: @unchecked Sendable {
     private func emit(_ datagram: ByteBuffer, to address: SocketAddress) {
         guard let context else { return }
         counters.datagramsSent += 1
-        context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: datagram)), promise: nil)
         needsFlush = true
+        guard segmentationOffload else {
+            context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: datagram)), promise: nil)
+            return
+        }
+        if let write = batcher.append(datagram, to: address) {
+            send(write, context: context)
+        }
+    }
+
+    private func send(_ write: AddressedEnvelope<ByteBuffer>, context: ChannelHandlerContext) {
+        guard write.metadata?.segmentSize != nil else {
+            context.write(NIOAny(write), promise: nil)
+            return
+        }
+        counters.segmentationWrites += 1
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.whenFailure { [weak self] error in
+            // EIO/EINVAL: this path cannot segment (no checksum offload, say). TCP resends the lost run.
+            guard let self, let code = (error as? IOError)?.errnoCode,
+                  code == EIO || code == EINVAL || code == EOPNOTSUPP else { return }
+            self.segmentationOffload = false
+            self.logger.info("UDP segmentation offload refused; sending datagrams one by one",
+                             metadata: ["errno": "\(code)"])
+        }
+        context.write(NIOAny(write), promise: promise)
     }
 
     private func flush() {
         guard needsFlush, let context else { return }
         needsFlush = false
+        if let write = batcher.finish() {
+            send(write, context: context)
+        }
         context.flush()
     }
 
@@ -324,6 +380,16 @@ final class TOUEndpoint: @unchecked Sendable {
 
     func endReadBatch() {
         inReadBatch = false
+        if !batchSessions.isEmpty {
+            let now = NIODeadline.now()
+            for core in batchSessions {
+                core.awaitingBatchEnd = false
+                guard sessions[core.session.localSID] === core else { continue }
+                core.session.pump(now: now)
+                drive(core, now: now)
+            }
+            batchSessions.removeAll(keepingCapacity: true)
+        }
         flush()
     }
 
@@ -416,12 +482,15 @@ extension DatagramBootstrap {
     /// A UDP socket on the endpoint's loop feeding the endpoint, with buffers sized for bulk
     /// transfer and batched receives.
     static func endpoint(_ endpoint: TOUEndpoint) -> DatagramBootstrap {
-        let batch = endpoint.configuration.receiveBatch
+        let receiveOffload = endpoint.configuration.segmentationOffload && System.supportsUDPReceiveOffload
+        let batch = endpoint.configuration.receiveBatch(coalescing: receiveOffload)
         return DatagramBootstrap(group: endpoint.loop)
             .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
             .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
             .channelOption(.datagramVectorReadMessageCount, value: batch.count)
             .channelOption(.recvAllocator, value: batch.allocator)
+            .channelOption(.datagramReceiveOffload, value: receiveOffload)
+            .channelOption(.datagramReceiveSegmentSize, value: receiveOffload)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(EndpointHandler(endpoint: endpoint))

@@ -187,7 +187,8 @@ final class TOUSession {
 
     // MARK: Network side
 
-    /// A datagram the endpoint routed here, with its GUE header already parsed off.
+    /// A datagram the endpoint routed here, with its GUE header already parsed off. Only takes
+    /// it in: replies (ACKs, new data) wait for `pump`, so a batch of datagrams gets one answer.
     func receive(header: GUEHeader, payload: ByteBuffer, from address: SocketAddress, now: NIODeadline) {
         guard !isFinished else { return }
         switch parameters.security {
@@ -217,7 +218,7 @@ final class TOUSession {
             deliver(segment, now: now)
             lastReceived = now
         }
-        pump(now: now)
+        absorb(now: now)
     }
 
     private enum HelloKind { case provisional, final }
@@ -379,7 +380,15 @@ final class TOUSession {
 
     /// Moves everything that can move: DTLS events and plaintext into TCP, TCP output into DTLS
     /// records and GUE datagrams, and the closing rules.
-    private func pump(now: NIODeadline) {
+    func pump(now: NIODeadline) {
+        absorb(now: now)
+        driveTCP(now: now)
+        applyClosingRules(now: now)
+        drainDTLS()
+    }
+
+    /// DTLS events and decrypted segments into TCP; nothing is sent.
+    private func absorb(now: NIODeadline) {
         if dtls != nil {
             while let event = dtls?.pollEvent() {
                 switch event {
@@ -402,9 +411,6 @@ final class TOUSession {
                 }
             }
         }
-        driveTCP(now: now)
-        applyClosingRules(now: now)
-        drainDTLS()
     }
 
     private func deliver(_ segment: TCPSegment, now: NIODeadline) {

@@ -63,6 +63,7 @@ struct TOUSessionTests {
                         let header = try GUEHeader.parse(from: &payload, mode: .secure)
                         fromTarget.append((header, payload))
                         initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
+                        initiator.pump(now: now)
                     }
                 }
                 while let event = initiator.pollEvent() { initiatorEvents.append(event) }
@@ -74,6 +75,7 @@ struct TOUSessionTests {
         private func deliverToTarget(header: GUEHeader, payload: ByteBuffer, now: NIODeadline) {
             if let target, header.destinationSID == target.localSID {
                 target.receive(header: header, payload: payload, from: initiatorAddress, now: now)
+                target.pump(now: now)
                 return
             }
             guard let source = header.sourceSID,
@@ -91,6 +93,7 @@ struct TOUSessionTests {
                 let replyHeader = try! GUEHeader.parse(from: &parsed, mode: .secure)
                 fromTarget.append((replyHeader, parsed))
                 initiator.receive(header: replyHeader, payload: parsed, from: serverAddress, now: now)
+                initiator.pump(now: now)
             case .accepted(let connection):
                 target = TOUSession.accept(dtls: connection, localSID: derived, remoteSID: source,
                                            peer: clientAddress, parameters: parameters, now: now)
