@@ -142,6 +142,8 @@ public final class DTLSConnection {
             if result == Int32(TOU_DTLS_STEP_DATA) {
                 inbound.append(buffer)
                 delivered = true
+                // One record in, one record out: skip the read that would only say "want more".
+                if state == .established, tou_dtls_conn_input_drained(handle) != 0 { break }
                 continue
             }
             spare = buffer

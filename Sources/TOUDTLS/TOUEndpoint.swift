@@ -39,6 +39,9 @@ final class TOUEndpoint: @unchecked Sendable {
     private var segmentationOffload: Bool
     /// Sessions that took datagrams in this read batch and have not answered yet.
     private var batchSessions: [ConnectionCore] = []
+    private var datagramsInBatch = 0
+    /// About one GSO run: sessions answer at least this often while a read batch lasts.
+    static let datagramsPerAnswer = 64
 
     init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?) {
         let now = NIODeadline.now()
@@ -144,6 +147,9 @@ final class TOUEndpoint: @unchecked Sendable {
                 core.awaitingBatchEnd = true
                 batchSessions.append(core)
             }
+            datagramsInBatch += 1
+            // A read can bring megabytes; a sender waiting that long for an ACK would stall.
+            if datagramsInBatch >= Self.datagramsPerAnswer { answerBatch() }
         } else {
             core.session.pump(now: now)
             drive(core, now: now)
@@ -341,7 +347,10 @@ final class TOUEndpoint: @unchecked Sendable {
             return
         }
         if let write = batcher.append(datagram, to: address) {
+            // A finished run leaves now: holding a whole window until the pump ends would
+            // leave the receiver idle while we encrypt, then us idle while it decrypts.
             send(write, context: context)
+            context.flush()
         }
     }
 
@@ -379,7 +388,13 @@ final class TOUEndpoint: @unchecked Sendable {
     func beginReadBatch() { inReadBatch = true }
 
     func endReadBatch() {
+        answerBatch()
         inReadBatch = false
+    }
+
+    /// Lets every session that took datagrams since the last answer reply (ACKs, new data).
+    private func answerBatch() {
+        datagramsInBatch = 0
         if !batchSessions.isEmpty {
             let now = NIODeadline.now()
             for core in batchSessions {

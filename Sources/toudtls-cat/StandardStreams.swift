@@ -12,26 +12,41 @@ final class StandardStreams: Sendable {
     private let outputQueue = DispatchQueue(label: "toudtls-cat.stdout")
     static let chunkSize = 128 << 10
 
-    /// The next chunk of stdin, or nil at end of file.
+    /// Confined to `inputQueue`: EOF seen while filling a chunk, reported by the next read.
+    private let inputEnded = InputEnded()
+
+    private final class InputEnded: @unchecked Sendable {
+        var value = false
+    }
+
+    /// The next chunk of stdin, or nil at end of file. Blocks for the first bytes only, then takes
+    /// whatever else is already waiting (a pipe hands over 64 KiB at a time), so a stream moves in
+    /// fewer, larger chunks.
     func read() async throws -> ByteBuffer? {
         try await withCheckedThrowingContinuation { continuation in
-            inputQueue.async {
-                var buffer = ByteBufferAllocator().buffer(capacity: Self.chunkSize)
-                while true {
-                    let count = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.chunkSize) { pointer in
-                        let result = Glibc.read(0, pointer.baseAddress, pointer.count)
-                        return result > 0 ? result : 0
-                    }
-                    if count > 0 {
-                        continuation.resume(returning: buffer)
-                        return
-                    }
-                    let error = errno
-                    if error == EINTR { continue }
-                    // read returned 0 (EOF) or failed: either way stdin is done.
+            inputQueue.async { [inputEnded] in
+                guard !inputEnded.value else {
                     continuation.resume(returning: nil)
                     return
                 }
+                var buffer = ByteBufferAllocator().buffer(capacity: Self.chunkSize)
+                while buffer.writableBytes > 0 {
+                    if buffer.readableBytes > 0 {
+                        var descriptor = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
+                        guard poll(&descriptor, 1, 0) == 1 else { break }
+                    }
+                    var result = 0
+                    buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { pointer in
+                        result = Glibc.read(0, pointer.baseAddress, pointer.count)
+                        return max(result, 0)
+                    }
+                    if result > 0 { continue }
+                    if result < 0, errno == EINTR { continue }
+                    // read returned 0 (EOF) or failed: either way stdin is done.
+                    inputEnded.value = true
+                    break
+                }
+                continuation.resume(returning: buffer.readableBytes > 0 ? buffer : nil)
             }
         }
     }

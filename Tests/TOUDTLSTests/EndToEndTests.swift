@@ -76,8 +76,10 @@ struct EndToEndTests {
         return (count, intact)
     }
 
+    /// Returns the client endpoint's counters, taken once both directions are done.
+    @discardableResult
     func transfer(server: TOUConfiguration, client: TOUConfiguration, host: String = "127.0.0.1",
-                  bytes: Int) async throws {
+                  bytes: Int) async throws -> TOUEndpointCounters {
         let listener = try await TOUListener.bind(host: host, port: 0, configuration: server)
         let port = try #require(listener.localAddress.port)
         let serverSide = Task {
@@ -93,11 +95,42 @@ struct EndToEndTests {
         async let received = Self.receive(connection, seed: 1)
         try await Self.send(connection, bytes: bytes, seed: 2)
         let clientResult = try await received
+        let counters = await connection.endpointCounters
         try await connection.close()
         let serverResult = try await serverSide.value
         #expect(clientResult.count == bytes && clientResult.intact)
         #expect(serverResult.count == bytes && serverResult.intact)
         try await listener.close()
+        return counters
+    }
+
+    @Test("bulk data leaves in GSO runs and arrives in GRO reads where the kernel has them")
+    func segmentationOffload() async throws {
+        let counters = try await transfer(server: Self.serverConfiguration(), client: Self.clientConfiguration(),
+                                          bytes: 8 << 20)
+        // 8 MiB each way is ~6,000 full datagrams; runs of up to 44 make far fewer writes.
+        if System.supportsUDPSegmentationOffload {
+            #expect(counters.segmentationWrites > 0)
+            #expect(counters.segmentationWrites < counters.datagramsSent / 4)
+        } else {
+            #expect(counters.segmentationWrites == 0)
+        }
+        if System.supportsUDPReceiveOffload {
+            #expect(counters.coalescedReads > 0)
+        } else {
+            #expect(counters.coalescedReads == 0)
+        }
+    }
+
+    @Test("with offload off every datagram is its own write and read, and the bytes still arrive")
+    func segmentationOffloadOff() async throws {
+        var server = Self.serverConfiguration()
+        var client = Self.clientConfiguration()
+        server.segmentationOffload = false
+        client.segmentationOffload = false
+        let counters = try await transfer(server: server, client: client, bytes: 4 << 20)
+        #expect(counters.segmentationWrites == 0)
+        #expect(counters.coalescedReads == 0)
     }
 
     @Test("10 MB each way with DTLS over IPv4, every byte checked")

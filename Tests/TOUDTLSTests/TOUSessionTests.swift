@@ -209,6 +209,7 @@ struct TOUSessionTests {
         var payload = moving
         let header = try GUEHeader.parse(from: &payload, mode: .secure)
         target.receive(header: header, payload: payload, from: rebound, now: .now())
+        target.pump(now: .now())  // as the endpoint does after each read batch: the ACK leaves
         #expect(target.peerAddress == rebound)
         #expect(target.stats.addressChanges == 1)
 

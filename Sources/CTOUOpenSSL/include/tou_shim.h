@@ -101,6 +101,9 @@ void tou_dtls_conn_clear_input(tou_dtls_conn *conn);
 
 /* Advance the handshake or read one record. Call until it returns WANT or FATAL. */
 int tou_dtls_conn_step(tou_dtls_conn *conn, uint8_t *out, size_t out_cap, size_t *out_len);
+/* 1 if the input was consumed and OpenSSL holds nothing unread: after the handshake, a DATA step
+ * with this true means the next step would only say WANT. */
+int tou_dtls_conn_input_drained(const tou_dtls_conn *conn);
 
 /* Encrypt plaintext as exactly one application-data record written straight to out.
  * Returns the record length (> 0), or -1 (see error). */
