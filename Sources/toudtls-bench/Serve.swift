@@ -31,12 +31,26 @@ struct Serve: AsyncParsableCommand {
             }
         }
         let failures = Tally()
+        Task.detached { await Self.logCounters(of: listener) }
         for await connection in listener.connections {
             // Unstructured tasks: a task group would keep every finished child's result until the end.
             Task { await Self.echo(connection, failures: failures) }
         }
         withExtendedLifetime(signals) {}
         Output.log("listener closed")
+    }
+
+    /// Every 10 s while traffic flows, the listener's counters on stderr (drops explain slow runs).
+    static func logCounters(of listener: TOUListener) async {
+        var last = -1
+        while true {
+            try? await Task.sleep(nanoseconds: 10_000_000_000)
+            let counters = await listener.counters
+            if counters.datagramsReceived != last {
+                last = counters.datagramsReceived
+                Output.log("listener: \(counters)")
+            }
+        }
     }
 
     static func echo(_ connection: TOUConnection, failures: Tally) async {
