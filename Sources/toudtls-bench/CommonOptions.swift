@@ -20,6 +20,12 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Path MTU to assume.")
     var mtu: Int = 1500
 
+    @Option(help: "Per-connection receive buffer in bytes, which bounds the window advertised (default: the library's).")
+    var receiveBufferSize: Int?
+
+    @Option(help: "Per-connection send buffer in bytes (default: the library's).")
+    var sendBufferSize: Int?
+
     @Option(help: "Client runs: fail if no connection makes progress for this many seconds.")
     var stallSeconds: Double = 30
 
@@ -27,8 +33,7 @@ struct CommonOptions: ParsableArguments {
         var configuration: TOUConfiguration = plain
             ? .plain
             : .client(trustRoots: .pemFile("\(certs)/ca.pem"), serverName: "localhost")
-        configuration.noDelay = true
-        configuration.pathMTU = mtu
+        applyCommon(to: &configuration)
         return configuration
     }
 
@@ -38,14 +43,20 @@ struct CommonOptions: ParsableArguments {
         var configuration: TOUConfiguration = plain
             ? .plain
             : .server(certificateChain: .pemFile("\(certs)/server.pem"), privateKey: .pemFile("\(certs)/server.key"))
-        configuration.noDelay = true
-        configuration.pathMTU = mtu
+        applyCommon(to: &configuration)
         configuration.newSessionsPerSecondPerSource = 1e9
         configuration.newSessionBurstPerSource = 1e9
         configuration.maximumHalfOpenSessions = 8192
         configuration.maximumSessions = 100_000
         configuration.acceptBacklog = 4096
         return configuration
+    }
+
+    private func applyCommon(to configuration: inout TOUConfiguration) {
+        configuration.noDelay = true
+        configuration.pathMTU = mtu
+        if let receiveBufferSize { configuration.receiveBufferSize = receiveBufferSize }
+        if let sendBufferSize { configuration.sendBufferSize = sendBufferSize }
     }
 
     func requirePort() throws {
