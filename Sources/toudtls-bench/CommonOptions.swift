@@ -1,0 +1,93 @@
+import ArgumentParser
+import Foundation
+import NIOCore
+import TOUDTLS
+
+/// Options every separate-process subcommand shares; the bench/compare harness passes them.
+struct CommonOptions: ParsableArguments {
+    @Option(help: "Address to bind (serve) or connect to (clients).")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "UDP port: serve binds it (0: any, printed); clients require it.")
+    var port: Int = 0
+
+    @Flag(help: "No DTLS: cleartext TCP in GUE (isolates the cost of DTLS).")
+    var plain = false
+
+    @Option(help: "Directory holding ca.pem, server.pem and server.key.")
+    var certs: String = "certs"
+
+    @Option(help: "Path MTU to assume.")
+    var mtu: Int = 1500
+
+    @Option(help: "Per-connection receive buffer in bytes, which bounds the window advertised (default: the library's).")
+    var receiveBufferSize: Int?
+
+    @Option(help: "Per-connection send buffer in bytes (default: the library's).")
+    var sendBufferSize: Int?
+
+    @Option(help: "Client runs: fail if no connection makes progress for this many seconds.")
+    var stallSeconds: Double = 30
+
+    var clientConfiguration: TOUConfiguration {
+        var configuration: TOUConfiguration = plain
+            ? .plain
+            : .client(trustRoots: .pemFile("\(certs)/ca.pem"), serverName: "localhost")
+        applyCommon(to: &configuration)
+        return configuration
+    }
+
+    /// The echo server's configuration, with admission limits raised so that a benchmark's burst of
+    /// handshakes from one source address is measured rather than rate-limited.
+    var serverConfiguration: TOUConfiguration {
+        var configuration: TOUConfiguration = plain
+            ? .plain
+            : .server(certificateChain: .pemFile("\(certs)/server.pem"), privateKey: .pemFile("\(certs)/server.key"))
+        applyCommon(to: &configuration)
+        configuration.newSessionsPerSecondPerSource = 1e9
+        configuration.newSessionBurstPerSource = 1e9
+        configuration.maximumHalfOpenSessions = 8192
+        configuration.maximumSessions = 100_000
+        configuration.acceptBacklog = 4096
+        return configuration
+    }
+
+    private func applyCommon(to configuration: inout TOUConfiguration) {
+        configuration.noDelay = true
+        configuration.pathMTU = mtu
+        if let receiveBufferSize { configuration.receiveBufferSize = receiveBufferSize }
+        if let sendBufferSize { configuration.sendBufferSize = sendBufferSize }
+    }
+
+    func requirePort() throws {
+        guard (1...65_535).contains(port) else {
+            throw ValidationError("--port must name the server's port (1...65535)")
+        }
+    }
+}
+
+/// Connects with at most `gate`'s permits of handshakes in flight; failures are logged and counted.
+func connectThroughGate(_ gate: ConnectGate, options: CommonOptions, configuration: TOUConfiguration,
+                        tally: Tally, watchdog: Watchdog) async -> TOUConnection? {
+    await gate.acquire()
+    let result: Result<TOUConnection, Error>
+    do {
+        result = .success(try await TOUConnection.connect(host: options.host, port: options.port,
+                                                          configuration: configuration))
+    } catch {
+        result = .failure(error)
+    }
+    await gate.release()
+    watchdog.progress()
+    switch result {
+    case .success(let connection):
+        tally.add("connected")
+        return connection
+    case .failure(let error):
+        tally.add("connect failures")
+        if tally["connect failures"] <= 5 {
+            Output.log("connect failed: \(error)")
+        }
+        return nil
+    }
+}

@@ -1,0 +1,135 @@
+import ArgumentParser
+import Foundation
+import NIOCore
+import TOUDTLS
+
+/// N connections at once, each in 1-byte ping-pong with the echo server; latency per transaction.
+struct RequestResponse: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rr",
+        abstract: "1-byte request/response on N concurrent connections against `serve`."
+    )
+
+    @OptionGroup var options: CommonOptions
+
+    @Option(help: "Concurrent connections.")
+    var connections: Int = 1
+
+    @Option(help: "Seconds measured, after the warm-up.")
+    var seconds: Double = 5
+
+    @Option(help: "Seconds of transactions before measuring.")
+    var warmupSeconds: Double = 1
+
+    @Option(help: "Handshakes in flight at once while opening the connections.")
+    var connectConcurrency: Int = 64
+
+    func validate() throws {
+        try options.requirePort()
+        guard connections > 0, seconds > 0, warmupSeconds >= 0 else {
+            throw ValidationError("--connections and --seconds must be positive, --warmup-seconds not negative")
+        }
+    }
+
+    func run() async throws {
+        raiseFileLimit()
+        let tally = Tally()
+        let watchdog = Watchdog(stallSeconds: options.stallSeconds, status: { tally.summary }) { message in
+            Output.log("rr \(message)")
+            terminate(3)
+        }
+        watchdog.enter("opening \(connections) connections")
+        let opened = try await openAll(tally: tally, watchdog: watchdog)
+        Output.log("rr: \(opened.count) connections open; \(warmupSeconds) s warm-up, \(seconds) s measured")
+
+        watchdog.enter("exchanging 1-byte requests")
+        let start = nowNanos()
+        let measureFrom = start + UInt64(warmupSeconds * 1e9)
+        let measureUntil = measureFrom + UInt64(seconds * 1e9)
+        let latencies = try await withThrowingTaskGroup(of: [UInt64].self) { group in
+            for connection in opened {
+                group.addTask {
+                    try await Self.pingPong(connection, from: measureFrom, until: measureUntil, watchdog: watchdog)
+                }
+            }
+            var all: [UInt64] = []
+            for try await some in group { all.append(contentsOf: some) }
+            return all
+        }
+        let measuredSeconds = elapsedSeconds(since: measureFrom)
+
+        watchdog.enter("closing")
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for connection in opened {
+                group.addTask {
+                    try await connection.finishWriting()
+                    for try await _ in connection.inbound {}
+                    try await connection.close()
+                    watchdog.progress()
+                }
+            }
+            try await group.waitForAll()
+        }
+        watchdog.stop()
+
+        let sorted = latencies.sorted().map { Double($0) / 1e3 }
+        Output.json([
+            ("test", .string("rr")),
+            ("connections", .int(connections)),
+            ("transactions", .int(sorted.count)),
+            ("transactions_per_s", .double(Double(sorted.count) / measuredSeconds)),
+            ("p50_us", .double(percentile(sorted, 0.50))),
+            ("p90_us", .double(percentile(sorted, 0.90))),
+            ("p95_us", .double(percentile(sorted, 0.95))),
+            ("p99_us", .double(percentile(sorted, 0.99))),
+        ])
+    }
+
+    func openAll(tally: Tally, watchdog: Watchdog) async throws -> [TOUConnection] {
+        let gate = ConnectGate(permits: connectConcurrency)
+        let options = self.options
+        let configuration = options.clientConfiguration
+        let opened = await withTaskGroup(of: TOUConnection?.self) { group in
+            for _ in 0..<connections {
+                group.addTask {
+                    await connectThroughGate(gate, options: options, configuration: configuration,
+                                             tally: tally, watchdog: watchdog)
+                }
+            }
+            var opened: [TOUConnection] = []
+            for await connection in group {
+                if let connection { opened.append(connection) }
+            }
+            return opened
+        }
+        guard opened.count == connections else {
+            throw BenchError.failed("only \(opened.count) of \(connections) connections opened")
+        }
+        return opened
+    }
+
+    /// Ping-pong until `until`; returns the latencies (ns) of transactions started at or after `from`.
+    static func pingPong(_ connection: TOUConnection, from: UInt64, until: UInt64,
+                         watchdog: Watchdog) async throws -> [UInt64] {
+        var byte = ByteBufferAllocator().buffer(capacity: 1)
+        byte.writeInteger(UInt8(42))
+        var latencies: [UInt64] = []
+        var inbound = connection.inbound.makeAsyncIterator()
+        while true {
+            let t0 = nowNanos()
+            if t0 >= until { break }
+            try await connection.write(byte)
+            var received = 0
+            while received < 1 {
+                guard let reply = try await inbound.next() else {
+                    throw BenchError.failed("the server closed a connection during request/response")
+                }
+                received += reply.readableBytes
+            }
+            let t1 = nowNanos()
+            watchdog.progress(at: t1)
+            if t0 >= from { latencies.append(t1 - t0) }
+        }
+        return latencies
+    }
+}

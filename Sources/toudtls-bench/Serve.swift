@@ -1,0 +1,87 @@
+import ArgumentParser
+import Foundation
+import NIOCore
+import TOUDTLS
+
+/// An echo server for the client subcommands: every byte received on a connection goes back on it as
+/// it arrives; at the peer's end of stream it finishes writing and closes.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Echo server (prints {\"listening\":PORT,\"pid\":PID}); runs until SIGTERM/SIGINT."
+    )
+
+    @OptionGroup var options: CommonOptions
+
+    @Flag(help: "Also exit (0) when standard input reaches end of file.")
+    var untilStdinEOF = false
+
+    func run() async throws {
+        raiseFileLimit()
+        let listener = try await TOUListener.bind(host: options.host, port: options.port,
+                                                  configuration: options.serverConfiguration)
+        guard let port = listener.localAddress.port else { throw BenchError.failed("the listener has no port") }
+        let signals = Self.exitOnSignals()
+        Output.json([("listening", .int(port)), ("pid", .int(Int(getpid())))])
+        Output.log("echo server on \(options.host):\(port) (\(options.plain ? "plain" : "dtls"), mtu \(options.mtu))")
+        if untilStdinEOF {
+            Task.detached {
+                await waitForStandardInputEOF()
+                Output.log("standard input closed: exiting")
+                terminate(0)
+            }
+        }
+        let failures = Tally()
+        Task.detached { await Self.logCounters(of: listener) }
+        for await connection in listener.connections {
+            // Unstructured tasks: a task group would keep every finished child's result until the end.
+            Task { await Self.echo(connection, failures: failures) }
+        }
+        withExtendedLifetime(signals) {}
+        Output.log("listener closed")
+    }
+
+    /// Every 10 s while traffic flows, the listener's counters on stderr (drops explain slow runs).
+    static func logCounters(of listener: TOUListener) async {
+        var last = -1
+        while true {
+            try? await Task.sleep(nanoseconds: 10_000_000_000)
+            let counters = await listener.counters
+            if counters.datagramsReceived != last {
+                last = counters.datagramsReceived
+                Output.log("listener: \(counters)")
+            }
+        }
+    }
+
+    static func echo(_ connection: TOUConnection, failures: Tally) async {
+        do {
+            for try await chunk in connection.inbound {
+                try await connection.write(chunk)
+            }
+            try await connection.finishWriting()
+            try await connection.close()
+        } catch {
+            failures.add("failed")
+            // A benchmark may fail thousands of connections alike: report a few, then every thousandth.
+            let count = failures["failed"]
+            if count <= 5 || count % 1000 == 0 {
+                Output.log("connection \(count) failed: \(error)")
+            }
+            await connection.abort()
+        }
+    }
+
+    /// SIGTERM and SIGINT end the server with status 0 (the harness stops it that way).
+    static func exitOnSignals() -> [DispatchSourceSignal] {
+        [SIGTERM, SIGINT].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: DispatchQueue.global())
+            source.setEventHandler {
+                Output.log("signal \(number): exiting")
+                terminate(0)
+            }
+            source.resume()
+            return source
+        }
+    }
+}
