@@ -241,7 +241,7 @@ public struct TCPConnection {
         guard let data = receiveBuffer.read(maximumBytes: maximumBytes) else { return nil }
         switch state {
         case .established, .finWait1, .finWait2:
-            let growth = availableReceiveSpace - currentReceiveWindow
+            let growth = offerableReceiveSpace - currentReceiveWindow
             if growth >= min(receiveBufferLimit / 2, 2 * configuration.advertisedMSS) { ackNow = true }
         default:
             break
@@ -779,18 +779,28 @@ public struct TCPConnection {
 
     private var availableReceiveSpace: Int { max(0, receiveBufferLimit - receiveBuffer.readableBytes) }
 
+    /// An extra bound on the window offered, for a receiver whose connections share one queue
+    /// (a listener's UDP socket): their windows together should fit it, or they overflow it and
+    /// lose packets. Lowering it never takes back window already offered. At least one MSS.
+    public var receiveWindowCap: Int = .max
+
+    /// What the next window may offer: buffer space, within the shared cap.
+    private var offerableReceiveSpace: Int {
+        min(availableReceiveSpace, max(receiveWindowCap, configuration.advertisedMSS))
+    }
+
     /// The window currently offered: from RCV.NXT to the advertised right edge.
     private var currentReceiveWindow: Int { max(0, advertisedEdge.seqDistance(from: rcvNxt)) }
 
     private mutating func windowField(forSYN: Bool) -> UInt16 {
         if forSYN {
             // RFC 7323: the window in a SYN is never scaled.
-            let window = min(availableReceiveSpace, Int(UInt16.max))
+            let window = min(offerableReceiveSpace, Int(UInt16.max))
             if state != .synSent { raiseAdvertisedEdge(to: rcvNxt.seqAdvanced(by: window)) }
             return UInt16(window)
         }
         let current = currentReceiveWindow
-        var window = min(availableReceiveSpace, Int(UInt16.max) << receiveShift)
+        var window = min(offerableReceiveSpace, Int(UInt16.max) << receiveShift)
         // Receiver silly window avoidance: only move the edge right by a useful amount.
         if window > current, window - current < min(receiveBufferLimit / 2, configuration.advertisedMSS) {
             window = current
@@ -907,7 +917,7 @@ public struct TCPConnection {
         guard flags.contains(.syn) else { return }
         learnPeerSYN(segment)
         lastHeardAt = now
-        raiseAdvertisedEdge(to: rcvNxt.seqAdvanced(by: min(availableReceiveSpace, Int(UInt16.max))))
+        raiseAdvertisedEdge(to: rcvNxt.seqAdvanced(by: min(offerableReceiveSpace, Int(UInt16.max))))
         if flags.contains(.ack) {
             sndWl2 = ack
             acknowledge(upTo: ack, segment: segment, now: now)

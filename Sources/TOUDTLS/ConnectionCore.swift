@@ -51,6 +51,28 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
         serviceWrites(now: now)
     }
 
+    /// The fast path of a write from the loop itself: takes all of `buffer` if nothing waits
+    /// ahead of it and TCP has room. Nil means it must wait: the rest is left in `buffer`.
+    func writeWithoutWaiting(_ buffer: inout ByteBuffer, now: NIODeadline) -> Result<Void, TOUError>? {
+        if let error = failureForWrites { return .failure(error) }
+        guard pendingWrites.isEmpty else { return nil }
+        guard buffer.readableBytes > 0 else { return .success(()) }
+        let taken = session.write(buffer, now: now)
+        if taken >= buffer.readableBytes { return .success(()) }
+        buffer.moveReaderIndex(forwardBy: taken)
+        return nil
+    }
+
+    /// The fast path of a read from the loop itself: bytes already here, or the end, without waiting.
+    /// Nil means nothing is ready yet.
+    func readWithoutWaiting(now: NIODeadline) -> Result<ByteBuffer?, TOUError>? {
+        guard pendingRead == nil, !discardInbound else { return nil }
+        if let data = session.read(maximumBytes: Self.readChunk, now: now) { return .success(data) }
+        if peerFinished || isCleanlyFinished { return .success(nil) }
+        if case .failure(let error) = outcome { return .failure(error) }
+        return nil
+    }
+
     func finishWriting(now: NIODeadline) {
         guard !writeSideClosed else { return }
         writeSideClosed = true

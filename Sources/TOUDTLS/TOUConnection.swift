@@ -76,19 +76,35 @@ public final class TOUConnection: Sendable {
 
     /// Sends `buffer`, suspending while the send buffer is full. Returns once every byte is queued
     /// for TCP (which will deliver it or fail the connection).
-    public func write(_ buffer: ByteBuffer) async throws {
-        let promise = endpoint.loop.makePromise(of: Void.self)
+    ///
+    /// Runs on the caller's executor: from an actor on `executor`, no thread is switched.
+    public nonisolated(nonsending) func write(_ buffer: ByteBuffer) async throws {
         let core = self.core
-        onLoop { [endpoint] in
-            endpoint.withCore(core) { core, now in core.write(buffer, promise: promise, now: now) }
+        var rest = buffer
+        if endpoint.loop.inEventLoop {
+            // Already on the loop and TCP has room: done without suspending.
+            var immediate: Result<Void, TOUError>?
+            endpoint.withCore(core) { core, now in immediate = core.writeWithoutWaiting(&rest, now: now) }
+            if let immediate { return try immediate.get() }
         }
-        try await promise.futureResult.get()
+        let promise = endpoint.loop.makePromise(of: Void.self)
+        onLoop { [endpoint, rest] in
+            endpoint.withCore(core) { core, now in core.write(rest, promise: promise, now: now) }
+        }
+        try await Self.value(of: promise.futureResult)
     }
 
-    /// The executor of the event loop this connection runs on. An actor that uses it as its
-    /// executor (`nonisolated var unownedExecutor: UnownedSerialExecutor { connection.executor.asUnownedSerialExecutor() }`)
-    /// reads and writes without a thread switch: the lowest latency for request/response.
-    public var executor: any SerialExecutor { endpoint.loop.executor }
+    /// Awaits `future` on the caller's executor (`EventLoopFuture.get()` would hop to the global one).
+    private nonisolated(nonsending) static func value<Value: Sendable>(of future: EventLoopFuture<Value>) async throws -> Value {
+        try await withUnsafeThrowingContinuation { continuation in
+            future.whenComplete { continuation.resume(with: $0) }
+        }
+    }
+
+    /// Runs tasks on this connection's event loop. Code under
+    /// `withTaskExecutorPreference(connection.taskExecutor) { ... }` reads and writes without a
+    /// thread switch: the lowest latency for request/response.
+    public var taskExecutor: any TaskExecutor { endpoint.taskExecutor }
 
     /// Runs `body` on the endpoint's loop: at once when already there, else queued.
     private func onLoop(_ body: @escaping @Sendable () -> Void) {
@@ -160,13 +176,18 @@ public final class TOUConnection: Sendable {
     /// The peer's bytes, in order, until its FIN. Throws `TOUError` if the connection fails.
     public var inbound: Inbound { Inbound(connection: self) }
 
-    fileprivate func read() async throws -> ByteBuffer? {
-        let promise = endpoint.loop.makePromise(of: ByteBuffer?.self)
+    fileprivate nonisolated(nonsending) func read() async throws -> ByteBuffer? {
         let core = self.core
+        if endpoint.loop.inEventLoop {
+            var immediate: Result<ByteBuffer?, TOUError>?
+            endpoint.withCore(core) { core, now in immediate = core.readWithoutWaiting(now: now) }
+            if let immediate { return try immediate.get() }
+        }
+        let promise = endpoint.loop.makePromise(of: ByteBuffer?.self)
         onLoop { [endpoint] in
             endpoint.withCore(core) { core, now in core.read(promise: promise, now: now) }
         }
-        return try await promise.futureResult.get()
+        return try await Self.value(of: promise.futureResult)
     }
 
     public struct Inbound: AsyncSequence, Sendable {
@@ -177,11 +198,17 @@ public final class TOUConnection: Sendable {
             let connection: TOUConnection
             var done = false
 
-            public mutating func next() async throws -> ByteBuffer? {
+            public nonisolated(nonsending) mutating func next() async throws -> ByteBuffer? {
                 if done { return nil }
                 let chunk = try await connection.read()
                 if chunk == nil { done = true }
                 return chunk
+            }
+
+            /// What `for try await` calls: stays on the caller's actor (the default would hop
+            /// to the global executor and back for every chunk).
+            public mutating func next(isolation actor: isolated (any Actor)?) async throws -> ByteBuffer? {
+                try await next()
             }
         }
 

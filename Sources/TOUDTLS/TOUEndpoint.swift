@@ -20,6 +20,8 @@ final class TOUEndpoint: @unchecked Sendable {
     private var mode: TOUMode { configuration.security == .dtls ? .secure : .plain }
 
     var context: ChannelHandlerContext?
+    /// Task executor on `loop`, for callers that want their connection code there.
+    let taskExecutor: EventLoopTaskExecutor
     private var sessions: [UInt64: ConnectionCore] = [:]
     private var halfOpen: [PeerKey: UInt64] = [:]
     private var admission: StatelessAdmission
@@ -35,15 +37,21 @@ final class TOUEndpoint: @unchecked Sendable {
     private var inReadBatch = false
     private var needsFlush = false
     private var segmentationOffload: Bool
+    /// Listener: payload the socket's receive queue holds before it drops, shared out among the
+    /// sessions as TCP windows so that together they cannot overflow it.
+    private var receiveQueueBudget = 4 << 20
+    private var windowShare: Int { receiveQueueBudget / max(1, sessions.count) }
     /// Sessions that took datagrams in this read batch and have not answered yet.
     private var batchSessions: [ConnectionCore] = []
     private var datagramsInBatch = 0
+    private var flushQueued = false
     /// About one GSO run: sessions answer at least this often while a read batch lasts.
     static let datagramsPerAnswer = 64
 
     init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?) {
         let now = NIODeadline.now()
         self.loop = loop
+        self.taskExecutor = EventLoopTaskExecutor(loop: loop)
         self.role = role
         self.configuration = configuration
         self.parameters = SessionParameters(configuration)
@@ -252,11 +260,7 @@ final class TOUEndpoint: @unchecked Sendable {
             core.peerAddress.withLockedValue { $0 = session.peerAddress }
             logger.info("peer address changed", metadata: ["sid": "\(session.localSID)", "peer": "\(session.peerAddress)"])
         }
-        sendQueued(session)
-        while session.transmitPaused, !session.isFinished {
-            session.pump(now: now)
-            sendQueued(session)
-        }
+        sendAll(session, now: now)
         while let event = session.pollEvent() {
             if event == .established { established(core) }
             if case .finished = event {
@@ -266,12 +270,15 @@ final class TOUEndpoint: @unchecked Sendable {
                 flush()
             }
             core.handle(event, now: now)
+            // Handling it may have produced output (a window update after a read, new data).
+            sendAll(session, now: now)
         }
         if session.isFinished {
             // Events may have produced more output (a final ACK, close_notify).
             sendQueued(session)
             remove(core)
         } else {
+            if role == .listener { session.limitReceiveWindow(to: windowShare) }
             armTimer(core)
         }
         flushIfOutsideReadBatch()
@@ -334,6 +341,15 @@ final class TOUEndpoint: @unchecked Sendable {
 
     // MARK: Socket
 
+    /// Everything the session has to send, pumping again while it paused after a full run.
+    private func sendAll(_ session: TOUSession, now: NIODeadline) {
+        sendQueued(session)
+        while session.transmitPaused, !session.isFinished {
+            session.pump(now: now)
+            sendQueued(session)
+        }
+    }
+
     private func sendQueued(_ session: TOUSession) {
         while let run = session.pollRun() {
             emit(run, to: session.peerAddress)
@@ -387,11 +403,31 @@ final class TOUEndpoint: @unchecked Sendable {
         context.flush()
     }
 
+    /// Outside a read batch, the flush waits for the loop's queued tasks: writes that many
+    /// connections make in one turn of the loop (echoes after a read) leave in one sendmmsg.
     private func flushIfOutsideReadBatch() {
-        if !inReadBatch { flush() }
+        guard !inReadBatch, needsFlush, !flushQueued else { return }
+        flushQueued = true
+        loop.execute { [self] in
+            flushQueued = false
+            flush()
+        }
     }
 
     func beginReadBatch() { inReadBatch = true }
+
+    /// The socket is open: a listener asks for a deep receive queue (all its sessions share it)
+    /// and learns what it got.
+    func socketActive(_ channel: Channel) {
+        guard role == .listener, let options = channel.syncOptions else { return }
+        // Beyond net.core.rmem_max only with CAP_NET_ADMIN; otherwise SO_RCVBUF's 4 MiB stands.
+        let force = ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_RCVBUFFORCE))
+        try? options.setOption(force, value: 16 << 20)
+        if let granted = try? options.getOption(.socketOption(.so_rcvbuf)), granted > 0 {
+            // The kernel doubles the request for its own overhead; about half carries payload.
+            receiveQueueBudget = Int(granted) / 2
+        }
+    }
 
     func endReadBatch() {
         answerBatch()
@@ -481,6 +517,11 @@ final class EndpointHandler: ChannelInboundHandler {
         endpoint.context = context
     }
 
+    func channelActive(context: ChannelHandlerContext) {
+        endpoint.socketActive(context.channel)
+        context.fireChannelActive()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         endpoint.beginReadBatch()
         endpoint.receive(unwrapInboundIn(data))
@@ -517,5 +558,20 @@ extension DatagramBootstrap {
                     try channel.pipeline.syncOperations.addHandler(EndpointHandler(endpoint: endpoint))
                 }
             }
+    }
+}
+
+/// A Swift task executor on a NIO event loop: jobs run as loop tasks, so a task preferring it
+/// resumes from the loop's own I/O without a wakeup of another thread.
+final class EventLoopTaskExecutor: TaskExecutor, Sendable {
+    let loop: EventLoop
+
+    init(loop: EventLoop) {
+        self.loop = loop
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        loop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }

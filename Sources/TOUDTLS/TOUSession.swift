@@ -356,6 +356,11 @@ final class TOUSession {
     // MARK: Application side
 
     var isEstablished: Bool { establishedReported }
+
+    /// Bounds the TCP window this session offers (see `TCPConnection.receiveWindowCap`).
+    func limitReceiveWindow(to cap: Int) {
+        if let current = tcp?.receiveWindowCap, current != cap { tcp?.receiveWindowCap = cap }
+    }
     var peerCertificateSubject: String? { dtls?.peerCertificateSubject }
     var negotiatedCipherSuite: String? { dtls?.negotiatedCipherSuite }
     var readableBytes: Int { tcp?.readableBytes ?? 0 }

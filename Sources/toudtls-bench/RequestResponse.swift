@@ -49,7 +49,10 @@ struct RequestResponse: AsyncParsableCommand {
         let latencies = try await withThrowingTaskGroup(of: [UInt64].self) { group in
             for connection in opened {
                 group.addTask {
-                    try await Self.pingPong(connection, from: measureFrom, until: measureUntil, watchdog: watchdog)
+                    try await withTaskExecutorPreference(connection.taskExecutor) {
+                        try await OnConnectionLoop.pingPong(connection, from: measureFrom, until: measureUntil,
+                                                            watchdog: watchdog)
+                    }
                 }
             }
             var all: [UInt64] = []
@@ -107,7 +110,11 @@ struct RequestResponse: AsyncParsableCommand {
         }
         return opened
     }
+}
 
+/// One connection's work, meant to run under `withTaskExecutorPreference(connection.taskExecutor)`:
+/// then reads and writes never switch threads (the library's lowest-latency way to drive a connection).
+enum OnConnectionLoop {
     /// Ping-pong until `until`; returns the latencies (ns) of transactions started at or after `from`.
     static func pingPong(_ connection: TOUConnection, from: UInt64, until: UInt64,
                          watchdog: Watchdog) async throws -> [UInt64] {
@@ -131,5 +138,14 @@ struct RequestResponse: AsyncParsableCommand {
             if t0 >= from { latencies.append(t1 - t0) }
         }
         return latencies
+    }
+
+    /// Echoes every chunk as it arrives; at the peer's end of stream finishes and closes.
+    static func echo(_ connection: TOUConnection) async throws {
+        for try await chunk in connection.inbound {
+            try await connection.write(chunk)
+        }
+        try await connection.finishWriting()
+        try await connection.close()
     }
 }

@@ -55,11 +55,9 @@ struct Serve: AsyncParsableCommand {
 
     static func echo(_ connection: TOUConnection, failures: Tally) async {
         do {
-            for try await chunk in connection.inbound {
-                try await connection.write(chunk)
+            try await withTaskExecutorPreference(connection.taskExecutor) {
+                try await OnConnectionLoop.echo(connection)
             }
-            try await connection.finishWriting()
-            try await connection.close()
         } catch {
             failures.add("failed")
             // A benchmark may fail thousands of connections alike: report a few, then every thousandth.

@@ -53,6 +53,9 @@ struct CatCommand: ParsableCommand {
     @Option(name: .customLong("mtu"), help: ArgumentHelp("Path MTU to assume.", valueName: "N"))
     var mtu: Int = 1500
 
+    @Flag(name: .customLong("no-offload"), help: "One datagram per send and receive call: no UDP GSO/GRO (a capture on lo then shows each datagram).")
+    var noOffload = false
+
     @Flag(name: [.short, .customLong("verbose")], help: "Progress on stderr; with -l prints \"listening on ADDR:PORT\" once ready.")
     var verbose = false
 
@@ -117,6 +120,7 @@ struct CatCommand: ParsableCommand {
         }
         configuration.pinnedPublicKeys = pins
         configuration.pathMTU = mtu
+        configuration.segmentationOffload = !noOffload
         if verbose {
             var logger = Logger(label: "toudtls")
             logger.logLevel = .info

@@ -17,24 +17,27 @@ struct CaptureTests {
 
     /// Runs one client -> listener transfer of `bytes` random bytes while tcpdump records the
     /// listener's port, checks both exits and the delivered bytes, and audits every datagram.
-    func capturedTransfer(mode: WireAudit.Mode, host: String, bytes: Int) throws -> Capture {
+    func capturedTransfer(mode: WireAudit.Mode, host: String, bytes: Int, offload: Bool = true) throws -> Capture {
         // A capture that lost packets cannot vouch for every datagram; on a busy machine try again.
         for attempt in 1...3 {
             let (capture, complete) = try capturedTransferAttempt(mode: mode, host: host, bytes: bytes,
-                                                                  lastAttempt: attempt == 3)
+                                                                  offload: offload, lastAttempt: attempt == 3)
             if complete { return capture }
             print("tcpdump dropped packets (attempt \(attempt) of 3); capturing the transfer again")
         }
         throw TcpdumpCapture.Failure.notStarted("unreachable: the last attempt always returns")
     }
 
-    func capturedTransferAttempt(mode: WireAudit.Mode, host: String, bytes: Int,
+    func capturedTransferAttempt(mode: WireAudit.Mode, host: String, bytes: Int, offload: Bool,
                                  lastAttempt: Bool) throws -> (Capture, complete: Bool) {
         let input = try makeRandomFile(bytes: bytes)
         defer { try? FileManager.default.removeItem(at: input) }
         let secure = mode == .secure
-        let serverOptions = secure ? ["--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"] : ["--plain"]
-        let clientOptions = secure ? ["--ca", "\(certs)/ca.pem", "--server-name", "localhost"] : ["--plain"]
+        let offloadOptions = offload ? [] : ["--no-offload"]
+        let serverOptions = (secure ? ["--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"] : ["--plain"])
+            + offloadOptions
+        let clientOptions = (secure ? ["--ca", "\(certs)/ca.pem", "--server-name", "localhost"] : ["--plain"])
+            + offloadOptions
 
         let server = try startCat(["-l", "-v"] + serverOptions + [host, "0"])
         defer { finish(server, timeout: 0) }
@@ -66,10 +69,15 @@ struct CaptureTests {
         #expect(complete, "tcpdump missed packets: \(capture.errorOutput)")
 
         let pcap = try PcapFile(contentsOf: capture.file)
-        let datagrams = try pcap.udpDatagrams()
+        let packets = try pcap.udpDatagrams()
+        // With GSO, lo's tap sees runs whole; without it, every packet must already fit the MTU.
+        let datagrams = offload ? packets.flatMap { $0.segmentationRun(secure: secure) } : packets
+        if !offload {
+            #expect(packets.allSatisfy { $0.ipPacketLength <= 1500 }, "--no-offload: one datagram per packet")
+        }
         var audit = WireAudit(mode: mode, listenerPort: port)
         for datagram in datagrams { audit.check(datagram) }
-        print("captured \(datagrams.count) datagrams on \(host) (link type \(pcap.linkType)): S on \(audit.datagramsWithS), "
+        print("captured \(packets.count) packets, \(datagrams.count) datagrams on \(host) (link type \(pcap.linkType)): S on \(audit.datagramsWithS), "
               + "records by type \(audit.recordTypeCounts.sorted { $0.key < $1.key }), largest IP packet "
               + "\(audit.largestIPPacket) bytes, \(audit.violationCount) violations")
         #expect(!datagrams.isEmpty, "nothing captured: \(capture.errorOutput)")
@@ -117,6 +125,11 @@ struct CaptureTests {
     @Test("secure, IPv4: every datagram is GUE + whole DTLS 1.2 records, S only on the handshake, no cleartext")
     func secureIPv4() throws {
         checkSecure(try capturedTransfer(mode: .secure, host: "127.0.0.1", bytes: 2 << 20))
+    }
+
+    @Test("secure without GSO/GRO (--no-offload): every captured packet is one datagram within the path MTU")
+    func secureWithoutOffload() throws {
+        checkSecure(try capturedTransfer(mode: .secure, host: "127.0.0.1", bytes: 1 << 20, offload: false))
     }
 
     @Test("secure, IPv6: the same on ::1, and full segments still fit 1500 bytes with the larger IP header")

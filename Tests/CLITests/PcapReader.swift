@@ -274,3 +274,44 @@ struct PcapFile {
             .joined(separator: ":")
     }
 }
+
+extension CapturedDatagram {
+    /// UDP GSO on lo: the capture tap sees a run of equal-sized datagrams (the last may be
+    /// shorter) as one packet, before the kernel cuts it at the segment size into the datagrams the
+    /// receiver gets. The capture does not record that size, so it is read off the run's first
+    /// datagram: its GUE header and records (secure), or up to where the same GUE header
+    /// starts again (plain). A run built any other way falls apart into pieces the audit rejects.
+    func segmentationRun(secure: Bool) -> [CapturedDatagram] {
+        guard !isFragment, let segment = firstDatagramLength(secure: secure),
+              segment > 0, segment < payload.count else { return [self] }
+        let headers = ipPacketLength - payload.count
+        return stride(from: 0, to: payload.count, by: segment).map { start in
+            var piece = self
+            piece.payload = Array(payload[start..<min(start + segment, payload.count)])
+            piece.ipPacketLength = headers + piece.payload.count
+            return piece
+        }
+    }
+
+    private func firstDatagramLength(secure: Bool) -> Int? {
+        guard payload.count >= 4 else { return nil }
+        let headerLength = 4 + 4 * Int(payload[0] & 0x1F)
+        if secure {
+            // Its records (a handshake datagram may pack several), up to where a GUE header
+            // starts the next datagram: a record begins with type 20...23 and version byte 0xFE.
+            var end = headerLength
+            while end + 13 <= payload.count, (20...23).contains(payload[end]), payload[end + 1] == 0xFE {
+                end += 13 + (Int(payload[end + 11]) << 8 | Int(payload[end + 12]))
+            }
+            return end > headerLength ? end : nil
+        }
+        // Plain: the next datagram of the run repeats this one's GUE header (same flags and SIDs).
+        let header = payload[0..<headerLength]
+        var candidate = headerLength + 20
+        while candidate + headerLength <= payload.count {
+            if payload[candidate..<(candidate + headerLength)] == header { return candidate }
+            candidate += 1
+        }
+        return nil
+    }
+}

@@ -256,4 +256,21 @@ struct PcapReaderTests {
         #expect(detector.windows(in: unrelated[...]).isEmpty)
         #expect(detector.windows(in: file[0..<31]).isEmpty, "shorter than a window")
     }
+
+    @Test("a GSO run seen whole on lo is cut into its datagrams; a handshake datagram packing records stays whole")
+    func segmentationRuns() {
+        let data = { (fill: UInt8) in
+            B.gue(proto: 59, t: true, source: nil, destination: 0x51)
+                + B.record(type: 23, body: [UInt8](repeating: fill, count: 100))
+        }
+        let run = datagram(data(1) + data(2) + Array(data(3).prefix(60)), fromClient: true)
+        let pieces = run.segmentationRun(secure: true)
+        #expect(pieces.map(\.payload.count) == [data(1).count, data(1).count, 60])
+        #expect(pieces.map(\.ipPacketLength) == pieces.map { $0.payload.count + 28 })
+        #expect(pieces[1].payload == data(2))
+
+        let flight = B.gue(proto: 59, t: true, source: 0x51, destination: 0xC1)
+            + B.record(type: 22, body: [2, 0, 0, 1]) + B.record(type: 22, body: [11, 0, 0, 1])
+        #expect(datagram(flight, fromClient: false).segmentationRun(secure: true).count == 1)
+    }
 }

@@ -144,6 +144,34 @@ import TOUWire
         #expect(c.drain(at: at(170)) == [toPeer(ack: remoteISS &+ 4001, window: 2100)])
     }
 
+    /// A listener shares one UDP queue among its connections and caps each one's window.
+    @Test func receiveWindowCapBoundsNewWindowButNeverShrinksOne() {
+        func windows(cap: Int?) -> [UInt16] {
+            var configuration = classicConfiguration()
+            configuration.receiveBufferSize = 8000
+            var c = establishedConnection(configuration: configuration)
+            if let cap { c.receiveWindowCap = cap }
+            var sequence = remoteISS &+ 1
+            var offered: [UInt16] = []
+            // Two segments at a time (each pair is ACKed at once); the application reads after
+            // the first and second pairs.
+            for (pair, read) in [(0, 2000), (1, 3000), (2, 0)] {
+                for index in 0..<2 {
+                    c.receive(fromPeer(seq: sequence, payload: bytes(count: pair == 1 && index == 1 ? 2000 : 1000)),
+                              now: at(Int64(100 + pair * 10 + index)))
+                    sequence = sequence &+ UInt32(pair == 1 && index == 1 ? 2000 : 1000)
+                }
+                offered += c.drain(at: at(Int64(100 + pair * 10 + 2))).map(\.window)
+                if read > 0 { _ = c.read(maximumBytes: read) }
+            }
+            return offered
+        }
+        // Uncapped, the window follows free buffer space.
+        #expect(windows(cap: nil) == [6000, 5000, 6000])
+        // Capped at 3000: the 6000 already offered stands, later windows offer at most 3000.
+        #expect(windows(cap: 3000) == [6000, 3000, 3000])
+    }
+
     @Test func zeroWindowIsProbedUntilItOpens() {
         var c = establishedConnection()
         c.receive(fromPeer(window: 0), now: at(20))
