@@ -91,3 +91,23 @@ func connectThroughGate(_ gate: ConnectGate, options: CommonOptions, configurati
         return nil
     }
 }
+
+/// Opens `count` connections with at most `concurrency` handshakes in flight; returns those that opened.
+func openConnections(_ count: Int, concurrency: Int, options: CommonOptions, tally: Tally,
+                     watchdog: Watchdog) async -> [TOUConnection] {
+    let gate = ConnectGate(permits: concurrency)
+    let configuration = options.clientConfiguration
+    return await withTaskGroup(of: TOUConnection?.self) { group in
+        for _ in 0..<count {
+            group.addTask {
+                await connectThroughGate(gate, options: options, configuration: configuration,
+                                         tally: tally, watchdog: watchdog)
+            }
+        }
+        var opened: [TOUConnection] = []
+        for await connection in group {
+            if let connection { opened.append(connection) }
+        }
+        return opened
+    }
+}

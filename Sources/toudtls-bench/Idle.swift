@@ -30,23 +30,9 @@ struct Idle: AsyncParsableCommand {
             terminate(3)
         }
         watchdog.enter("opening \(connections) connections")
-        let gate = ConnectGate(permits: connectConcurrency)
-        let options = self.options
-        let configuration = options.clientConfiguration
         let start = nowNanos()
-        let opened = await withTaskGroup(of: TOUConnection?.self) { group in
-            for _ in 0..<connections {
-                group.addTask {
-                    await connectThroughGate(gate, options: options, configuration: configuration,
-                                             tally: tally, watchdog: watchdog)
-                }
-            }
-            var opened: [TOUConnection] = []
-            for await connection in group {
-                if let connection { opened.append(connection) }
-            }
-            return opened
-        }
+        let opened = await openConnections(connections, concurrency: connectConcurrency, options: options,
+                                           tally: tally, watchdog: watchdog)
         Output.log("idle: \(opened.count) of \(connections) connections open after \(round2(elapsedSeconds(since: start))) s; holding until stdin EOF")
         Output.json([("ready", .int(opened.count))])
 

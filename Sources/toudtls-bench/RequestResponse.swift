@@ -89,22 +89,8 @@ struct RequestResponse: AsyncParsableCommand {
     }
 
     func openAll(tally: Tally, watchdog: Watchdog) async throws -> [TOUConnection] {
-        let gate = ConnectGate(permits: connectConcurrency)
-        let options = self.options
-        let configuration = options.clientConfiguration
-        let opened = await withTaskGroup(of: TOUConnection?.self) { group in
-            for _ in 0..<connections {
-                group.addTask {
-                    await connectThroughGate(gate, options: options, configuration: configuration,
-                                             tally: tally, watchdog: watchdog)
-                }
-            }
-            var opened: [TOUConnection] = []
-            for await connection in group {
-                if let connection { opened.append(connection) }
-            }
-            return opened
-        }
+        let opened = await openConnections(connections, concurrency: connectConcurrency, options: options,
+                                           tally: tally, watchdog: watchdog)
         guard opened.count == connections else {
             throw BenchError.failed("only \(opened.count) of \(connections) connections opened")
         }
