@@ -26,7 +26,7 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     private(set) var outcome: Result<Void, TOUError>?
 
     /// Largest chunk handed to one `inbound` iteration.
-    static let readChunk = 256 << 10
+    static let readChunk = 1 << 20
 
     /// Readable from any thread for `TOUConnection.remoteAddress`.
     let peerAddress: NIOLockedValueBox<SocketAddress>

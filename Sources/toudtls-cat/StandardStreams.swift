@@ -10,7 +10,8 @@ import Glibc
 final class StandardStreams: Sendable {
     private let inputQueue = DispatchQueue(label: "toudtls-cat.stdin")
     private let outputQueue = DispatchQueue(label: "toudtls-cat.stdout")
-    static let chunkSize = 128 << 10
+    /// Large chunks: each one costs a hop between threads, so bulk moves in few of them.
+    static let chunkSize = 1 << 20
 
     /// Confined to `inputQueue`: EOF seen while filling a chunk, reported by the next read.
     private let inputEnded = InputEnded()
@@ -45,6 +46,11 @@ final class StandardStreams: Sendable {
                     // read returned 0 (EOF) or failed: either way stdin is done.
                     inputEnded.value = true
                     break
+                }
+                // A short read (a typed line) goes out in a right-sized copy: TCP keeps the buffer
+                // until the peer acknowledges it, and a line should not hold a whole chunk.
+                if buffer.readableBytes > 0, buffer.readableBytes < Self.chunkSize / 4 {
+                    buffer = ByteBuffer(buffer.readableBytesView)
                 }
                 continuation.resume(returning: buffer.readableBytes > 0 ? buffer : nil)
             }
