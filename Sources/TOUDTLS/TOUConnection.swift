@@ -77,7 +77,8 @@ public final class TOUConnection: Sendable {
     /// Sends `buffer`, suspending while the send buffer is full. Returns once every byte is queued
     /// for TCP (which will deliver it or fail the connection).
     ///
-    /// Runs on the caller's executor: from an actor on `executor`, no thread is switched.
+    /// Under `withTaskExecutorPreference(taskExecutor)`, a write TCP takes at once completes
+    /// without suspending and without a thread switch.
     public nonisolated(nonsending) func write(_ buffer: ByteBuffer) async throws {
         let core = self.core
         var rest = buffer
@@ -94,7 +95,7 @@ public final class TOUConnection: Sendable {
         try await Self.value(of: promise.futureResult)
     }
 
-    /// Awaits `future` on the caller's executor (`EventLoopFuture.get()` would hop to the global one).
+    /// Awaits `future` and resumes where the caller runs (under `taskExecutor`: on the loop).
     private nonisolated(nonsending) static func value<Value: Sendable>(of future: EventLoopFuture<Value>) async throws -> Value {
         try await withUnsafeThrowingContinuation { continuation in
             future.whenComplete { continuation.resume(with: $0) }
@@ -205,8 +206,7 @@ public final class TOUConnection: Sendable {
                 return chunk
             }
 
-            /// What `for try await` calls: stays on the caller's actor (the default would hop
-            /// to the global executor and back for every chunk).
+            /// What `for try await` calls; it runs where the caller runs, like `next()`.
             public mutating func next(isolation actor: isolated (any Actor)?) async throws -> ByteBuffer? {
                 try await next()
             }
