@@ -105,17 +105,8 @@ struct Handshakes: AsyncParsableCommand {
                                                          configuration: configuration)
         let t1 = nowNanos()
         do {
-            var byte = ByteBufferAllocator().buffer(capacity: 1)
-            byte.writeInteger(UInt8(42))
-            try await connection.write(byte)
             var inbound = connection.inbound.makeAsyncIterator()
-            var received = 0
-            while received < 1 {
-                guard let reply = try await inbound.next() else {
-                    throw BenchError.failed("the server closed before echoing")
-                }
-                received += reply.readableBytes
-            }
+            try await OnConnectionLoop.exchangeOneByte(connection, inbound: &inbound)
             let t2 = nowNanos()
             watchdog.progress(at: t2)
             try await connection.finishWriting()
@@ -137,21 +128,12 @@ struct Handshakes: AsyncParsableCommand {
                                                          configuration: configuration)
         let counters = await connection.endpointCounters
         let datagrams = counters.datagramsSent + counters.datagramsReceived
-        var byte = ByteBufferAllocator().buffer(capacity: 1)
-        byte.writeInteger(UInt8(42))
         var inbound = connection.inbound.makeAsyncIterator()
         var times: [UInt64] = []
         let warmup = min(50, samples)
         for round in 0..<(warmup + samples) {
             let t0 = nowNanos()
-            try await connection.write(byte)
-            var received = 0
-            while received < 1 {
-                guard let reply = try await inbound.next() else {
-                    throw BenchError.failed("the server closed during the round-trip measurement")
-                }
-                received += reply.readableBytes
-            }
+            try await OnConnectionLoop.exchangeOneByte(connection, inbound: &inbound)
             let t1 = nowNanos()
             watchdog.progress(at: t1)
             if round >= warmup { times.append(t1 - t0) }

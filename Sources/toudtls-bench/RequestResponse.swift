@@ -101,24 +101,30 @@ struct RequestResponse: AsyncParsableCommand {
 /// One connection's work, meant to run under `withTaskExecutorPreference(connection.taskExecutor)`:
 /// then reads and writes never switch threads (the library's lowest-latency way to drive a connection).
 enum OnConnectionLoop {
+    /// One transaction: writes one byte and waits for its echo.
+    static func exchangeOneByte(_ connection: TOUConnection,
+                                inbound: inout TOUConnection.Inbound.AsyncIterator) async throws {
+        var byte = ByteBufferAllocator().buffer(capacity: 1)
+        byte.writeInteger(UInt8(42))
+        try await connection.write(byte)
+        var received = 0
+        while received < 1 {
+            guard let reply = try await inbound.next() else {
+                throw BenchError.failed("the server closed a connection before echoing")
+            }
+            received += reply.readableBytes
+        }
+    }
+
     /// Ping-pong until `until`; returns the latencies (ns) of transactions started at or after `from`.
     static func pingPong(_ connection: TOUConnection, from: UInt64, until: UInt64,
                          watchdog: Watchdog) async throws -> [UInt64] {
-        var byte = ByteBufferAllocator().buffer(capacity: 1)
-        byte.writeInteger(UInt8(42))
         var latencies: [UInt64] = []
         var inbound = connection.inbound.makeAsyncIterator()
         while true {
             let t0 = nowNanos()
             if t0 >= until { break }
-            try await connection.write(byte)
-            var received = 0
-            while received < 1 {
-                guard let reply = try await inbound.next() else {
-                    throw BenchError.failed("the server closed a connection during request/response")
-                }
-                received += reply.readableBytes
-            }
+            try await exchangeOneByte(connection, inbound: &inbound)
             let t1 = nowNanos()
             watchdog.progress(at: t1)
             if t0 >= from { latencies.append(t1 - t0) }
