@@ -30,9 +30,6 @@ public final class DTLSConnection {
     /// True if the last `receiveDatagram` delivered an authenticated epoch-1+ record whose
     /// sequence number is the highest seen so far (the condition for learning a new peer address).
     public private(set) var lastDatagramAdvancedReceiveWindow = false
-    /// Bytes left free in front of each application-data record from `pollDatagram`, for the
-    /// caller's own header (GUE in TOU).
-    public var headroom = 0
 
     /// A client connection to `serverName`: a DNS name (verified against the certificate and sent
     /// as SNI) or an IP literal (verified against IP SANs, no SNI). `mtu` is the room for one
@@ -253,10 +250,7 @@ public final class DTLSConnection {
     /// Encrypts `plaintext` (1...16,384 bytes) as exactly one record, queued as one datagram for
     /// `pollDatagram()`. Not limited by the handshake MTU: the caller sizes what it writes.
     public func writeApplicationData(_ plaintext: ByteBuffer) throws(DTLSError) {
-        var record = allocator.buffer(capacity: headroom + plaintext.readableBytes + 64)
-        // Free bytes before the record, so the caller can put its framing there without a copy.
-        record.moveWriterIndex(forwardBy: headroom)
-        record.moveReaderIndex(forwardBy: headroom)
+        var record = allocator.buffer(capacity: plaintext.readableBytes + 64)
         try writeApplicationData(plaintext, appendingTo: &record)
         outgoing.append(record)
     }

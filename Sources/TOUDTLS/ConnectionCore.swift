@@ -39,15 +39,12 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     // MARK: Application requests (on the loop)
 
     func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>, now: NIODeadline) {
-        if let error = failureForWrites {
-            promise.fail(error)
+        var rest = buffer
+        if let result = writeWithoutWaiting(&rest, now: now) {
+            promise.completeWith(result.mapError { $0 as Error })
             return
         }
-        if buffer.readableBytes == 0 {
-            promise.succeed(())
-            return
-        }
-        pendingWrites.append((buffer, promise))
+        pendingWrites.append((rest, promise))
         serviceWrites(now: now)
     }
 
@@ -67,6 +64,11 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     /// Nil means nothing is ready yet.
     func readWithoutWaiting(now: NIODeadline) -> Result<ByteBuffer?, TOUError>? {
         guard pendingRead == nil, !discardInbound else { return nil }
+        return readyRead(now: now)
+    }
+
+    /// What a read gets now: bytes, the end of the stream (nil), or the failure; nil if it must wait.
+    private func readyRead(now: NIODeadline) -> Result<ByteBuffer?, TOUError>? {
         if let data = session.read(maximumBytes: Self.readChunk, now: now) { return .success(data) }
         if peerFinished || isCleanlyFinished { return .success(nil) }
         if case .failure(let error) = outcome { return .failure(error) }
@@ -180,17 +182,9 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
         if discardInbound {
             while session.read(maximumBytes: Self.readChunk, now: now) != nil {}
         }
-        guard let promise = pendingRead else { return }
-        if let data = session.read(maximumBytes: Self.readChunk, now: now) {
-            pendingRead = nil
-            promise.succeed(data)
-        } else if peerFinished || isCleanlyFinished {
-            pendingRead = nil
-            promise.succeed(nil)
-        } else if case .failure(let error) = outcome {
-            pendingRead = nil
-            promise.fail(error)
-        }
+        guard let promise = pendingRead, let result = readyRead(now: now) else { return }
+        pendingRead = nil
+        promise.completeWith(result.mapError { $0 as Error })
     }
 }
 

@@ -38,7 +38,6 @@ struct OutboundQueue {
     private var open: Run?
     private let allocator = ByteBufferAllocator()
 
-    var isEmpty: Bool { runs.isEmpty && open == nil }
     /// Runs that are full or closed (the open run is not counted).
     var completedRuns: Int { runs.count }
 

@@ -125,7 +125,6 @@ final class TOUSession {
             } catch {
                 throw TOUError(error)
             }
-            session.dtls?.headroom = GUEHeader.maximumEncodedLength
             session.dtls?.startHandshake(now: now)
         case .plain:
             session.startTCP(now: now)
@@ -139,7 +138,6 @@ final class TOUSession {
                        parameters: SessionParameters, now: NIODeadline) -> TOUSession {
         let session = TOUSession(role: .target, localSID: localSID, remoteSID: remoteSID, peer: peer,
                                  parameters: parameters, innerRemotePort: 0, now: now)
-        dtls.headroom = GUEHeader.maximumEncodedLength
         session.dtls = dtls
         session.pump(now: now)
         return session
@@ -553,8 +551,7 @@ final class TOUSession {
             segmentScratch.clear()
             segment.write(into: &segmentScratch, checksum: .zero)
             let plaintext = segmentScratch
-            // Application data never needs S once the peer's SID is known (wire format).
-            let header = GUEHeader.secure(source: remoteSID == nil ? localSID : nil, destination: remoteSID)
+            let header = GUEHeader.secure(carryingHandshake: false, localSID: localSID, remoteSID: remoteSID)
             let size = header.encodedLength + dataRecordOverhead + plaintext.readableBytes
             var failure: DTLSError?
             // Encrypted straight into the run that leaves as one GSO write.
@@ -583,19 +580,16 @@ final class TOUSession {
         }
     }
 
+    /// Frames what DTLS queued itself (handshake flights, alerts); data records never pass here.
     private func drainDTLS() {
-        while var datagram = dtls?.pollDatagram() {
+        while let datagram = dtls?.pollDatagram() {
             let header = DTLSDatagramSummary.scan(datagram).map {
                 GUEHeader.secure(carrying: $0, localSID: localSID, remoteSID: remoteSID)
             } ?? GUEHeader.secure(source: localSID, destination: remoteSID)
-            // Data records come with headroom: the header goes in front of them without a copy.
-            if !header.prepend(to: &datagram) {
-                var framed = allocator.buffer(capacity: header.encodedLength + datagram.readableBytes)
-                header.write(into: &framed)
-                framed.writeImmutableBuffer(datagram)
-                datagram = framed
-            }
-            outbound.append(datagram)
+            var framed = allocator.buffer(capacity: header.encodedLength + datagram.readableBytes)
+            header.write(into: &framed)
+            framed.writeImmutableBuffer(datagram)
+            outbound.append(framed)
         }
     }
 }

@@ -83,8 +83,12 @@ public struct GUEHeader: Sendable, Hashable {
     /// or epoch-0 records; D whenever the peer's SID is known. Without a known peer SID, S is
     /// always set, since a header naming no session would be dropped.
     public static func secure(carrying summary: DTLSDatagramSummary, localSID: UInt64, remoteSID: UInt64?) -> GUEHeader {
-        let needsS = summary.carriesHandshakeOrEpoch0 || remoteSID == nil
-        return secure(source: needsS ? localSID : nil, destination: remoteSID)
+        secure(carryingHandshake: summary.carriesHandshakeOrEpoch0, localSID: localSID, remoteSID: remoteSID)
+    }
+
+    /// The same rule for a caller that knows what it sends (application data: `false`).
+    public static func secure(carryingHandshake: Bool, localSID: UInt64, remoteSID: UInt64?) -> GUEHeader {
+        secure(source: carryingHandshake || remoteSID == nil ? localSID : nil, destination: remoteSID)
     }
 
     /// The header for a plain-mode segment: S exactly on SYN segments (or while the peer's SID is
