@@ -8,7 +8,9 @@
 
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/kdf.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -67,6 +69,11 @@ struct tou_dtls_conn {
     size_t acc_count;
     uint8_t accepted_cookie[TOU_MAX_COOKIE];
     size_t accepted_cookie_len;
+
+    /* The newest epoch OpenSSL has written records in, and the sequence number after its last one
+     * there: where our own record layer takes over (tou_dtls_conn_record_layer). */
+    uint16_t write_epoch;
+    uint64_t next_write_seq;
 
     int alert_read;          /* last alert received: (level << 8) | description, or -1 */
     /* Filled by the certificate verify callback: why the peer's chain was refused, in words,
@@ -180,12 +187,30 @@ static int out_push(tou_dtls_conn *c, const uint8_t *data, size_t len) {
     return 1;
 }
 
+/* Notes the epoch and sequence number of every record OpenSSL writes. */
+static void note_written_records(tou_dtls_conn *c, const uint8_t *data, size_t len) {
+    size_t off = 0;
+    while (len - off >= DTLS1_RT_HEADER_LENGTH) {
+        const uint8_t *r = data + off;
+        uint16_t epoch = (uint16_t)(r[3] << 8 | r[4]);
+        uint64_t seq = 0;
+        for (int i = 5; i < 11; i++) seq = seq << 8 | r[i];
+        if (epoch > c->write_epoch || (epoch == c->write_epoch && seq + 1 > c->next_write_seq)) {
+            c->write_epoch = epoch;
+            c->next_write_seq = seq + 1;
+        }
+        off += DTLS1_RT_HEADER_LENGTH + ((size_t)r[11] << 8 | r[12]);
+        if (off > len) break;
+    }
+}
+
 /* Each write is one datagram: OpenSSL's handshake buffering BIO flushes one MTU-sized packet
  * per write, and application data is one record per write. */
 static int tou_bio_write(BIO *b, const char *data, int len) {
     tou_dtls_conn *c = BIO_get_data(b);
     BIO_clear_retry_flags(b);
     if (c == NULL || len < 0) return -1;
+    note_written_records(c, (const uint8_t *)data, (size_t)len);
     if (c->direct_ptr != NULL && !c->direct_used && (size_t)len <= c->direct_cap) {
         memcpy(c->direct_ptr, data, (size_t)len);
         c->direct_len = (size_t)len;
@@ -1121,3 +1146,74 @@ int tou_dtls_conn_peer_subject(const tou_dtls_conn *c, char *buf, size_t cap) {
 
 int tou_dtls_conn_error_kind(const tou_dtls_conn *c) { return c->error_kind; }
 const char *tou_dtls_conn_error_message(const tou_dtls_conn *c) { return c->error_msg; }
+
+/* TLS 1.2 key expansion (RFC 5246 6.3) from the session's master secret: the same keys OpenSSL
+ * derived for the current epoch, so records we protect and records OpenSSL protects interoperate. */
+int tou_dtls_conn_record_layer(tou_dtls_conn *c, tou_aead **sealer, tou_aead **opener,
+                               uint16_t *epoch, uint64_t *next_write_seq) {
+    *sealer = NULL;
+    *opener = NULL;
+    if (!c->established || c->failed || c->write_epoch == 0) return 0;
+    const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
+    if (ci == NULL) return 0;
+    int suite;
+    size_t key_len, iv_len;
+    switch (SSL_CIPHER_get_cipher_nid(ci)) {
+    case NID_aes_128_gcm: suite = TOU_AEAD_AES_128_GCM; key_len = 16; iv_len = 4; break;
+    case NID_aes_256_gcm: suite = TOU_AEAD_AES_256_GCM; key_len = 32; iv_len = 4; break;
+    case NID_chacha20_poly1305: suite = TOU_AEAD_CHACHA20_POLY1305; key_len = 32; iv_len = 12; break;
+    default: return 0;
+    }
+    const EVP_MD *md = SSL_CIPHER_get_handshake_digest(ci);
+    SSL_SESSION *session = SSL_get_session(c->ssl);
+    if (md == NULL || session == NULL) return 0;
+
+    uint8_t master[SSL_MAX_MASTER_KEY_LENGTH];
+    size_t master_len = SSL_SESSION_get_master_key(session, master, sizeof master);
+    uint8_t seed[13 + 2 * SSL3_RANDOM_SIZE];
+    memcpy(seed, "key expansion", 13);
+    if (master_len == 0
+        || SSL_get_server_random(c->ssl, seed + 13, SSL3_RANDOM_SIZE) != SSL3_RANDOM_SIZE
+        || SSL_get_client_random(c->ssl, seed + 13 + SSL3_RANDOM_SIZE, SSL3_RANDOM_SIZE) != SSL3_RANDOM_SIZE) {
+        OPENSSL_cleanse(master, sizeof master);
+        return 0;
+    }
+    /* client_write_key, server_write_key, client_write_IV, server_write_IV (no MAC keys: AEAD). */
+    uint8_t block[2 * 32 + 2 * 12];
+    size_t block_len = 2 * key_len + 2 * iv_len;
+    int ok = 0;
+    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "TLS1-PRF", NULL);
+    EVP_KDF_CTX *kctx = kdf != NULL ? EVP_KDF_CTX_new(kdf) : NULL;
+    if (kctx != NULL) {
+        OSSL_PARAM params[4];
+        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)EVP_MD_get0_name(md), 0);
+        params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SECRET, master, master_len);
+        params[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SEED, seed, sizeof seed);
+        params[3] = OSSL_PARAM_construct_end();
+        ok = EVP_KDF_derive(kctx, block, block_len, params) == 1;
+    }
+    EVP_KDF_CTX_free(kctx);
+    EVP_KDF_free(kdf);
+    OPENSSL_cleanse(master, sizeof master);
+    if (ok) {
+        const uint8_t *client_key = block, *server_key = block + key_len;
+        const uint8_t *client_iv = block + 2 * key_len, *server_iv = client_iv + iv_len;
+        *sealer = tou_aead_new(suite, c->is_server ? server_key : client_key, key_len,
+                               c->is_server ? server_iv : client_iv, iv_len, 1);
+        *opener = tou_aead_new(suite, c->is_server ? client_key : server_key, key_len,
+                               c->is_server ? client_iv : server_iv, iv_len, 0);
+        ok = *sealer != NULL && *opener != NULL;
+    }
+    OPENSSL_cleanse(block, sizeof block);
+    ERR_clear_error();
+    if (!ok) {
+        tou_aead_free(*sealer);
+        tou_aead_free(*opener);
+        *sealer = NULL;
+        *opener = NULL;
+        return 0;
+    }
+    *epoch = c->write_epoch;
+    *next_write_seq = c->next_write_seq;
+    return 1;
+}

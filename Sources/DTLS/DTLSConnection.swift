@@ -19,6 +19,8 @@ public final class DTLSConnection {
     private var closeSent = false
     private var closeReceived = false
     private var replayMirror = ReplayMirror()
+    /// Protects application data once the handshake is done (nil before, or for a suite it lacks).
+    private var records: RecordLayer?
 
     public private(set) var state: DTLSConnectionState = .handshaking
     /// Records dropped: undecodable headers, bad MAC, replays, too old.
@@ -106,11 +108,37 @@ public final class DTLSConnection {
                     droppedRecords += 1
                     continue
                 }
-                process(record: record, type: type, epoch: epoch, sequence: sequence)
+                if type == 23, let records, epoch == records.epoch, state != .handshaking {
+                    open(record: record, with: records, sequence: sequence)
+                } else {
+                    process(record: record, type: type, epoch: epoch, sequence: sequence)
+                }
             }
         }
         drainOutput()
         updateDeadline(now: now)
+    }
+
+    /// Application data in the current epoch: the replay window is checked before the AEAD, and a
+    /// record counts as delivered only once it authenticates.
+    private func open(record: UnsafeRawBufferPointer, with records: RecordLayer, sequence: UInt64) {
+        switch replayMirror.classify(epoch: records.epoch, sequence: sequence) {
+        case .tooOld:
+            droppedRecords += 1
+            tooOldRecords += 1
+        case .replay:
+            droppedRecords += 1
+            replayedRecords += 1
+        case .unseen:
+            guard let plaintext = records.open(record, allocator: allocator) else {
+                droppedRecords += 1
+                return
+            }
+            inbound.append(plaintext)
+            if replayMirror.markDelivered(epoch: records.epoch, sequence: sequence) {
+                lastDatagramAdvancedReceiveWindow = true
+            }
+        }
     }
 
     private func process(record: UnsafeRawBufferPointer, type: UInt8, epoch: UInt16, sequence: UInt64) {
@@ -171,6 +199,7 @@ public final class DTLSConnection {
         case Int32(TOU_DTLS_STEP_HANDSHAKE_DONE):
             if state == .handshaking {
                 state = .established
+                records = RecordLayer(connection: handle)
                 events.append(.handshakeCompleted)
                 if let buffer = spare, buffer.capacity > 4096 { spare = nil }
             }
@@ -183,6 +212,13 @@ public final class DTLSConnection {
         default:
             break
         }
+    }
+
+    private func fail(_ error: DTLSError) {
+        guard state != .failed else { return }
+        state = .failed
+        deadline = nil
+        events.append(.failed(error))
     }
 
     private func fail() {
@@ -199,9 +235,7 @@ public final class DTLSConnection {
         case TOU_DTLS_E_PIN: error = .pinMismatch(message)
         default: error = .protocolError(message)
         }
-        state = .failed
-        deadline = nil
-        events.append(.failed(error))
+        fail(error)
     }
 
     /// Moves datagrams the shim queued (flights, alerts) to `outgoing`.
@@ -266,6 +300,12 @@ public final class DTLSConnection {
         guard (1...16_384).contains(plaintext.readableBytes) else {
             throw .protocolError("plaintext of \(plaintext.readableBytes) bytes; one record carries 1...16384")
         }
+        if let records {
+            return try plaintext.withUnsafeReadableBytes { input throws(DTLSError) in
+                try seal(type: 23, input, UnsafeRawBufferPointer(start: nil, count: 0), with: records,
+                         appendingTo: &buffer)
+            }
+        }
         let room = plaintext.readableBytes + 64
         var result = 0
         _ = plaintext.withUnsafeReadableBytes { input in
@@ -283,6 +323,38 @@ public final class DTLSConnection {
         return result
     }
 
+    /// Encrypts a TCP header and its payload as exactly one record appended to `buffer`, without
+    /// joining them first; returns the record's length. On failure nothing is appended.
+    @discardableResult
+    public func writeApplicationData(header: ByteBuffer, payload: ByteBuffer,
+                                     appendingTo buffer: inout ByteBuffer) throws(DTLSError) -> Int {
+        guard let records, state == .established || (state == .closed && !closeSent) else {
+            var joined = header
+            joined.writeImmutableBuffer(payload)
+            return try writeApplicationData(joined, appendingTo: &buffer)
+        }
+        guard (1...16_384).contains(header.readableBytes + payload.readableBytes) else {
+            throw .protocolError("plaintext of \(header.readableBytes + payload.readableBytes) bytes; one record carries 1...16384")
+        }
+        return try header.withUnsafeReadableBytes { first throws(DTLSError) in
+            try payload.withUnsafeReadableBytes { second throws(DTLSError) in
+                try seal(type: 23, first, second, with: records, appendingTo: &buffer)
+            }
+        }
+    }
+
+    private func seal(type: UInt8, _ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer,
+                      with records: RecordLayer, appendingTo buffer: inout ByteBuffer) throws(DTLSError) -> Int {
+        guard let length = records.seal(type: type, first, second, appendingTo: &buffer) else {
+            throw .protocolError("record sequence numbers exhausted")
+        }
+        return length
+    }
+
+    /// True once the handshake is done and application data (and our close_notify) is protected
+    /// by our own record layer with OpenSSL's keys, rather than by SSL_write/SSL_read.
+    public var protectsRecordsItself: Bool { records != nil }
+
     /// When the handshake retransmission timer wants `handleTimeout`; nil when it is not running.
     public var nextDeadline: NIODeadline? { deadline }
 
@@ -298,6 +370,20 @@ public final class DTLSConnection {
     public func sendCloseNotify() {
         guard state != .failed, !closeSent else { return }
         closeSent = true
+        // Once our record layer writes the epoch, the alert continues its sequence numbers too.
+        if let records, state != .handshaking {
+            var alert = allocator.buffer(capacity: 2 + records.overhead)
+            let body: [UInt8] = [1, 0]  // warning, close_notify
+            let sealed = body.withUnsafeBytes { records.seal(type: 21, $0, UnsafeRawBufferPointer(start: nil, count: 0),
+                                                             appendingTo: &alert) }
+            if sealed == nil {
+                fail(.protocolError("record sequence numbers exhausted"))
+            } else {
+                outgoing.append(alert)
+                state = .closed
+            }
+            return
+        }
         if tou_dtls_conn_shutdown(handle) < 0 {
             fail()
         } else if state != .handshaking {

@@ -1,6 +1,8 @@
-/// Our own record of which epoch-1+ sequence numbers were delivered, mirroring OpenSSL's 64-record
-/// anti-replay window. OpenSSL drops replays and too-old records silently; this lets us say which
-/// of the two a dropped record was, and whether a delivered one was the newest so far.
+/// Which epoch-1+ sequence numbers were delivered, with the semantics of OpenSSL's 64-record
+/// anti-replay window. For records OpenSSL opens it mirrors OpenSSL (which drops replays and
+/// too-old records silently), saying which of the two a dropped record was; for the data records
+/// `RecordLayer` opens it is the window itself. Either way it says whether a delivered record was
+/// the newest so far.
 struct ReplayMirror {
     private(set) var highest: UInt64 = 0
     private var bitmap: UInt64 = 0   // bit i set: highest - i was delivered

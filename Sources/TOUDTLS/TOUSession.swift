@@ -549,17 +549,17 @@ final class TOUSession {
         case .dtls:
             guard let dtls, dtls.state == .established else { return }
             segmentScratch.clear()
-            segment.write(into: &segmentScratch, checksum: .zero)
-            let plaintext = segmentScratch
+            segment.writeHeader(into: &segmentScratch)
+            let tcpHeader = segmentScratch
             let header = GUEHeader.secure(carryingHandshake: false, localSID: localSID, remoteSID: remoteSID)
-            let size = header.encodedLength + dataRecordOverhead + plaintext.readableBytes
+            let size = header.encodedLength + dataRecordOverhead + tcpHeader.readableBytes + segment.payload.readableBytes
             var failure: DTLSError?
             // Encrypted straight into the run that leaves as one GSO write.
             outbound.appendDatagram(size: size) { buffer in
                 let start = buffer.writerIndex
                 header.write(into: &buffer)
                 do throws(DTLSError) {
-                    try dtls.writeApplicationData(plaintext, appendingTo: &buffer)
+                    try dtls.writeApplicationData(header: tcpHeader, payload: segment.payload, appendingTo: &buffer)
                 } catch {
                     buffer.moveWriterIndex(to: start)
                     failure = error

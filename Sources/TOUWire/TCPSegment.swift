@@ -116,15 +116,21 @@ public struct TCPSegment: Sendable, Hashable {
             payload: payload)
     }
 
+    /// Appends the header and options only, checksum zero: for a caller that protects the header
+    /// and `payload` together without joining them (DTLS records carry no TCP checksum).
+    public func writeHeader(into buffer: inout ByteBuffer) {
+        buffer.writeMultipleIntegers(
+            sourcePort, destinationPort, sequenceNumber, acknowledgmentNumber,
+            UInt8(headerLength / 4) << 4, flags.rawValue, window, UInt16(0), urgentPointer)
+        options.write(into: &buffer)
+    }
+
     /// Appends the segment (header, options, payload) to `buffer`.
     public func write(into buffer: inout ByteBuffer, checksum: TCPChecksumMode) {
         let start = buffer.writerIndex
         let headerLength = self.headerLength
         buffer.reserveCapacity(minimumWritableBytes: headerLength + payload.readableBytes)
-        buffer.writeMultipleIntegers(
-            sourcePort, destinationPort, sequenceNumber, acknowledgmentNumber,
-            UInt8(headerLength / 4) << 4, flags.rawValue, window, UInt16(0), urgentPointer)
-        options.write(into: &buffer)
+        writeHeader(into: &buffer)
         buffer.writeImmutableBuffer(payload)
         if checksum == .addressFree {
             // Summed in place: a slice would share storage and make setInteger copy the buffer.

@@ -143,6 +143,48 @@ import Testing
         #expect(pair.client.pollEvent() == .closeNotifyReceived)
     }
 
+    /// Our record layer takes over where OpenSSL's Finished (epoch 1, sequence 0) left off, and
+    /// the AES-GCM explicit nonce is the record's own epoch and sequence number.
+    @Test func dataRecordsContinueTheEpochAfterFinishedWithTheSequenceAsNonce() throws {
+        let (pair, server) = try establishedPair()
+        #expect(pair.client.protectsRecordsItself)
+        #expect(server.protectsRecordsItself)
+        for (index, sender, receiver) in [(0, pair.client, server), (1, pair.client, server), (0, server, pair.client)] {
+            let payload = ByteBuffer(string: "record \(index)")
+            var datagram = ByteBuffer()
+            try sender.writeApplicationData(header: ByteBuffer(string: "rec"), payload: ByteBuffer(string: "ord \(index)"),
+                                            appendingTo: &datagram)
+            #expect(datagram.getInteger(at: 3, as: UInt16.self) == 1)
+            let sequence = datagram.getBytes(at: 5, length: 6)!.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            #expect(sequence == UInt64(index + 1))
+            #expect(datagram.getBytes(at: 13, length: 8) == datagram.getBytes(at: 3, length: 8))
+            #expect(datagram.getInteger(at: 11, as: UInt16.self) == UInt16(payload.readableBytes + 8 + 16))
+            receiver.receiveDatagram(datagram, now: pair.now)
+            #expect(receiver.readApplicationData() == payload)
+            #expect(receiver.lastDatagramAdvancedReceiveWindow)
+        }
+        #expect(server.droppedRecords == 0)
+        #expect(pair.client.droppedRecords == 0)
+    }
+
+    @Test func recordFromAnotherEpochOrWithTheWrongLengthIsDropped() throws {
+        let (pair, server) = try establishedPair()
+        try pair.client.writeApplicationData(ByteBuffer(string: "payload"))
+        let datagram = try #require(pair.client.pollDatagram())
+        var otherEpoch = datagram
+        otherEpoch.setInteger(UInt16(2), at: 3)
+        var truncated = datagram
+        truncated.moveWriterIndex(to: datagram.writerIndex - 1)
+        truncated.setInteger(UInt16(truncated.readableBytes - 13), at: 11)
+        server.receiveDatagram(otherEpoch, now: pair.now)
+        server.receiveDatagram(truncated, now: pair.now)
+        #expect(server.readApplicationData() == nil)
+        #expect(server.droppedRecords == 2)
+        #expect(server.state == .established)
+        server.receiveDatagram(datagram, now: pair.now)
+        #expect(server.readApplicationData() == ByteBuffer(string: "payload"))
+    }
+
     @Test func writingBeforeTheHandshakeThrows() throws {
         let client = try DTLSConnection(client: Certs.client(), serverName: "localhost", mtu: 1400)
         #expect(throws: DTLSError.self) { try client.writeApplicationData(ByteBuffer(string: "early")) }

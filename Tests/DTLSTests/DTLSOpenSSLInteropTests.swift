@@ -82,10 +82,10 @@ private final class OpenSSLProcess: @unchecked Sendable {
     private let lock = NSLock()
     private var collected = Data()
 
-    convenience init(port: UInt16, certificate: String = "server") throws {
+    convenience init(port: UInt16, certificate: String = "server", cipher: String? = nil) throws {
         try self.init(arguments: ["s_server", "-dtls1_2", "-accept", "127.0.0.1:\(port)",
                                   "-cert", Certs.path("\(certificate).pem"), "-key", Certs.path("\(certificate).key"),
-                                  "-mtu", "1400"])
+                                  "-mtu", "1400"] + (cipher.map { ["-cipher", $0] } ?? []))
     }
 
     init(arguments: [String]) throws {
@@ -123,10 +123,15 @@ private final class OpenSSLProcess: @unchecked Sendable {
 }
 
 @Suite(.serialized) struct DTLSOpenSSLInteropTests {
-    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"))
-    func clientHandshakesWithOpenSSLServer() throws {
+    /// Each AEAD suite both ways: our record layer seals what OpenSSL's SSL_read opens, and opens
+    /// what OpenSSL's SSL_write sealed, so its key expansion and record format are OpenSSL's.
+    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"),
+          arguments: [(nil, "ECDHE-ECDSA-AES256-GCM-SHA384"),
+                      ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+                      ("ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-ECDSA-CHACHA20-POLY1305")])
+    func clientHandshakesWithOpenSSLServer(cipher: String?, suite: String) throws {
         let port = try UDPSocket().localPort  // a free port, released for the server to take
-        let server = try OpenSSLProcess(port: port)
+        let server = try OpenSSLProcess(port: port, cipher: cipher)
         defer { server.stop() }
         Thread.sleep(forTimeInterval: 0.3)
 
@@ -144,7 +149,14 @@ private final class OpenSSLProcess: @unchecked Sendable {
             while let event = client.pollEvent() { events.append(event) }
             while var data = client.readApplicationData() { received += data.readString(length: data.readableBytes) ?? "" }
             if events.contains(.handshakeCompleted), !sentHello {
-                try client.writeApplicationData(ByteBuffer(string: "hello from toudtls\n"))
+                #expect(client.protectsRecordsItself)
+                // Two records: the second, split header/payload, has the next sequence number.
+                try client.writeApplicationData(ByteBuffer(string: "hello "))
+                var second = ByteBuffer()
+                try client.writeApplicationData(header: ByteBuffer(string: "from "), payload: ByteBuffer(string: "toudtls\n"),
+                                                appendingTo: &second)
+                while let datagram = client.pollDatagram() { socket.send(datagram) }
+                socket.send(second)
                 server.write("hello from openssl\n")
                 sentHello = true
             }
@@ -154,9 +166,15 @@ private final class OpenSSLProcess: @unchecked Sendable {
         #expect(events.first == .handshakeCompleted, "events: \(events); openssl said: \(server.text)")
         #expect(server.text.contains("hello from toudtls"))
         #expect(received.contains("hello from openssl"))
-        #expect(client.negotiatedCipherSuite == "ECDHE-ECDSA-AES256-GCM-SHA384")
+        #expect(client.negotiatedCipherSuite == suite)
+        // OpenSSL opens our close_notify too: s_server says DONE on a clean shutdown (SSL_ERROR_ZERO_RETURN).
         client.sendCloseNotify()
         while let datagram = client.pollDatagram() { socket.send(datagram) }
+        let closeDeadline = NIODeadline.now() + .seconds(5)
+        while NIODeadline.now() < closeDeadline, !server.text.contains("DONE") {
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        #expect(server.text.contains("DONE"), "openssl said: \(server.text)")
     }
 
     @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"))
@@ -185,6 +203,7 @@ private final class OpenSSLProcess: @unchecked Sendable {
                     received += data.readString(length: data.readableBytes) ?? ""
                 }
                 if events.contains(.handshakeCompleted), !sentHello {
+                    #expect(connection.protectsRecordsItself)
                     client.write("hello from openssl\n")
                     try connection.writeApplicationData(ByteBuffer(string: "hello from toudtls\n"))
                     while let datagram = connection.pollDatagram() { socket.send(datagram) }

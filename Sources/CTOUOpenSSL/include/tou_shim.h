@@ -134,6 +134,40 @@ int tou_dtls_conn_peer_subject(const tou_dtls_conn *conn, char *buf, size_t cap)
 int tou_dtls_conn_error_kind(const tou_dtls_conn *conn);
 const char *tou_dtls_conn_error_message(const tou_dtls_conn *conn);
 
+/* ---------------------------------------------------------------------------------------------
+ * Application-data records without SSL_write/SSL_read: the negotiated AEAD applied directly.
+ * A tou_aead is confined to one thread at a time.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct tou_aead tou_aead;
+
+enum {
+    TOU_AEAD_AES_128_GCM = 0,
+    TOU_AEAD_AES_256_GCM = 1,
+    TOU_AEAD_CHACHA20_POLY1305 = 2,
+};
+
+/* key and iv (AES-GCM: 4-byte salt; ChaCha20-Poly1305: 12 bytes) as in the TLS 1.2 key block. */
+tou_aead *tou_aead_new(int suite, const uint8_t *key, size_t key_len, const uint8_t *iv, size_t iv_len,
+                       int encrypt);
+void tou_aead_free(tou_aead *aead);
+/* Bytes a record adds to its plaintext: header, explicit nonce (AES-GCM), tag. */
+size_t tou_aead_overhead(const tou_aead *aead);
+/* Writes one whole record (header included) protecting p1 followed by p2 (together at most
+ * 16,384 bytes). Returns its length, or -1 if out is too small or the sequence is exhausted. */
+long tou_aead_seal(tou_aead *aead, uint8_t type, uint16_t epoch, uint64_t sequence,
+                   const uint8_t *p1, size_t n1, const uint8_t *p2, size_t n2,
+                   uint8_t *out, size_t out_cap);
+/* Authenticates and decrypts one whole record into out. Returns the plaintext length, or -1 if
+ * it is malformed or does not authenticate (out then holds nothing of it). */
+long tou_aead_open(tou_aead *aead, const uint8_t *record, size_t record_len, uint8_t *out, size_t out_cap);
+
+/* After the handshake: a sealer and an opener for the current epoch's keys, and the sequence
+ * number after the last record OpenSSL wrote in it. Returns 1, or 0 (nothing allocated) if the
+ * suite is not one of the three AEADs. */
+int tou_dtls_conn_record_layer(tou_dtls_conn *conn, tou_aead **sealer, tou_aead **opener,
+                               uint16_t *epoch, uint64_t *next_write_seq);
+
 #ifdef __cplusplus
 }
 #endif
