@@ -115,8 +115,12 @@ public struct GUEHeader: Sendable, Hashable {
 
     /// Appends the header; the variant and C bits are always 0 and Info is always 0.
     public func write(into buffer: inout ByteBuffer) {
-        buffer.reserveCapacity(minimumWritableBytes: encodedLength)
-        buffer.moveWriterIndex(forwardBy: set(at: buffer.writerIndex, in: &buffer))
+        let length = encodedLength
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
+            guard let base = raw.baseAddress else { return 0 }
+            encode(to: base)
+            return length
+        }
     }
 
     /// Puts the header in front of the readable bytes when the buffer has room before them
@@ -124,25 +128,26 @@ public struct GUEHeader: Sendable, Hashable {
     public func prepend(to buffer: inout ByteBuffer) -> Bool {
         let start = buffer.readerIndex - encodedLength
         guard start >= 0 else { return false }
-        _ = set(at: start, in: &buffer)
+        buffer.withVeryUnsafeMutableBytes { raw in
+            if let base = raw.baseAddress { encode(to: base + start) }
+        }
         buffer.moveReaderIndex(to: start)
         return true
     }
 
-    /// Writes the header's bytes at `index` without moving either index; returns their count.
-    private func set(at index: Int, in buffer: inout ByteBuffer) -> Int {
-        var offset = index
-        offset += buffer.setInteger(UInt8(truncatingIfNeeded: headerLengthWords), at: offset)
-        offset += buffer.setInteger(proto, at: offset)
-        offset += buffer.setInteger(flags, at: offset)
+    /// Stores the header's `encodedLength` bytes at `base`.
+    private func encode(to base: UnsafeMutableRawPointer) {
+        var writer = RawWriter(base)
+        writer.put(UInt8(truncatingIfNeeded: headerLengthWords))
+        writer.put(proto)
+        writer.put(flags)
         if let transform {
-            offset += buffer.setInteger(transform.type, at: offset)
-            offset += buffer.setInteger(transform.payloadType, at: offset)
-            offset += buffer.setInteger(UInt16(0), at: offset)
+            writer.put(transform.type)
+            writer.put(transform.payloadType)
+            writer.put(UInt16(0))
         }
-        if let sourceSID { offset += buffer.setInteger(sourceSID, at: offset) }
-        if let destinationSID { offset += buffer.setInteger(destinationSID, at: offset) }
-        return offset - index
+        if let sourceSID { writer.put(sourceSID) }
+        if let destinationSID { writer.put(destinationSID) }
     }
 
     /// Validates every receiver drop rule the header alone can decide, then consumes the header

@@ -71,23 +71,38 @@ public struct TCPOptions: Sendable, Hashable {
 
     /// Writes the options, each padded with leading NOPs to a 32-bit boundary.
     func write(into buffer: inout ByteBuffer) {
+        let length = encodedLength
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
+            guard let base = raw.baseAddress else { return 0 }
+            var writer = RawWriter(base)
+            write(to: &writer)
+            return length
+        }
+    }
+
+    /// The same bytes through a writer with `encodedLength` bytes of room.
+    func write(to writer: inout RawWriter) {
         if let mss = maximumSegmentSize {
-            buffer.writeMultipleIntegers(UInt8(2), UInt8(4), mss)
+            writer.put(UInt16(0x0204))
+            writer.put(mss)
         }
         if let shift = windowScale {
-            buffer.writeMultipleIntegers(UInt8(1), UInt8(3), UInt8(3), shift)
+            writer.put(UInt32(0x0103_0300) | UInt32(shift))
         }
         if sackPermitted {
-            buffer.writeMultipleIntegers(UInt8(1), UInt8(1), UInt8(4), UInt8(2))
+            writer.put(UInt32(0x0101_0402))
         }
         if let ts = timestamps {
-            buffer.writeMultipleIntegers(UInt8(1), UInt8(1), UInt8(8), UInt8(10), ts.value, ts.echoReply)
+            writer.put(UInt32(0x0101_080A))
+            writer.put(ts.value)
+            writer.put(ts.echoReply)
         }
         let blocks = sackBlocksWritten
         if blocks > 0 {
-            buffer.writeMultipleIntegers(UInt8(1), UInt8(1), UInt8(5), UInt8(2 + 8 * blocks))
+            writer.put(UInt32(0x0101_0500) | UInt32(2 + 8 * blocks))
             for block in sackBlocks.prefix(blocks) {
-                buffer.writeMultipleIntegers(block.left, block.right)
+                writer.put(block.left)
+                writer.put(block.right)
             }
         }
     }

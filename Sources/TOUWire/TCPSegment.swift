@@ -119,10 +119,22 @@ public struct TCPSegment: Sendable, Hashable {
     /// Appends the header and options only, checksum zero: for a caller that protects the header
     /// and `payload` together without joining them (DTLS records carry no TCP checksum).
     public func writeHeader(into buffer: inout ByteBuffer) {
-        buffer.writeMultipleIntegers(
-            sourcePort, destinationPort, sequenceNumber, acknowledgmentNumber,
-            UInt8(headerLength / 4) << 4, flags.rawValue, window, UInt16(0), urgentPointer)
-        options.write(into: &buffer)
+        let length = headerLength
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
+            guard let base = raw.baseAddress else { return 0 }
+            var writer = RawWriter(base)
+            writer.put(sourcePort)
+            writer.put(destinationPort)
+            writer.put(sequenceNumber)
+            writer.put(acknowledgmentNumber)
+            writer.put(UInt8(length / 4) << 4)
+            writer.put(flags.rawValue)
+            writer.put(window)
+            writer.put(UInt16(0))
+            writer.put(urgentPointer)
+            options.write(to: &writer)
+            return length
+        }
     }
 
     /// Appends the segment (header, options, payload) to `buffer`.

@@ -1,0 +1,17 @@
+/// Big-endian stores into raw memory the caller has already sized: a header written through it
+/// costs one ByteBuffer call rather than one (with its bounds, uniqueness and exclusivity checks)
+/// per field.
+struct RawWriter {
+    private let base: UnsafeMutableRawPointer
+    private(set) var offset: Int
+
+    init(_ base: UnsafeMutableRawPointer, at offset: Int = 0) {
+        self.base = base
+        self.offset = offset
+    }
+
+    mutating func put<T: FixedWidthInteger>(_ value: T) {
+        base.storeBytes(of: value.bigEndian, toByteOffset: offset, as: T.self)
+        offset += MemoryLayout<T>.size
+    }
+}
