@@ -12,7 +12,9 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     let session: TOUSession
     /// Listener sessions are reachable by (address, port, S) until established.
     var admissionKey: PeerKey?
-    @exclusivity(unchecked) var timer: Scheduled<Void>?
+    /// The session's timer: a scheduled callback (no promise per arming), reusing one handler.
+    @exclusivity(unchecked) var timer: NIOScheduledCallback?
+    var timerHandler: SessionTimer?
     var knownAddressChanges = 0
     @exclusivity(unchecked) var timerDeadline: NIODeadline?
     /// Queued on the endpoint to answer at the end of the current read batch.
@@ -20,7 +22,7 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
 
     var connectPromise: EventLoopPromise<TOUConnection>?
     @exclusivity(unchecked) private var pendingWrites: Deque<(buffer: ByteBuffer, promise: EventLoopPromise<Void>)> = []
-    @exclusivity(unchecked) private var pendingRead: EventLoopPromise<ByteBuffer?>?
+    @exclusivity(unchecked) private var pendingRead: PendingRead?
     private var closePromises: [EventLoopPromise<Void>] = []
     private var closeTimer: Scheduled<Void>?
     @exclusivity(unchecked) private var writeSideClosed = false
@@ -90,11 +92,21 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     }
 
     func read(promise: EventLoopPromise<ByteBuffer?>, now: NIODeadline) {
+        read(.promise(promise), now: now)
+    }
+
+    /// A read from a task already on the loop: its continuation waits here, with no promise, future
+    /// or callback between the receive path and the task.
+    func read(continuation: UnsafeContinuation<ByteBuffer?, Error>, now: NIODeadline) {
+        read(.continuation(continuation), now: now)
+    }
+
+    private func read(_ waiter: PendingRead, now: NIODeadline) {
         if pendingRead != nil {
-            promise.fail(TOUError.protocolError("only one task may read a connection's inbound bytes at a time"))
+            waiter.complete(.failure(TOUError.protocolError("only one task may read a connection's inbound bytes at a time")))
             return
         }
-        pendingRead = promise
+        pendingRead = waiter
         serviceRead(now: now)
     }
 
@@ -186,9 +198,37 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
         if discardInbound {
             while session.read(maximumBytes: Self.readChunk, now: now) != nil {}
         }
-        guard let promise = pendingRead, let result = readyRead(now: now) else { return }
+        guard let waiter = pendingRead, let result = readyRead(now: now) else { return }
         pendingRead = nil
-        promise.completeWith(result.mapError { $0 as Error })
+        waiter.complete(result.mapError { $0 as Error })
+    }
+}
+
+/// Who waits for a read: a promise (a caller off the loop) or a task's continuation (on the loop).
+enum PendingRead {
+    case promise(EventLoopPromise<ByteBuffer?>)
+    case continuation(UnsafeContinuation<ByteBuffer?, Error>)
+
+    func complete(_ result: Result<ByteBuffer?, Error>) {
+        switch self {
+        case .promise(let promise): promise.completeWith(result)
+        case .continuation(let continuation): continuation.resume(with: result)
+        }
+    }
+}
+
+/// Fires a session's timer on the endpoint's loop; one per connection, reused for every arming.
+final class SessionTimer: NIOScheduledCallbackHandler {
+    private weak var core: ConnectionCore?
+    private let fire: (ConnectionCore) -> Void
+
+    init(core: ConnectionCore, fire: @escaping (ConnectionCore) -> Void) {
+        self.core = core
+        self.fire = fire
+    }
+
+    func handleScheduledCallback(eventLoop: some EventLoop) {
+        if let core { fire(core) }
     }
 }
 

@@ -183,6 +183,10 @@ public final class TOUConnection: Sendable {
             var immediate: Result<ByteBuffer?, TOUError>?
             endpoint.withCore(core) { core, now in immediate = core.readWithoutWaiting(now: now) }
             if let immediate { return try immediate.get() }
+            // Still on the loop (the body runs before the task suspends): wait on a continuation.
+            return try await withUnsafeThrowingContinuation { continuation in
+                endpoint.withCore(core) { core, now in core.read(continuation: continuation, now: now) }
+            }
         }
         let promise = endpoint.loop.makePromise(of: ByteBuffer?.self)
         onLoop { [endpoint] in

@@ -324,14 +324,16 @@ final class TOUEndpoint: @unchecked Sendable {
         if let current = core.timerDeadline, current <= deadline { return }
         core.timer?.cancel()
         core.timerDeadline = deadline
-        core.timer = loop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self, weak core] in
-            guard let self, let core else { return }
+        let handler = core.timerHandler ?? SessionTimer(core: core) { [weak self] core in
             core.timer = nil
             core.timerDeadline = nil
             let now = NIODeadline.now()
             core.session.handleTimeout(now: now)
-            self.drive(core, now: now)
+            self?.drive(core, now: now)
         }
+        core.timerHandler = handler
+        // Throws only once the loop is shutting down, when nothing is left to time.
+        core.timer = try? loop.assumeIsolated().scheduleCallback(at: deadline, handler: handler)
     }
 
     /// Runs an application request on the loop, then drives the session it touched.
