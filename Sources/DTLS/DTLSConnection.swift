@@ -81,6 +81,8 @@ public final class DTLSConnection {
     public func receiveDatagram(_ datagram: ByteBuffer, now: NIODeadline) {
         lastDatagramAdvancedReceiveWindow = false
         guard state != .failed, !closeReceived else { return }
+        // Only records that went to OpenSSL can have queued output or moved its timer.
+        var reachedOpenSSL = false
         datagram.withUnsafeReadableBytes { raw in
             var offset = 0
             while offset < raw.count, state != .failed {
@@ -102,7 +104,8 @@ public final class DTLSConnection {
                 offset += 13 + length
                 // OpenSSL 3.0 fails the whole session on a protected record shorter than the AEAD
                 // nonce + tag instead of discarding it; such a record can only be forged.
-                guard epoch == 0 || length >= Int(tou_dtls_conn_aead_expansion(handle)) else {
+                let shortest = records?.shortestBody ?? Int(tou_dtls_conn_aead_expansion(handle))
+                guard epoch == 0 || length >= shortest else {
                     droppedRecords += 1
                     continue
                 }
@@ -115,12 +118,15 @@ public final class DTLSConnection {
                 if type == 23, let records, epoch == records.epoch, state != .handshaking {
                     open(record: record, with: records, sequence: sequence)
                 } else {
+                    reachedOpenSSL = true
                     process(record: record, type: type, epoch: epoch, sequence: sequence)
                 }
             }
         }
-        drainOutput()
-        updateDeadline(now: now)
+        if reachedOpenSSL {
+            drainOutput()
+            updateDeadline(now: now)
+        }
     }
 
     /// Application data in the current epoch: the replay window is checked before the AEAD, and a

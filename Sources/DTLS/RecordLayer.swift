@@ -13,6 +13,8 @@ final class RecordLayer {
     /// stay unique and increasing for the peer's anti-replay window.
     private var nextSequence: UInt64
     let overhead: Int
+    /// The smallest valid protected body: explicit nonce (AES-GCM) and tag.
+    var shortestBody: Int { overhead - 13 }
 
     init?(connection handle: OpaquePointer) {
         var sealer: OpaquePointer?
