@@ -116,10 +116,13 @@ public struct TOUConfiguration: Sendable {
 
     /// recvmmsg batching: NIO splits one receive buffer evenly across the messages of a batch, so
     /// each slot must hold a whole datagram of the path MTU or the kernel truncates it.
-    /// recvmmsg slots: one datagram each, or up to 64 KiB of coalesced datagrams with GRO.
-    func receiveBatch(coalescing: Bool) -> (count: Int, allocator: FixedSizeRecvByteBufferAllocator) {
+    /// recvmmsg slots: one datagram each, or up to 64 KiB of coalesced datagrams with GRO. A client
+    /// hears one peer, whose datagrams GRO joins, so 4 slots (times SwiftNIO's 4 reads per wakeup)
+    /// still take 1 MiB per wakeup; every slot costs setup on each recvmmsg, including the last
+    /// one that finds the socket empty.
+    func receiveBatch(coalescing: Bool, onePeer: Bool) -> (count: Int, allocator: FixedSizeRecvByteBufferAllocator) {
         let slot = coalescing ? 65_536 : max(2048, pathMTU)
-        let count = max(1, min(32, (1 << 20) / slot))
+        let count = max(1, min(onePeer && coalescing ? 4 : 32, (1 << 20) / slot))
         return (count, FixedSizeRecvByteBufferAllocator(capacity: slot * count))
     }
 

@@ -551,7 +551,7 @@ extension DatagramBootstrap {
     /// transfer and batched receives.
     static func endpoint(_ endpoint: TOUEndpoint) -> DatagramBootstrap {
         let receiveOffload = endpoint.configuration.segmentationOffload && System.supportsUDPReceiveOffload
-        let batch = endpoint.configuration.receiveBatch(coalescing: receiveOffload)
+        let batch = endpoint.configuration.receiveBatch(coalescing: receiveOffload, onePeer: endpoint.role == .client)
         return DatagramBootstrap(group: endpoint.loop)
             .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
             .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
