@@ -343,8 +343,9 @@ public final class DTLSConnection {
             joined.writeImmutableBuffer(payload)
             return try writeApplicationData(joined, appendingTo: &buffer)
         }
-        guard (1...16_384).contains(header.readableBytes + payload.readableBytes) else {
-            throw .protocolError("plaintext of \(header.readableBytes + payload.readableBytes) bytes; one record carries 1...16384")
+        let length = header.readableBytes + payload.readableBytes
+        guard (1...16_384).contains(length) else {
+            throw .protocolError("plaintext of \(length) bytes; one record carries 1...16384")
         }
         return try header.withUnsafeReadableBytes { first throws(DTLSError) in
             try payload.withUnsafeReadableBytes { second throws(DTLSError) in

@@ -995,8 +995,19 @@ public struct TCPConnection {
         }
 
         if flags.contains(.rst) {
+            // RFC 1337: in TIME-WAIT both directions have finished; a RST (say, a peer that already
+            // closed answering our re-ACK) must not turn that clean close into an error.
+            if state == .timeWait { return }
             // RFC 5961 3: only an exact RST resets; one merely in the window earns a challenge ACK.
-            if sequence == rcvNxt { close(.reset) } else { challengeACK(now: now) }
+            guard sequence == rcvNxt else {
+                challengeACK(now: now)
+                return
+            }
+            // RFC 9293 3.10.7.4: in CLOSING and LAST-ACK a RST ends the connection without an error
+            // report. Only when nothing but our FIN is unacknowledged, though: the peer then holds
+            // all our data, and otherwise the application must hear that some was lost.
+            let finishing = state == .closing || state == .lastAck
+            close(finishing && sndUna.seqAdvanced(by: 1) == sndMax ? .normal : .reset)
             return
         }
         if flags.contains(.syn) {

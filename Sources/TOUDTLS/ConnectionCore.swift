@@ -103,7 +103,8 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
 
     private func read(_ waiter: PendingRead, now: NIODeadline) {
         if pendingRead != nil {
-            waiter.complete(.failure(TOUError.protocolError("only one task may read a connection's inbound bytes at a time")))
+            let error = TOUError.protocolError("only one task may read a connection's inbound bytes at a time")
+            waiter.complete(.failure(error))
             return
         }
         pendingRead = waiter

@@ -111,6 +111,45 @@ import TOUWire
         }
     }
 
+    /// RFC 1337: the peer that closed last may answer a stray segment with a RST once its side is
+    /// gone; in TIME-WAIT that must not undo a clean close.
+    @Test func resetInTimeWaitIsIgnored() {
+        var c = establishedConnection()
+        c.finishWriting()
+        _ = c.drain(at: at(100))
+        c.receive(fromPeer(ack: localISS &+ 2), now: at(110))
+        c.receive(fromPeer(seq: remoteISS &+ 1, ack: localISS &+ 2, flags: .fin), now: at(120))
+        #expect(c.state == .timeWait)
+        _ = c.drain(at: at(120))
+        c.receive(fromPeer(seq: remoteISS &+ 2, ack: nil, flags: .rst), now: at(130))
+        #expect(c.state == .timeWait)
+        #expect(c.drainEvents() == [.peerFinished])
+        c.handleTimeout(now: at(120 + 60_000))
+        #expect(c.state == .closed)
+        #expect(c.drainEvents() == [.closed(.normal)])
+    }
+
+    /// RFC 9293: in LAST-ACK a RST ends the connection quietly when the peer holds all our data
+    /// (only our FIN unacknowledged), and as a reset when some of it is unacknowledged.
+    @Test func resetInLastAckIsCleanOnlyWhenAllDataWasAcknowledged() {
+        for dataAcknowledged in [true, false] {
+            var c = establishedConnection()
+            c.receive(fromPeer(flags: .fin), now: at(100))
+            _ = c.drain(at: at(100))
+            #expect(c.write(bytes("reply")) == 5)
+            c.finishWriting()
+            #expect(c.state == .lastAck)
+            _ = c.drain(at: at(110))
+            if dataAcknowledged {
+                c.receive(fromPeer(seq: remoteISS &+ 2, ack: localISS &+ 6), now: at(120))
+            }
+            _ = c.drainEvents()
+            c.receive(fromPeer(seq: remoteISS &+ 2, ack: nil, flags: .rst), now: at(130))
+            #expect(c.state == .closed)
+            #expect(c.drainEvents() == [.closed(dataAcknowledged ? .normal : .reset)])
+        }
+    }
+
     @Test func finishWritingBeforeEstablishedSendsFINAfterHandshake() {
         var c = TCPConnection.connect(
             localPort: localPort, remotePort: remotePort, configuration: classicConfiguration(),
