@@ -57,6 +57,7 @@ final class TOUEndpoint: @unchecked Sendable {
         self.loop = loop
         self.taskExecutor = EventLoopTaskExecutor(loop: loop)
         self.role = role
+        self.readsPerWakeup = role == .client ? 4 : 1
         self.configuration = configuration
         self.parameters = SessionParameters(configuration)
         self.dtlsContext = dtlsContext
@@ -441,7 +442,7 @@ final class TOUEndpoint: @unchecked Sendable {
     /// many have run. A listener with a few peers rarely finds the next datagram there yet, so that
     /// last, empty call is pure cost on a request/response path; with many peers it finds more
     /// work. A client keeps 4: with its 4 GRO slots that is 1 MiB per wakeup from its one peer.
-    private(set) lazy var readsPerWakeup: UInt = role == .client ? 4 : 1
+    private(set) var readsPerWakeup: UInt
 
     private func adaptReadsPerWakeup() {
         guard role == .listener else { return }
