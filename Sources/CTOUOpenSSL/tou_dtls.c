@@ -54,12 +54,6 @@ struct tou_dtls_conn {
     size_t out_len[TOU_OUT_MAX_DATAGRAMS];
     size_t out_count;
 
-    /* Direct output target for application-data writes (avoids a copy through the queue). */
-    uint8_t *direct_ptr;
-    size_t direct_cap;
-    size_t direct_len;
-    int direct_used;
-
     /* Cookies supplied by the current listen call, and the one accepted (for re-verification
      * when the state machine processes the ClientHello again). */
     const uint8_t *issue_ptr;
@@ -205,18 +199,12 @@ static void note_written_records(tou_dtls_conn *c, const uint8_t *data, size_t l
 }
 
 /* Each write is one datagram: OpenSSL's handshake buffering BIO flushes one MTU-sized packet
- * per write, and application data is one record per write. */
+ * per write, and alerts are one record per write. */
 static int tou_bio_write(BIO *b, const char *data, int len) {
     tou_dtls_conn *c = BIO_get_data(b);
     BIO_clear_retry_flags(b);
     if (c == NULL || len < 0) return -1;
     note_written_records(c, (const uint8_t *)data, (size_t)len);
-    if (c->direct_ptr != NULL && !c->direct_used && (size_t)len <= c->direct_cap) {
-        memcpy(c->direct_ptr, data, (size_t)len);
-        c->direct_len = (size_t)len;
-        c->direct_used = 1;
-        return len;
-    }
     (void)out_push(c, (const uint8_t *)data, (size_t)len);
     return len;
 }
@@ -1009,34 +997,6 @@ int tou_dtls_conn_step(tou_dtls_conn *c, uint8_t *out, size_t out_cap, size_t *o
     }
 }
 
-long tou_dtls_conn_write(tou_dtls_conn *c, const uint8_t *plaintext, size_t len,
-                         uint8_t *out, size_t out_cap) {
-    clear_stale_errors();
-    if (c->failed) return -1;
-    if (!c->established || len == 0 || len > SSL3_RT_MAX_PLAIN_LENGTH) {
-        set_msg(c->error_msg, sizeof c->error_msg,
-                !c->established ? "handshake not complete" : "plaintext must be 1...16384 bytes");
-        c->error_kind = TOU_DTLS_E_PROTOCOL;
-        return -1;
-    }
-    c->direct_ptr = out;
-    c->direct_cap = out_cap;
-    c->direct_len = 0;
-    c->direct_used = 0;
-    int r = SSL_write(c->ssl, plaintext, (int)len);
-    long result = c->direct_used ? (long)c->direct_len : -1;
-    c->direct_ptr = NULL;
-    c->direct_cap = 0;
-    if (r <= 0 || result < 0) {
-        char m[TOU_ERR_CAP];
-        drain_errors(m, sizeof m, r <= 0 ? "write failed" : "record did not fit the output buffer");
-        set_msg(c->error_msg, sizeof c->error_msg, m);
-        c->error_kind = TOU_DTLS_E_PROTOCOL;
-        return -1;
-    }
-    return result;
-}
-
 int tou_dtls_conn_shutdown(tou_dtls_conn *c) {
     ERR_clear_error();
     int r = SSL_shutdown(c->ssl);
@@ -1101,23 +1061,6 @@ const char *tou_dtls_conn_cipher(const tou_dtls_conn *c) {
     return ci != NULL ? SSL_CIPHER_get_name(ci) : NULL;
 }
 
-int tou_dtls_conn_record_overhead(const tou_dtls_conn *c) {
-    if (!c->established) return 0;
-    const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
-    if (ci == NULL) return 0;
-    switch (SSL_CIPHER_get_cipher_nid(ci)) {
-    case NID_aes_128_gcm:
-    case NID_aes_256_gcm:
-        return DTLS1_RT_HEADER_LENGTH + 8 + 16; /* explicit nonce + tag */
-    case NID_chacha20_poly1305:
-        return DTLS1_RT_HEADER_LENGTH + 16;     /* tag only */
-    default: {
-        size_t room = DTLS_get_data_mtu(c->ssl);
-        return room > 0 && (size_t)c->mtu > room ? (int)((size_t)c->mtu - room) : 0;
-    }
-    }
-}
-
 int tou_dtls_conn_aead_expansion(const tou_dtls_conn *c) {
     const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
     if (ci != NULL) {
@@ -1146,6 +1089,14 @@ int tou_dtls_conn_peer_subject(const tou_dtls_conn *c, char *buf, size_t cap) {
 
 int tou_dtls_conn_error_kind(const tou_dtls_conn *c) { return c->error_kind; }
 const char *tou_dtls_conn_error_message(const tou_dtls_conn *c) { return c->error_msg; }
+
+/* Fetched once: a fetch per handshake would look the KDF up by name every time. */
+static EVP_KDF *tou_prf = NULL;
+static pthread_once_t tou_prf_once = PTHREAD_ONCE_INIT;
+
+static void tou_fetch_prf(void) {
+    tou_prf = EVP_KDF_fetch(NULL, "TLS1-PRF", NULL);
+}
 
 /* TLS 1.2 key expansion (RFC 5246 6.3) from the session's master secret: the same keys OpenSSL
  * derived for the current epoch, so records we protect and records OpenSSL protects interoperate. */
@@ -1182,8 +1133,8 @@ int tou_dtls_conn_record_layer(tou_dtls_conn *c, tou_aead **sealer, tou_aead **o
     uint8_t block[2 * 32 + 2 * 12];
     size_t block_len = 2 * key_len + 2 * iv_len;
     int ok = 0;
-    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "TLS1-PRF", NULL);
-    EVP_KDF_CTX *kctx = kdf != NULL ? EVP_KDF_CTX_new(kdf) : NULL;
+    pthread_once(&tou_prf_once, tou_fetch_prf);
+    EVP_KDF_CTX *kctx = tou_prf != NULL ? EVP_KDF_CTX_new(tou_prf) : NULL;
     if (kctx != NULL) {
         OSSL_PARAM params[4];
         params[0] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)EVP_MD_get0_name(md), 0);
@@ -1193,7 +1144,6 @@ int tou_dtls_conn_record_layer(tou_dtls_conn *c, tou_aead **sealer, tou_aead **o
         ok = EVP_KDF_derive(kctx, block, block_len, params) == 1;
     }
     EVP_KDF_CTX_free(kctx);
-    EVP_KDF_free(kdf);
     OPENSSL_cleanse(master, sizeof master);
     if (ok) {
         const uint8_t *client_key = block, *server_key = block + key_len;

@@ -115,7 +115,7 @@ public final class DTLSConnection {
                     droppedRecords += 1
                     continue
                 }
-                if type == 23, let records, epoch == records.epoch, state != .handshaking {
+                if type == 23, let records, epoch == records.epoch {
                     open(record: record, with: records, sequence: sequence)
                 } else {
                     reachedOpenSSL = true
@@ -208,8 +208,14 @@ public final class DTLSConnection {
         switch result {
         case Int32(TOU_DTLS_STEP_HANDSHAKE_DONE):
             if state == .handshaking {
+                // Our cipher list offers only the three AEADs the record layer has; without it
+                // (a key expansion that failed) the session cannot carry data.
+                guard let layer = RecordLayer(connection: handle) else {
+                    fail(.protocolError("cannot set up the record layer for \(negotiatedCipherSuite ?? "the suite")"))
+                    return
+                }
                 state = .established
-                records = RecordLayer(connection: handle)
+                records = layer
                 events.append(.handshakeCompleted)
                 if let buffer = spare, buffer.capacity > 4096 { spare = nil }
             }
@@ -304,33 +310,7 @@ public final class DTLSConnection {
     /// is appended.
     @discardableResult
     public func writeApplicationData(_ plaintext: ByteBuffer, appendingTo buffer: inout ByteBuffer) throws(DTLSError) -> Int {
-        guard state == .established || (state == .closed && !closeSent) else {
-            throw .protocolError("cannot write application data in state \(state)")
-        }
-        guard (1...16_384).contains(plaintext.readableBytes) else {
-            throw .protocolError("plaintext of \(plaintext.readableBytes) bytes; one record carries 1...16384")
-        }
-        if let records {
-            return try plaintext.withUnsafeReadableBytes { input throws(DTLSError) in
-                try seal(type: 23, input, UnsafeRawBufferPointer(start: nil, count: 0), with: records,
-                         appendingTo: &buffer)
-            }
-        }
-        let room = plaintext.readableBytes + 64
-        var result = 0
-        _ = plaintext.withUnsafeReadableBytes { input in
-            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out in
-                result = tou_dtls_conn_write(handle, input.baseAddress?.assumingMemoryBound(to: UInt8.self),
-                                             input.count,
-                                             out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count)
-                return max(result, 0)
-            }
-        }
-        drainOutput()
-        guard result > 0 else {
-            throw .protocolError(String(cString: tou_dtls_conn_error_message(handle)))
-        }
-        return result
+        try writeApplicationData(header: plaintext, payload: ByteBuffer(), appendingTo: &buffer)
     }
 
     /// Encrypts a TCP header and its payload as exactly one record appended to `buffer`, without
@@ -339,9 +319,7 @@ public final class DTLSConnection {
     public func writeApplicationData(header: ByteBuffer, payload: ByteBuffer,
                                      appendingTo buffer: inout ByteBuffer) throws(DTLSError) -> Int {
         guard let records, state == .established || (state == .closed && !closeSent) else {
-            var joined = header
-            joined.writeImmutableBuffer(payload)
-            return try writeApplicationData(joined, appendingTo: &buffer)
+            throw .protocolError("cannot write application data in state \(state)")
         }
         let length = header.readableBytes + payload.readableBytes
         guard (1...16_384).contains(length) else {
@@ -354,7 +332,8 @@ public final class DTLSConnection {
         }
     }
 
-    private func seal(type: UInt8, _ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer,
+    private func seal(type: UInt8, _ first: UnsafeRawBufferPointer,
+                      _ second: UnsafeRawBufferPointer = .init(start: nil, count: 0),
                       with records: RecordLayer, appendingTo buffer: inout ByteBuffer) throws(DTLSError) -> Int {
         guard let length = records.seal(type: type, first, second, appendingTo: &buffer) else {
             throw .protocolError("record sequence numbers exhausted")
@@ -362,8 +341,8 @@ public final class DTLSConnection {
         return length
     }
 
-    /// True once the handshake is done and application data (and our close_notify) is protected
-    /// by our own record layer with OpenSSL's keys, rather than by SSL_write/SSL_read.
+    /// True once the handshake is done: application data (and our close_notify) is then protected
+    /// by our own record layer with OpenSSL's keys, never by SSL_write.
     public var protectsRecordsItself: Bool { records != nil }
 
     /// When the handshake retransmission timer wants `handleTimeout`; nil when it is not running.
@@ -382,16 +361,17 @@ public final class DTLSConnection {
         guard state != .failed, !closeSent else { return }
         closeSent = true
         // Once our record layer writes the epoch, the alert continues its sequence numbers too.
-        if let records, state != .handshaking {
+        if let records {
             var alert = allocator.buffer(capacity: 2 + records.overhead)
-            let body: [UInt8] = [1, 0]  // warning, close_notify
-            let sealed = body.withUnsafeBytes { records.seal(type: 21, $0, UnsafeRawBufferPointer(start: nil, count: 0),
-                                                             appendingTo: &alert) }
-            if sealed == nil {
-                fail(.protocolError("record sequence numbers exhausted"))
-            } else {
+            let closeNotify: (UInt8, UInt8) = (1, 0)  // warning, close_notify
+            do throws(DTLSError) {
+                try withUnsafeBytes(of: closeNotify) { body throws(DTLSError) in
+                    _ = try seal(type: 21, body, with: records, appendingTo: &alert)
+                }
                 outgoing.append(alert)
                 state = .closed
+            } catch {
+                fail(error)
             }
             return
         }
@@ -412,7 +392,7 @@ public final class DTLSConnection {
     /// Bytes a record adds to its plaintext: 13 + 24 (AES-GCM) or 13 + 16 (ChaCha20-Poly1305);
     /// 0 before the handshake.
     public var recordOverhead: Int {
-        Int(tou_dtls_conn_record_overhead(handle))
+        records?.overhead ?? 0
     }
 
     /// The peer certificate's subject in RFC 2253 form, e.g. "CN=localhost".

@@ -3,11 +3,10 @@
 /// per field.
 struct RawWriter {
     private let base: UnsafeMutableRawPointer
-    private(set) var offset: Int
+    private var offset = 0
 
-    init(_ base: UnsafeMutableRawPointer, at offset: Int = 0) {
+    init(_ base: UnsafeMutableRawPointer) {
         self.base = base
-        self.offset = offset
     }
 
     mutating func put<T: FixedWidthInteger>(_ value: T) {

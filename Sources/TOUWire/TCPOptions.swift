@@ -69,18 +69,8 @@ public struct TCPOptions: Sendable, Hashable {
         return fixedLength + (blocks == 0 ? 0 : 4 + 8 * blocks)
     }
 
-    /// Writes the options, each padded with leading NOPs to a 32-bit boundary.
-    func write(into buffer: inout ByteBuffer) {
-        let length = encodedLength
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
-            guard let base = raw.baseAddress else { return 0 }
-            var writer = RawWriter(base)
-            write(to: &writer)
-            return length
-        }
-    }
-
-    /// The same bytes through a writer with `encodedLength` bytes of room.
+    /// Writes the options, each padded with leading NOPs to a 32-bit boundary, through a writer
+    /// with `encodedLength` bytes of room.
     func write(to writer: inout RawWriter) {
         if let mss = maximumSegmentSize {
             writer.put(UInt16(0x0204))

@@ -105,11 +105,6 @@ int tou_dtls_conn_step(tou_dtls_conn *conn, uint8_t *out, size_t out_cap, size_t
  * with this true means the next step would only say WANT. */
 int tou_dtls_conn_input_drained(const tou_dtls_conn *conn);
 
-/* Encrypt plaintext as exactly one application-data record written straight to out.
- * Returns the record length (> 0), or -1 (see error). */
-long tou_dtls_conn_write(tou_dtls_conn *conn, const uint8_t *plaintext, size_t len,
-                         uint8_t *out, size_t out_cap);
-
 /* Queue a close_notify alert. Returns 1 on success, -1 on error. */
 int tou_dtls_conn_shutdown(tou_dtls_conn *conn);
 
@@ -126,7 +121,6 @@ void tou_dtls_conn_out_reset(tou_dtls_conn *conn);
 int tou_dtls_conn_set_mtu(tou_dtls_conn *conn, int mtu);
 int tou_dtls_conn_is_established(const tou_dtls_conn *conn);
 const char *tou_dtls_conn_cipher(const tou_dtls_conn *conn);          /* NULL before handshake */
-int tou_dtls_conn_record_overhead(const tou_dtls_conn *conn);         /* 0 before handshake */
 /* Smallest valid protected record body for the (pending or current) suite: nonce + tag. */
 int tou_dtls_conn_aead_expansion(const tou_dtls_conn *conn);
 size_t tou_dtls_conn_data_mtu(const tou_dtls_conn *conn);             /* plaintext room at handshake MTU */
