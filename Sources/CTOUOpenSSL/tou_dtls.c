@@ -69,6 +69,14 @@ struct tou_dtls_conn {
     uint16_t write_epoch;
     uint64_t next_write_seq;
 
+    /* After the takeover: our record layer's keys (owned here), and an opener with our own write
+     * key, which lets OpenSSL's later records in the epoch be re-sealed under the sealer's counter. */
+    tou_aead *sealer;
+    tou_aead *opener;
+    tou_aead *own_opener;
+    uint8_t *reseal_scratch;
+    uint64_t unsealable;
+
     int alert_read;          /* last alert received: (level << 8) | description, or -1 */
     /* Filled by the certificate verify callback: why the peer's chain was refused, in words,
      * and whether it was the pin check (the chain itself verified). */
@@ -198,14 +206,56 @@ static void note_written_records(tou_dtls_conn *c, const uint8_t *data, size_t l
     }
 }
 
+/* After the takeover OpenSSL still writes a few records in the epoch (a resent Finished, a
+ * no_renegotiation alert) under its own counter, which our data records have already used.
+ * Each is opened with our write key and sealed again under the sealer's next number, so the
+ * epoch has one sequence; one that cannot be re-sealed is not sent. Returns the new length. */
+static size_t reseal_written_records(tou_dtls_conn *c, uint8_t *data, size_t len) {
+    size_t in = 0, out = 0;
+    while (len - in >= DTLS1_RT_HEADER_LENGTH) {
+        uint8_t *r = data + in;
+        size_t record_len = DTLS1_RT_HEADER_LENGTH + ((size_t)r[11] << 8 | r[12]);
+        if (record_len > len - in) break;
+        uint16_t record_epoch = (uint16_t)(r[3] << 8 | r[4]);
+        if (record_epoch != c->write_epoch) {
+            memmove(data + out, r, record_len);
+            out += record_len;
+        } else {
+            if (c->reseal_scratch == NULL) c->reseal_scratch = malloc(SSL3_RT_MAX_PLAIN_LENGTH);
+            long plain = c->reseal_scratch == NULL ? -1
+                : tou_aead_open(c->own_opener, r, record_len, c->reseal_scratch, SSL3_RT_MAX_PLAIN_LENGTH);
+            /* Same suite, same overhead: the new record is exactly as long as the old one. */
+            long sealed = plain < 0 ? -1
+                : tou_aead_seal(c->sealer, r[0], c->reseal_scratch, (size_t)plain, NULL, 0, data + out, record_len);
+            if (sealed == (long)record_len) {
+                out += record_len;
+            } else {
+                c->unsealable++;
+            }
+            if (plain > 0) OPENSSL_cleanse(c->reseal_scratch, (size_t)plain);
+        }
+        in += record_len;
+    }
+    return out;
+}
+
 /* Each write is one datagram: OpenSSL's handshake buffering BIO flushes one MTU-sized packet
  * per write, and alerts are one record per write. */
 static int tou_bio_write(BIO *b, const char *data, int len) {
     tou_dtls_conn *c = BIO_get_data(b);
     BIO_clear_retry_flags(b);
     if (c == NULL || len < 0) return -1;
-    note_written_records(c, (const uint8_t *)data, (size_t)len);
-    (void)out_push(c, (const uint8_t *)data, (size_t)len);
+    if (c->sealer == NULL) {
+        note_written_records(c, (const uint8_t *)data, (size_t)len);
+        (void)out_push(c, (const uint8_t *)data, (size_t)len);
+        return len;
+    }
+    if (len == 0 || !out_push(c, (const uint8_t *)data, (size_t)len)) return len;
+    size_t last = c->out_count - 1;
+    size_t kept = reseal_written_records(c, c->out_buf + c->out_off[last], (size_t)len);
+    c->out_len[last] = kept;
+    c->out_used = c->out_off[last] + kept;
+    if (kept == 0) c->out_count = last;
     return len;
 }
 
@@ -793,6 +843,30 @@ tou_dtls_ctx *tou_dtls_ctx_new_server(const uint8_t *chain_pem, size_t chain_len
     return c;
 }
 
+int tou_dtls_ctx_set_ciphers(tou_dtls_ctx *ctx, const char *list, char *err, size_t err_cap) {
+    ERR_clear_error();
+    /* Only names from our own AEAD list: anything else could reach a suite the record layer lacks. */
+    char copy[512];
+    if (list == NULL || strlen(list) >= sizeof copy) { set_msg(err, err_cap, "cipher list too long"); return 0; }
+    snprintf(copy, sizeof copy, "%s", list);
+    static const char supported[] = TOU_CIPHERS;
+    for (char *save = NULL, *name = strtok_r(copy, ":", &save); name != NULL; name = strtok_r(NULL, ":", &save)) {
+        const char *hit = strstr(supported, name);
+        size_t n = strlen(name);
+        if (hit == NULL || (hit[n] != ':' && hit[n] != '\0') || (hit != supported && hit[-1] != ':')) {
+            char m[160];
+            snprintf(m, sizeof m, "cipher suite %s is not one of the supported AEAD suites", name);
+            set_msg(err, err_cap, m);
+            return 0;
+        }
+    }
+    if (!SSL_CTX_set_cipher_list(ctx->ssl_ctx, list)) {
+        drain_errors(err, err_cap, "cannot set the cipher list");
+        return 0;
+    }
+    return 1;
+}
+
 void tou_dtls_ctx_free(tou_dtls_ctx *ctx) {
     if (ctx == NULL) return;
     SSL_CTX_free(ctx->ssl_ctx);
@@ -861,6 +935,10 @@ void tou_dtls_conn_free(tou_dtls_conn *conn) {
     if (conn == NULL) return;
     SSL_free(conn->ssl); /* frees the BIO too */
     free(conn->out_buf);
+    tou_aead_free(conn->sealer);
+    tou_aead_free(conn->opener);
+    tou_aead_free(conn->own_opener);
+    free(conn->reseal_scratch);
     free(conn);
 }
 
@@ -1062,13 +1140,16 @@ const char *tou_dtls_conn_cipher(const tou_dtls_conn *c) {
 }
 
 int tou_dtls_conn_aead_expansion(const tou_dtls_conn *c) {
-    const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
-    if (ci != NULL) {
-        int nid = SSL_CIPHER_get_cipher_nid(ci);
-        if (nid == NID_aes_128_gcm || nid == NID_aes_256_gcm) return 8 + 16;
-    }
-    return 16;
+    /* The suite being negotiated counts: a server knows it from its ServerHello on, while its
+     * current cipher is still unset until the client's CCS. */
+    const SSL_CIPHER *ci = SSL_get_pending_cipher(c->ssl);
+    if (ci == NULL) ci = SSL_get_current_cipher(c->ssl);
+    /* No suite yet: no epoch-1 record can be genuine, so the stricter bound is safe. */
+    if (ci == NULL) return 8 + 16;
+    return SSL_CIPHER_get_cipher_nid(ci) == NID_chacha20_poly1305 ? 16 : 8 + 16;
 }
+
+uint64_t tou_dtls_conn_unsealable_records(const tou_dtls_conn *c) { return c->unsealable; }
 
 size_t tou_dtls_conn_data_mtu(const tou_dtls_conn *c) { return DTLS_get_data_mtu(c->ssl); }
 
@@ -1100,10 +1181,15 @@ static void tou_fetch_prf(void) {
 
 /* TLS 1.2 key expansion (RFC 5246 6.3) from the session's master secret: the same keys OpenSSL
  * derived for the current epoch, so records we protect and records OpenSSL protects interoperate. */
-int tou_dtls_conn_record_layer(tou_dtls_conn *c, tou_aead **sealer, tou_aead **opener,
-                               uint16_t *epoch, uint64_t *next_write_seq) {
+int tou_dtls_conn_record_layer(tou_dtls_conn *c, tou_aead **sealer, tou_aead **opener, uint16_t *epoch) {
     *sealer = NULL;
     *opener = NULL;
+    if (c->sealer != NULL) {
+        *sealer = c->sealer;
+        *opener = c->opener;
+        *epoch = c->write_epoch;
+        return 1;
+    }
     if (!c->established || c->failed || c->write_epoch == 0) return 0;
     const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
     if (ci == NULL) return 0;
@@ -1148,22 +1234,27 @@ int tou_dtls_conn_record_layer(tou_dtls_conn *c, tou_aead **sealer, tou_aead **o
     if (ok) {
         const uint8_t *client_key = block, *server_key = block + key_len;
         const uint8_t *client_iv = block + 2 * key_len, *server_iv = client_iv + iv_len;
-        *sealer = tou_aead_new(suite, c->is_server ? server_key : client_key, key_len,
-                               c->is_server ? server_iv : client_iv, iv_len, 1);
-        *opener = tou_aead_new(suite, c->is_server ? client_key : server_key, key_len,
-                               c->is_server ? client_iv : server_iv, iv_len, 0);
-        ok = *sealer != NULL && *opener != NULL;
+        const uint8_t *write_key = c->is_server ? server_key : client_key;
+        const uint8_t *write_iv = c->is_server ? server_iv : client_iv;
+        c->sealer = tou_aead_new(suite, write_key, key_len, write_iv, iv_len, 1);
+        c->own_opener = tou_aead_new(suite, write_key, key_len, write_iv, iv_len, 0);
+        c->opener = tou_aead_new(suite, c->is_server ? client_key : server_key, key_len,
+                                 c->is_server ? client_iv : server_iv, iv_len, 0);
+        ok = c->sealer != NULL && c->opener != NULL && c->own_opener != NULL;
     }
     OPENSSL_cleanse(block, sizeof block);
     ERR_clear_error();
     if (!ok) {
-        tou_aead_free(*sealer);
-        tou_aead_free(*opener);
-        *sealer = NULL;
-        *opener = NULL;
+        tou_aead_free(c->sealer);
+        tou_aead_free(c->opener);
+        tou_aead_free(c->own_opener);
+        c->sealer = c->opener = c->own_opener = NULL;
         return 0;
     }
+    /* Continues after OpenSSL's last record in the epoch (its Finished, or a resend of it). */
+    tou_aead_start_sequence(c->sealer, c->write_epoch, c->next_write_seq);
+    *sealer = c->sealer;
+    *opener = c->opener;
     *epoch = c->write_epoch;
-    *next_write_seq = c->next_write_seq;
     return 1;
 }

@@ -14,7 +14,25 @@ struct tou_aead {
     EVP_CIPHER_CTX *ctx;
     uint8_t iv[12];          /* AES-GCM: 4-byte salt, the rest per record; ChaCha20: whole IV */
     int explicit_nonce;      /* AES-GCM carries 8 nonce bytes in the record, ChaCha20 none */
+    /* Sealing: the one sequence counter of this epoch and direction, and the key's use so far
+     * against its confidentiality limit (cipher blocks plus records, the unit of RFC 8446 5.5). */
+    uint16_t epoch;
+    uint64_t next_seq;
+    uint64_t usage;
+    uint64_t usage_limit;
+    /* Opening: records that failed authentication, against the integrity limit. */
+    uint64_t failed_opens;
+    uint64_t failed_limit;
 };
+
+/* DTLS 1.2 cannot rekey, so a key that reaches its limit ends the connection.
+ * AES-GCM: RFC 8446 5.5 allows 2^24.5 full-size records, i.e. about 2^34.5 blocks plus records
+ * (attacker advantage 2^-60); we stop at 2^34, about 250 GB of 1.4 KB records.
+ * ChaCha20-Poly1305: no practical confidentiality limit before the 48-bit sequence space ends.
+ * Integrity, both: 2^36 records that fail authentication (RFC 9147 4.5.3). */
+#define TOU_AES_GCM_USAGE_LIMIT ((uint64_t)1 << 34)
+#define TOU_FAILED_OPEN_LIMIT ((uint64_t)1 << 36)
+#define TOU_SEQUENCE_LIMIT ((uint64_t)1 << 48)
 
 /* Fetched once: an implicit fetch per init would look the cipher up by name every time. */
 static EVP_CIPHER *tou_ciphers[3];
@@ -42,6 +60,8 @@ tou_aead *tou_aead_new(int suite, const uint8_t *key, size_t key_len, const uint
     if (a == NULL) return NULL;
     a->ctx = EVP_CIPHER_CTX_new();
     a->explicit_nonce = suite != TOU_AEAD_CHACHA20_POLY1305;
+    a->usage_limit = a->explicit_nonce ? TOU_AES_GCM_USAGE_LIMIT : UINT64_MAX;
+    a->failed_limit = TOU_FAILED_OPEN_LIMIT;
     memcpy(a->iv, iv, iv_len);
     if (a->ctx == NULL || EVP_CipherInit_ex2(a->ctx, cipher, key, NULL, encrypt ? 1 : 0, NULL) != 1) {
         tou_aead_free(a);
@@ -83,13 +103,33 @@ size_t tou_aead_overhead(const tou_aead *a) {
     return 13 + (a->explicit_nonce ? 8 : 0) + 16;
 }
 
-long tou_aead_seal(tou_aead *a, uint8_t type, uint16_t epoch, uint64_t sequence,
-                   const uint8_t *p1, size_t n1, const uint8_t *p2, size_t n2,
+void tou_aead_start_sequence(tou_aead *a, uint16_t epoch, uint64_t next_sequence) {
+    a->epoch = epoch;
+    a->next_seq = next_sequence;
+}
+
+uint64_t tou_aead_next_sequence(const tou_aead *a) { return a->next_seq; }
+uint64_t tou_aead_failed_opens(const tou_aead *a) { return a->failed_opens; }
+int tou_aead_integrity_limit_reached(const tou_aead *a) { return a->failed_opens >= a->failed_limit; }
+
+void tou_aead_set_limits(tou_aead *a, uint64_t usage_limit, uint64_t failed_open_limit) {
+    a->usage_limit = usage_limit;
+    a->failed_limit = failed_open_limit;
+}
+
+long tou_aead_seal(tou_aead *a, uint8_t type, const uint8_t *p1, size_t n1, const uint8_t *p2, size_t n2,
                    uint8_t *out, size_t out_cap) {
     size_t plain = n1 + n2;
     size_t expl = a->explicit_nonce ? 8 : 0;
     size_t body = expl + plain + 16;
-    if (plain > 16384 || sequence >= ((uint64_t)1 << 48) || out_cap < 13 + body) return -1;
+    if (plain > 16384) return TOU_SEAL_E_TOO_LONG;
+    if (out_cap < 13 + body) return TOU_SEAL_E_NO_ROOM;
+    /* The last number is never used, so "exhausted" stays reportable after the fact. */
+    if (a->next_seq >= TOU_SEQUENCE_LIMIT - 1) return TOU_SEAL_E_SEQUENCE_EXHAUSTED;
+    uint64_t units = (plain + 15) / 16 + 1;
+    if (a->usage >= a->usage_limit || a->usage_limit - a->usage < units) return TOU_SEAL_E_USAGE_LIMIT;
+    uint16_t epoch = a->epoch;
+    uint64_t sequence = a->next_seq;
     out[0] = type;
     out[1] = 0xFE;
     out[2] = 0xFD;
@@ -109,8 +149,10 @@ long tou_aead_seal(tou_aead *a, uint8_t type, uint16_t epoch, uint64_t sequence,
         || (n2 > 0 && EVP_EncryptUpdate(a->ctx, ct + n1, &len, p2, (int)n2) != 1)
         || EVP_EncryptFinal_ex(a->ctx, ct + plain, &len) != 1
         || EVP_CIPHER_CTX_ctrl(a->ctx, EVP_CTRL_AEAD_GET_TAG, 16, ct + plain) != 1) {
-        return -1;
+        return TOU_SEAL_E_CRYPTO;
     }
+    a->next_seq = sequence + 1;
+    a->usage += units;
     return (long)(13 + body);
 }
 
@@ -134,6 +176,7 @@ long tou_aead_open(tou_aead *a, const uint8_t *record, size_t record_len, uint8_
         || EVP_DecryptFinal_ex(a->ctx, out + plain, &len) != 1) {
         /* Nothing unauthenticated leaves: wipe what the failed decryption wrote. */
         if (plain > 0) OPENSSL_cleanse(out, plain);
+        a->failed_opens++;
         return -1;
     }
     return (long)plain;

@@ -16,15 +16,18 @@ public final class DTLSConnection {
     @exclusivity(unchecked) private var outgoing = CircularBuffer<ByteBuffer>(initialCapacity: 8)
     @exclusivity(unchecked) private var inbound = CircularBuffer<ByteBuffer>(initialCapacity: 8)
     @exclusivity(unchecked) private var events = CircularBuffer<DTLSEvent>(initialCapacity: 4)
-    /// Unused plaintext buffer kept from the previous read so a step that yields nothing costs
-    /// no allocation.
-    @exclusivity(unchecked) private var spare: ByteBuffer?
     @exclusivity(unchecked) private var deadline: NIODeadline?
     @exclusivity(unchecked) private var closeSent = false
     @exclusivity(unchecked) private var closeReceived = false
     @exclusivity(unchecked) private var replayMirror = ReplayMirror()
     /// Protects application data once the handshake is done (nil before, or for a suite it lacks).
     @exclusivity(unchecked) private var records: RecordLayer?
+    /// Application-data records of epoch 1 that arrived before our handshake completed (the
+    /// peer finished first): opened by the record layer once it exists, so they pass its replay
+    /// window like any other. OpenSSL never sees application data.
+    private var early: [ByteBuffer] = []
+    /// At most this many early records are held; more are dropped (TCP resends them).
+    public static let maximumEarlyRecords = 8
 
     @exclusivity(unchecked) public private(set) var state: DTLSConnectionState = .handshaking
     /// Records dropped: undecodable headers, bad MAC, replays, too old.
@@ -115,11 +118,21 @@ public final class DTLSConnection {
                     droppedRecords += 1
                     continue
                 }
-                if type == 23, let records, epoch == records.epoch {
-                    open(record: record, with: records, sequence: sequence)
-                } else {
+                guard type == 23 else {
                     reachedOpenSSL = true
-                    process(record: record, type: type, epoch: epoch, sequence: sequence)
+                    process(record: record, type: type)
+                    continue
+                }
+                if let records {
+                    if epoch == records.epoch {
+                        open(record: record, with: records, sequence: sequence)
+                    } else {
+                        droppedRecords += 1
+                    }
+                } else if epoch == 1, state == .handshaking, early.count < Self.maximumEarlyRecords {
+                    early.append(ByteBuffer(bytes: record))
+                } else {
+                    droppedRecords += 1
                 }
             }
         }
@@ -142,6 +155,10 @@ public final class DTLSConnection {
         case .unseen:
             guard let plaintext = records.open(record, allocator: allocator) else {
                 droppedRecords += 1
+                if records.integrityLimitReached {
+                    fail(.keyUsageLimitReached("\(records.failedOpens) records failed authentication, more than "
+                                               + "the key may be exposed to; open a new connection"))
+                }
                 return
             }
             inbound.append(plaintext)
@@ -151,56 +168,30 @@ public final class DTLSConnection {
         }
     }
 
-    private func process(record: UnsafeRawBufferPointer, type: UInt8, epoch: UInt16, sequence: UInt64) {
-        let dataExpected = type == 23 && state != .handshaking
+    /// Handshake, change_cipher_spec and alert records go to OpenSSL.
+    private func process(record: UnsafeRawBufferPointer, type: UInt8) {
         // After the handshake a control record that changes nothing (no alert surfaced, no flight
         // answered) was discarded by OpenSSL: forged, replayed or a duplicate. Count it.
-        let controlAfterHandshake = type != 23 && state != .handshaking
+        let controlAfterHandshake = state != .handshaking
         let eventsBefore = events.count
         let outputBefore = tou_dtls_conn_out_count(handle)
-        var delivered = false
         tou_dtls_conn_set_input(handle, record.baseAddress?.assumingMemoryBound(to: UInt8.self), record.count)
         defer { tou_dtls_conn_clear_input(handle) }
-        while state != .failed {
-            // During the handshake OpenSSL may release records it buffered earlier, so leave room
-            // for a full one; afterwards a record's plaintext never exceeds its own length.
-            let room = state == .handshaking ? 16_384 + 256 : max(record.count, 1)
-            var buffer = spare ?? allocator.buffer(capacity: room)
-            spare = nil
-            var result: Int32 = 0
-            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out in
+        // OpenSSL is never given application data, so a read hands over none; the scratch is
+        // only where SSL_read would put it.
+        withUnsafeTemporaryAllocation(byteCount: 16_384 + 256, alignment: 16) { scratch in
+            while state != .failed {
                 var length = 0
-                result = tou_dtls_conn_step(handle, out.baseAddress?.assumingMemoryBound(to: UInt8.self),
-                                            out.count, &length)
-                return length
+                let result = tou_dtls_conn_step(handle, scratch.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                                                scratch.count, &length)
+                if result == Int32(TOU_DTLS_STEP_DATA) { continue }
+                if result == Int32(TOU_DTLS_STEP_WANT) { break }
+                handle(step: result)
             }
-            if result == Int32(TOU_DTLS_STEP_DATA) {
-                inbound.append(buffer)
-                delivered = true
-                // One record in, one record out: skip the read that would only say "want more".
-                if state == .established, tou_dtls_conn_input_drained(handle) != 0 { break }
-                continue
-            }
-            spare = buffer
-            if result == Int32(TOU_DTLS_STEP_WANT) { break }
-            handle(step: result)
         }
         if controlAfterHandshake, state != .failed, events.count == eventsBefore,
            tou_dtls_conn_out_count(handle) == outputBefore {
             droppedRecords += 1
-        }
-        guard dataExpected else { return }
-        if delivered {
-            if replayMirror.markDelivered(epoch: epoch, sequence: sequence) {
-                lastDatagramAdvancedReceiveWindow = true
-            }
-        } else if state != .failed {
-            droppedRecords += 1
-            switch replayMirror.classify(epoch: epoch, sequence: sequence) {
-            case .tooOld: tooOldRecords += 1
-            case .replay: replayedRecords += 1
-            case .unseen: break
-            }
         }
     }
 
@@ -217,7 +208,7 @@ public final class DTLSConnection {
                 state = .established
                 records = layer
                 events.append(.handshakeCompleted)
-                if let buffer = spare, buffer.capacity > 4096 { spare = nil }
+                openEarlyRecords(with: layer)
             }
         case Int32(TOU_DTLS_STEP_CLOSE_NOTIFY):
             closeReceived = true
@@ -227,6 +218,23 @@ public final class DTLSConnection {
             fail()
         default:
             break
+        }
+    }
+
+    /// Early records in arrival order, as if they had arrived now.
+    private func openEarlyRecords(with records: RecordLayer) {
+        let held = early
+        early = []
+        for record in held {
+            record.withUnsafeReadableBytes { raw in
+                let epoch = UInt16(raw[3]) << 8 | UInt16(raw[4])
+                let sequence = (5..<11).reduce(UInt64(0)) { $0 << 8 | UInt64(raw[$1]) }
+                if epoch == records.epoch {
+                    open(record: raw, with: records, sequence: sequence)
+                } else {
+                    droppedRecords += 1
+                }
+            }
         }
     }
 
@@ -335,11 +343,28 @@ public final class DTLSConnection {
     private func seal(type: UInt8, _ first: UnsafeRawBufferPointer,
                       _ second: UnsafeRawBufferPointer = .init(start: nil, count: 0),
                       with records: RecordLayer, appendingTo buffer: inout ByteBuffer) throws(DTLSError) -> Int {
-        guard let length = records.seal(type: type, first, second, appendingTo: &buffer) else {
-            throw .protocolError("record sequence numbers exhausted")
+        do {
+            return try records.seal(type: type, first, second, appendingTo: &buffer)
+        } catch {
+            // A used-up key ends the session: nothing more may be sealed with it.
+            if case .keyUsageLimitReached = error { fail(error) }
+            throw error
         }
-        return length
     }
+
+    /// Tests only: lower the key's limits (AEAD usage in cipher blocks plus records, records that
+    /// failed authentication) or move the sequence counter, to reach them without 250 GB of data.
+    func lowerKeyLimitsForTesting(usage: UInt64, failedOpens: UInt64) {
+        records?.setLimits(usage: usage, failedOpens: failedOpens)
+    }
+
+    /// Tests only: restart the epoch's counter at `sequence` (to reach the end of its space).
+    func moveSequenceForTesting(to sequence: UInt64) {
+        records?.moveSequence(to: sequence)
+    }
+
+    /// Tests only: the sequence number the next record of the epoch will carry.
+    var nextSequenceForTesting: UInt64? { records?.nextSequence }
 
     /// True once the handshake is done: application data (and our close_notify) is then protected
     /// by our own record layer with OpenSSL's keys, never by SSL_write.

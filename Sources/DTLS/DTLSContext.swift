@@ -21,10 +21,11 @@ public final class DTLSContext: @unchecked Sendable {
     /// client certificate. With `pinnedPublicKeySHA256` (SHA-256 hashes of DER
     /// SubjectPublicKeyInfo, 32 bytes each) the server's leaf key must also match one of them, in
     /// addition to the normal chain and name checks; otherwise the handshake fails with
-    /// `.pinMismatch`.
+    /// `.pinMismatch`. `cipherSuites` are offered in that order.
     public static func client(trustRootsPEM: [UInt8], certificateChainPEM: [UInt8]? = nil,
                               privateKeyPEM: [UInt8]? = nil,
-                              pinnedPublicKeySHA256: [[UInt8]] = []) throws(DTLSError) -> DTLSContext {
+                              pinnedPublicKeySHA256: [[UInt8]] = [],
+                              cipherSuites: [DTLSCipherSuite] = DTLSCipherSuite.allCases) throws(DTLSError) -> DTLSContext {
         var pins: [UInt8] = []
         pins.reserveCapacity(pinnedPublicKeySHA256.count * 32)
         for (index, pin) in pinnedPublicKeySHA256.enumerated() {
@@ -49,15 +50,18 @@ public final class DTLSContext: @unchecked Sendable {
             }
         }
         guard let handle else { throw .invalidConfiguration(cString(error)) }
-        return DTLSContext(handle: handle, isServer: false)
+        let context = DTLSContext(handle: handle, isServer: false)
+        try context.offer(cipherSuites)
+        return context
     }
 
     /// A server context presenting `certificateChainPEM` (leaf first). With `clientTrustRootsPEM`
     /// it asks clients for a certificate and verifies one if sent; `requireClientCertificate`
-    /// makes it mandatory.
+    /// makes it mandatory. Of the client's `cipherSuites`, the first in this order is chosen.
     public static func server(certificateChainPEM: [UInt8], privateKeyPEM: [UInt8],
                               clientTrustRootsPEM: [UInt8]? = nil,
-                              requireClientCertificate: Bool = false) throws(DTLSError) -> DTLSContext {
+                              requireClientCertificate: Bool = false,
+                              cipherSuites: [DTLSCipherSuite] = DTLSCipherSuite.allCases) throws(DTLSError) -> DTLSContext {
         var error = [CChar](repeating: 0, count: 512)
         let handle = certificateChainPEM.withUnsafeBufferPointer { chain in
             privateKeyPEM.withUnsafeBufferPointer { key in
@@ -71,7 +75,18 @@ public final class DTLSContext: @unchecked Sendable {
             }
         }
         guard let handle else { throw .invalidConfiguration(cString(error)) }
-        return DTLSContext(handle: handle, isServer: true)
+        let context = DTLSContext(handle: handle, isServer: true)
+        try context.offer(cipherSuites)
+        return context
+    }
+
+    private func offer(_ suites: [DTLSCipherSuite]) throws(DTLSError) {
+        guard !suites.isEmpty else { throw .invalidConfiguration("no cipher suites to offer") }
+        guard suites != DTLSCipherSuite.allCases else { return }
+        var error = [CChar](repeating: 0, count: 512)
+        guard tou_dtls_ctx_set_ciphers(handle, DTLSCipherSuite.cipherList(suites), &error, error.count) == 1 else {
+            throw .invalidConfiguration(cString(error))
+        }
     }
 
     /// Stateless cookie exchange on a server context. Feeds one datagram that should carry a

@@ -16,6 +16,9 @@ public enum DTLSError: Error, Sendable, Equatable, CustomStringConvertible {
     case handshakeFailed(String)
     /// A fatal alert received after the handshake.
     case alertReceived(String)
+    /// The connection's keys have protected as much as they safely can (or too many forged records
+    /// failed against them). DTLS 1.2 cannot rekey, so the connection ends; open a new one.
+    case keyUsageLimitReached(String)
     /// Any other fatal error.
     case protocolError(String)
 
@@ -35,6 +38,8 @@ public enum DTLSError: Error, Sendable, Equatable, CustomStringConvertible {
             return "DTLS handshake failed: \(detail)"
         case .alertReceived(let detail):
             return "DTLS session ended by the peer: \(detail)"
+        case .keyUsageLimitReached(let detail):
+            return "DTLS key usage limit reached: \(detail)"
         case .protocolError(let detail):
             return "DTLS protocol error: \(detail)"
         }

@@ -28,3 +28,22 @@ public enum DTLSListenResult {
     /// Not a usable ClientHello; nothing to send.
     case dropped(String)
 }
+
+/// The AEAD suites a context offers (always with ECDHE; ECDSA or RSA as the certificate says).
+/// The record layer implements exactly these three.
+public enum DTLSCipherSuite: String, Sendable, CaseIterable {
+    case aes256GCM = "AES256-GCM"
+    case chacha20Poly1305 = "CHACHA20-POLY1305"
+    case aes128GCM = "AES128-GCM"
+
+    /// OpenSSL's name for the suite with an ECDSA or RSA certificate, e.g. "ECDHE-ECDSA-AES256-GCM-SHA384".
+    public func openSSLName(rsa: Bool) -> String {
+        let hash = self == .aes256GCM ? "-SHA384" : self == .aes128GCM ? "-SHA256" : ""
+        return "ECDHE-\(rsa ? "RSA" : "ECDSA")-\(rawValue)\(hash)"
+    }
+
+    /// An OpenSSL cipher list offering `suites` in the given order.
+    static func cipherList(_ suites: [DTLSCipherSuite]) -> String {
+        suites.flatMap { [$0.openSSLName(rsa: false), $0.openSSLName(rsa: true)] }.joined(separator: ":")
+    }
+}

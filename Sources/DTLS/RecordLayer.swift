@@ -5,13 +5,14 @@ import NIOCore
 /// negotiated AEAD and OpenSSL's own keys instead of through SSL_write/SSL_read: the same bytes on
 /// the wire, without OpenSSL's per-record state machine, BIO round trip and plaintext copies.
 /// Handshake records and alerts from the peer stay with OpenSSL.
+///
+/// The sealer holds the one sequence counter of the epoch: the shim re-seals under it whatever
+/// OpenSSL writes in the epoch after the takeover, so no `(epoch, sequence)` is ever sent twice.
+/// Both AEAD contexts belong to the DTLS connection's handle, which outlives this view.
 final class RecordLayer {
     private let sealer: OpaquePointer
     private let opener: OpaquePointer
     let epoch: UInt16
-    /// Continues after OpenSSL's last record in this epoch (its Finished), so sequence numbers
-    /// stay unique and increasing for the peer's anti-replay window.
-    private var nextSequence: UInt64
     let overhead: Int
     /// The smallest valid protected body: explicit nonce (AES-GCM) and tag.
     var shortestBody: Int { overhead - 13 }
@@ -20,37 +21,51 @@ final class RecordLayer {
         var sealer: OpaquePointer?
         var opener: OpaquePointer?
         var epoch: UInt16 = 0
-        var next: UInt64 = 0
-        guard tou_dtls_conn_record_layer(handle, &sealer, &opener, &epoch, &next) == 1,
+        guard tou_dtls_conn_record_layer(handle, &sealer, &opener, &epoch) == 1,
               let sealer, let opener else { return nil }
         self.sealer = sealer
         self.opener = opener
         self.epoch = epoch
-        self.nextSequence = next
         self.overhead = tou_aead_overhead(sealer)
     }
 
-    deinit {
-        tou_aead_free(sealer)
-        tou_aead_free(opener)
-    }
+    /// The sequence number the next record will carry.
+    var nextSequence: UInt64 { tou_aead_next_sequence(sealer) }
 
-    /// Appends one record of `type` protecting `first` then `second` to `buffer`; returns its length,
-    /// or nil (nothing appended) when the sequence space is exhausted.
+    /// Records that failed authentication under the peer's key so far.
+    var failedOpens: UInt64 { tou_aead_failed_opens(opener) }
+
+    /// So many forgeries failed that the key must not be trusted further (RFC 9147 4.5.3).
+    var integrityLimitReached: Bool { tou_aead_integrity_limit_reached(opener) != 0 }
+
+    /// Appends one record of `type` protecting `first` then `second` to `buffer` under the next
+    /// sequence number; returns its length. On failure nothing is appended and no number is used.
     func seal(type: UInt8, _ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer,
-              appendingTo buffer: inout ByteBuffer) -> Int? {
+              appendingTo buffer: inout ByteBuffer) throws(DTLSError) -> Int {
         let room = first.count + second.count + overhead
         var length = -1
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out in
-            length = tou_aead_seal(sealer, type, epoch, nextSequence,
+            length = tou_aead_seal(sealer, type,
                                    first.baseAddress?.assumingMemoryBound(to: UInt8.self), first.count,
                                    second.baseAddress?.assumingMemoryBound(to: UInt8.self), second.count,
                                    out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count)
             return max(length, 0)
         }
-        guard length > 0 else { return nil }
-        nextSequence += 1
-        return length
+        guard length <= 0 else { return length }
+        switch length {
+        case TOU_SEAL_E_TOO_LONG:
+            throw .protocolError("plaintext of \(first.count + second.count) bytes; one record carries 1...16384")
+        case TOU_SEAL_E_NO_ROOM:
+            throw .protocolError("no room for a \(room)-byte record in the output buffer")
+        case TOU_SEAL_E_SEQUENCE_EXHAUSTED:
+            throw .keyUsageLimitReached("all 2^48 record sequence numbers of epoch \(epoch) are used; "
+                                        + "DTLS 1.2 cannot rekey, so open a new connection")
+        case TOU_SEAL_E_USAGE_LIMIT:
+            throw .keyUsageLimitReached("the AES-GCM key has protected 2^34 cipher blocks (about 250 GB), "
+                                        + "its safe limit; DTLS 1.2 cannot rekey, so open a new connection")
+        default:
+            throw .protocolError("encrypting a record failed in the cipher")
+        }
     }
 
     /// Authenticates and decrypts one whole record (header included) into a new buffer; nil if it
@@ -65,5 +80,16 @@ final class RecordLayer {
             return max(length, 0)
         }
         return length >= 0 ? plaintext : nil
+    }
+
+    /// Tests only: the counter restarted at `sequence`, to reach the end of the sequence space.
+    func moveSequence(to sequence: UInt64) {
+        tou_aead_start_sequence(sealer, epoch, sequence)
+    }
+
+    /// Tests only: lower limits, reachable without sealing 250 GB or receiving 2^36 forgeries.
+    func setLimits(usage: UInt64, failedOpens: UInt64) {
+        tou_aead_set_limits(sealer, usage, UInt64.max)
+        tou_aead_set_limits(opener, UInt64.max, failedOpens)
     }
 }

@@ -1,7 +1,6 @@
-/// Which epoch-1+ sequence numbers were delivered, with the semantics of OpenSSL's 64-record
-/// anti-replay window. For records OpenSSL opens it mirrors OpenSSL (which drops replays and
-/// too-old records silently), saying which of the two a dropped record was; for the data records
-/// `RecordLayer` opens it is the window itself. Either way it says whether a delivered record was
+/// Which epoch-1+ application-data sequence numbers were delivered: the anti-replay window of the
+/// records `RecordLayer` opens (all of them, early ones included), with the semantics of OpenSSL's
+/// 64-record window. It tells a replay from a too-old record, and whether a delivered record was
 /// the newest so far.
 struct ReplayMirror {
     private(set) var highest: UInt64 = 0

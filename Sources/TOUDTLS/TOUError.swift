@@ -25,6 +25,9 @@ public enum TOUError: Error, Sendable, Equatable, CustomStringConvertible {
     case connectionReset
     /// The peer ended the DTLS session before its TCP stream was complete.
     case truncated
+    /// The connection's keys have protected as much as they safely can: DTLS 1.2 cannot rekey,
+    /// so the connection ends (about 250 GB with AES-GCM). Open a new connection.
+    case keyUsageLimitReached(String)
     /// The peer broke the protocol or sent a fatal alert.
     case protocolError(String)
     /// The connection or listener is already closed.
@@ -46,6 +49,7 @@ public enum TOUError: Error, Sendable, Equatable, CustomStringConvertible {
         case .timedOut(let what): return "timed out: \(what)"
         case .connectionReset: return "connection reset by peer"
         case .truncated: return "the peer ended the secure session before finishing its data (truncation)"
+        case .keyUsageLimitReached(let what): return "key usage limit reached: \(what)"
         case .protocolError(let what): return "protocol error: \(what)"
         case .closed: return "connection is closed"
         case .socketError(let what): return "socket error: \(what)"
@@ -69,6 +73,7 @@ public enum TOUError: Error, Sendable, Equatable, CustomStringConvertible {
         case .pinMismatch(let what): self = .pinMismatch(what)
         case .handshakeFailed(let what): self = .handshakeFailed(what)
         case .alertReceived(let what): self = .protocolError("fatal alert from peer: \(what)")
+        case .keyUsageLimitReached(let what): self = .keyUsageLimitReached(what)
         case .protocolError(let what): self = .protocolError(what)
         }
     }

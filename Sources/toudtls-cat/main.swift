@@ -138,7 +138,7 @@ func exitCode(for error: Error) -> ExitCode32 {
         return .authentication
     case .unreachable, .timedOut: return .unreachable
     case .connectionReset: return .reset
-    case .truncated, .protocolError, .closed, .socketError: return .other
+    case .truncated, .protocolError, .keyUsageLimitReached, .closed, .socketError: return .other
     }
 }
 

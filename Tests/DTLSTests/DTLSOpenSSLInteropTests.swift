@@ -321,3 +321,182 @@ private func handshakeWithOpenSSLServer(certificate: String, client context: DTL
     while let datagram = client.pollDatagram() { socket.send(datagram) }
     return events
 }
+
+/// A stock DTLS peer holds us to one record sequence per epoch: it drops the second of two
+/// records with the same `(epoch, sequence)`, and with ChaCha20-Poly1305 a repeat reuses a nonce.
+@Suite(.serialized) struct DTLSOpenSSLSequenceTests {
+    /// Our server loses its CCS+Finished once and talks at once; `openssl s_client` resends its
+    /// flight, we resend the Finished. Everything we sent reaches it, each record under a new number.
+    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"),
+          arguments: DTLSCipherSuite.allCases)
+    func serverResendsItsFinishedToOpenSSLClientUnderAFreshSequence(suite: DTLSCipherSuite) throws {
+        var lostFinished = false
+        let run = try runServerAgainstOpenSSLClient(suite: suite, drop: { datagram in
+            guard !lostFinished, RecordList(datagram).contains(where: { $0.epoch == 1 }) else { return false }
+            lostFinished = true
+            return true
+        }, script: { step, connection, client in
+            switch step {
+            case .handshakeCompleted:
+                try connection.writeApplicationData(ByteBuffer(string: "early from toudtls\n"))
+            case .clientSaid("early from toudtls"):
+                client.write("hello from openssl\n")
+            case .weReceived("hello from openssl"):
+                try connection.writeApplicationData(ByteBuffer(string: "late from toudtls\n"))
+            case .clientSaid("late from toudtls"):
+                return true
+            default:
+                break
+            }
+            return false
+        })
+        #expect(lostFinished)
+        #expect(run.finished, "openssl said: \(run.clientOutput)")
+        let finisheds = run.sent.filter { $0.epoch == 1 && $0.type == 22 }
+        #expect(finisheds.count == 2)
+        #expect(run.sent.repeatedSequenceNumbers.isEmpty, "we repeated \(run.sent.repeatedSequenceNumbers)")
+    }
+
+    /// `openssl s_client` tries to renegotiate (a ClientHello in epoch 1); our server's OpenSSL
+    /// answers with a no_renegotiation alert, which must carry a number our data did not use, or the
+    /// client drops it as a replay and never learns the answer.
+    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"),
+          arguments: DTLSCipherSuite.allCases)
+    func serverRefusesOpenSSLClientsRenegotiationUnderAFreshSequence(suite: DTLSCipherSuite) throws {
+        let run = try runServerAgainstOpenSSLClient(suite: suite, drop: { _ in false }, script: { step, connection, client in
+            switch step {
+            case .handshakeCompleted:
+                for index in 0..<3 { try connection.writeApplicationData(ByteBuffer(string: "data \(index) from toudtls\n")) }
+            case .clientSaid("data 2 from toudtls"):
+                client.write("R\n")
+            case .clientSaid("no renegotiation"):
+                return true
+            default:
+                break
+            }
+            return false
+        })
+        #expect(run.finished, "openssl said: \(run.clientOutput)")
+        #expect(run.sent.contains { $0.epoch == 1 && $0.type == 21 })
+        #expect(run.sent.repeatedSequenceNumbers.isEmpty, "we repeated \(run.sent.repeatedSequenceNumbers)")
+    }
+
+    /// `openssl s_server` asks our client to renegotiate (a HelloRequest in epoch 1); the client's
+    /// no_renegotiation alert must reach it under a fresh number.
+    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"),
+          arguments: DTLSCipherSuite.allCases)
+    func clientRefusesOpenSSLServersRenegotiationUnderAFreshSequence(suite: DTLSCipherSuite) throws {
+        let port = try UDPSocket().localPort  // a free port, released for the server to take
+        let server = try OpenSSLProcess(port: port, cipher: suite.openSSLName(rsa: false))
+        defer { server.stop() }
+        Thread.sleep(forTimeInterval: 0.3)
+        let socket = try UDPSocket(connectTo: port)
+        let client = try DTLSConnection(client: Certs.client(cipherSuites: [suite]), serverName: "localhost", mtu: 1400)
+        client.startHandshake(now: .now())
+        var sent: [ByteBuffer] = []
+        var wroteData = false
+        var askedRenegotiation = false
+        var events: [DTLSEvent] = []
+        let start = NIODeadline.now()
+        while NIODeadline.now() < start + .seconds(10), !server.text.contains("no renegotiation") {
+            while let datagram = client.pollDatagram() {
+                sent.append(datagram)
+                socket.send(datagram)
+            }
+            if let datagram = socket.receive() { client.receiveDatagram(datagram, now: .now()) }
+            if let deadline = client.nextDeadline, deadline <= .now() { client.handleTimeout(now: .now()) }
+            while let event = client.pollEvent() { events.append(event) }
+            if events.contains(.handshakeCompleted), !wroteData {
+                for index in 0..<3 { try client.writeApplicationData(ByteBuffer(string: "data \(index) from toudtls\n")) }
+                wroteData = true
+            }
+            if wroteData, !askedRenegotiation, server.text.contains("data 2 from toudtls") {
+                server.write("r\n")
+                askedRenegotiation = true
+            }
+        }
+        #expect(askedRenegotiation, "openssl said: \(server.text)")
+        #expect(server.text.contains("no renegotiation"), "openssl said: \(server.text)")
+        let records = RecordList(sent)
+        #expect(records.contains { $0.epoch == 1 && $0.type == 21 })
+        #expect(records.repeatedSequenceNumbers.isEmpty, "we repeated \(records.repeatedSequenceNumbers)")
+    }
+}
+
+private enum InteropStep: Equatable {
+    case handshakeCompleted
+    /// A line the openssl client printed (the peer received it from us, or reported it).
+    case clientSaid(String)
+    /// A line we received from the openssl client.
+    case weReceived(String)
+}
+
+private struct InteropRun {
+    var finished = false
+    var sent = RecordList([])
+    var clientOutput = ""
+}
+
+/// Our server (stateless cookie exchange, then a connection) against `openssl s_client`. `drop`
+/// may lose our datagrams; `script` reacts to each step once and returns true when done.
+private func runServerAgainstOpenSSLClient(
+    suite: DTLSCipherSuite, drop: (ByteBuffer) -> Bool,
+    script: (InteropStep, DTLSConnection, OpenSSLProcess) throws -> Bool
+) throws -> InteropRun {
+    let socket = try UDPSocket()
+    let context = try Certs.server()
+    let client = try OpenSSLProcess(arguments: [
+        "s_client", "-dtls1_2", "-connect", "127.0.0.1:\(socket.localPort)", "-mtu", "1400",
+        "-CAfile", Certs.path("ca.pem"), "-servername", "localhost", "-cipher", suite.openSSLName(rsa: false),
+    ])
+    defer { client.stop() }
+    let cookie: [UInt8] = Array("interop-cookie".utf8)
+    var connection: DTLSConnection?
+    var run = InteropRun()
+    var sent: [ByteBuffer] = []
+    var received = ""
+    var done: [InteropStep] = []
+    func send(_ datagram: ByteBuffer) {
+        sent.append(datagram)
+        if !drop(datagram) { socket.send(datagram) }
+    }
+    func step(_ candidate: InteropStep, _ connection: DTLSConnection) throws {
+        guard !done.contains(candidate) else { return }
+        done.append(candidate)
+        if try script(candidate, connection, client) { run.finished = true }
+    }
+    let start = NIODeadline.now()
+    while NIODeadline.now() < start + .seconds(15), !run.finished {
+        if let connection {
+            if let datagram = socket.receive() { connection.receiveDatagram(datagram, now: .now()) }
+            if let deadline = connection.nextDeadline, deadline <= .now() { connection.handleTimeout(now: .now()) }
+            while let datagram = connection.pollDatagram() { send(datagram) }
+            while let event = connection.pollEvent() {
+                if event == .handshakeCompleted { try step(.handshakeCompleted, connection) }
+            }
+            while var data = connection.readApplicationData() { received += data.readString(length: data.readableBytes) ?? "" }
+            for line in received.split(separator: "\n") { try step(.weReceived(String(line)), connection) }
+            for line in client.text.split(separator: "\n") {
+                for marker in ["early from toudtls", "late from toudtls", "data 2 from toudtls", "no renegotiation"]
+                where line.contains(marker) {
+                    try step(.clientSaid(marker), connection)
+                }
+            }
+            while let datagram = connection.pollDatagram() { send(datagram) }
+        } else if let datagram = socket.receiveAndConnect() {
+            switch context.listen(datagram: datagram, cookieToIssue: cookie, acceptableCookies: [cookie],
+                                  mtu: 1400, now: .now()) {
+            case .helloVerifyRequest(let hvr):
+                socket.send(hvr)
+            case .accepted(let accepted):
+                connection = accepted
+                while let datagram = accepted.pollDatagram() { send(datagram) }
+            case .dropped:
+                break
+            }
+        }
+    }
+    run.sent = RecordList(sent)
+    run.clientOutput = client.text
+    return run
+}

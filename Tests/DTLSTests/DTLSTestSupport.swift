@@ -21,10 +21,12 @@ enum Certs {
                                requireClientCertificate: requireClient)
     }
 
-    static func client(trust: String = "ca.pem", withCertificate: Bool = false) throws -> DTLSContext {
+    static func client(trust: String = "ca.pem", withCertificate: Bool = false,
+                       cipherSuites: [DTLSCipherSuite] = DTLSCipherSuite.allCases) throws -> DTLSContext {
         try DTLSContext.client(trustRootsPEM: bytes(trust),
                                certificateChainPEM: withCertificate ? bytes("client.pem") : nil,
-                               privateKeyPEM: withCertificate ? bytes("client.key") : nil)
+                               privateKeyPEM: withCertificate ? bytes("client.key") : nil,
+                               cipherSuites: cipherSuites)
     }
 }
 

@@ -72,6 +72,9 @@ tou_dtls_ctx *tou_dtls_ctx_new_server(const uint8_t *chain_pem, size_t chain_len
                                       int require_client_cert,
                                       char *err, size_t err_cap);
 void tou_dtls_ctx_free(tou_dtls_ctx *ctx);
+/* Restricts a context to an OpenSSL cipher list (a subset of the AEAD suites, in order of
+ * preference), before any connection is made from it. Returns 1, or 0 with a message in err. */
+int tou_dtls_ctx_set_ciphers(tou_dtls_ctx *ctx, const char *list, char *err, size_t err_cap);
 
 /* A client connection. server_name is a DNS name (verified and sent as SNI) or an IP literal
  * (verified against IP SANs, no SNI). */
@@ -147,20 +150,40 @@ tou_aead *tou_aead_new(int suite, const uint8_t *key, size_t key_len, const uint
 void tou_aead_free(tou_aead *aead);
 /* Bytes a record adds to its plaintext: header, explicit nonce (AES-GCM), tag. */
 size_t tou_aead_overhead(const tou_aead *aead);
-/* Writes one whole record (header included) protecting p1 followed by p2 (together at most
- * 16,384 bytes). Returns its length, or -1 if out is too small or the sequence is exhausted. */
-long tou_aead_seal(tou_aead *aead, uint8_t type, uint16_t epoch, uint64_t sequence,
-                   const uint8_t *p1, size_t n1, const uint8_t *p2, size_t n2,
+
+/* Why tou_aead_seal wrote nothing. */
+enum {
+    TOU_SEAL_E_CRYPTO = -1,             /* the cipher itself failed */
+    TOU_SEAL_E_TOO_LONG = -2,           /* more than 16,384 bytes of plaintext */
+    TOU_SEAL_E_NO_ROOM = -3,            /* out is too small for the record */
+    TOU_SEAL_E_SEQUENCE_EXHAUSTED = -4, /* the epoch's 48-bit sequence space is used up */
+    TOU_SEAL_E_USAGE_LIMIT = -5,        /* the key reached its confidentiality limit */
+};
+
+/* A sealer owns the one sequence counter of its epoch and direction: every record it writes
+ * takes the next number, whoever asked (our data records, or OpenSSL's records re-sealed). */
+void tou_aead_start_sequence(tou_aead *aead, uint16_t epoch, uint64_t next_sequence);
+uint64_t tou_aead_next_sequence(const tou_aead *aead);
+/* Writes one whole record (header included) protecting p1 followed by p2 under the next
+ * sequence number. Returns its length, or a TOU_SEAL_E_* code (nothing written, no number used). */
+long tou_aead_seal(tou_aead *aead, uint8_t type, const uint8_t *p1, size_t n1, const uint8_t *p2, size_t n2,
                    uint8_t *out, size_t out_cap);
 /* Authenticates and decrypts one whole record into out. Returns the plaintext length, or -1 if
- * it is malformed or does not authenticate (out then holds nothing of it). */
+ * it is malformed or does not authenticate (out then holds nothing of it; counted). */
 long tou_aead_open(tou_aead *aead, const uint8_t *record, size_t record_len, uint8_t *out, size_t out_cap);
+uint64_t tou_aead_failed_opens(const tou_aead *aead);
+/* 1 once so many records failed authentication that the key must not be used any more. */
+int tou_aead_integrity_limit_reached(const tou_aead *aead);
+/* Tests only: lower the limits to reach them without sealing 250 GB. */
+void tou_aead_set_limits(tou_aead *aead, uint64_t usage_limit, uint64_t failed_open_limit);
 
-/* After the handshake: a sealer and an opener for the current epoch's keys, and the sequence
- * number after the last record OpenSSL wrote in it. Returns 1, or 0 (nothing allocated) if the
- * suite is not one of the three AEADs. */
-int tou_dtls_conn_record_layer(tou_dtls_conn *conn, tou_aead **sealer, tou_aead **opener,
-                               uint16_t *epoch, uint64_t *next_write_seq);
+/* After the handshake: a sealer and an opener for the current epoch's keys, owned by the
+ * connection (freed with it). From then on every record the connection sends in that epoch,
+ * OpenSSL's included, takes its sequence number from the sealer. Returns 1, or 0 (nothing
+ * allocated) if the suite is not one of the three AEADs. */
+int tou_dtls_conn_record_layer(tou_dtls_conn *conn, tou_aead **sealer, tou_aead **opener, uint16_t *epoch);
+/* Records OpenSSL wrote after the takeover that could not be re-sealed and were not sent. */
+uint64_t tou_dtls_conn_unsealable_records(const tou_dtls_conn *conn);
 
 #ifdef __cplusplus
 }
