@@ -1,4 +1,5 @@
 #include "tou_shim.h"
+#include "tou_internal.h"
 
 #include <arpa/inet.h>
 #include <pthread.h>
@@ -15,87 +16,16 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
-#define TOU_CIPHERS "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
-                    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
-                    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
-#define TOU_ERR_CAP 512
-/* Bounds on the outgoing queue: a flight is a handful of datagrams and the Swift side drains
- * the queue after every call, so hitting these means something is wrong; excess is dropped
- * the way a full socket buffer would drop it. */
-#define TOU_OUT_MAX_DATAGRAMS 64
-#define TOU_OUT_MAX_BYTES (256 * 1024)
-#define TOU_MAX_COOKIE 255
-
-struct tou_dtls_ctx {
-    SSL_CTX *ssl_ctx;
-    int is_server;
-    /* SHA-256 pins of the server's leaf SubjectPublicKeyInfo (client only); none = no pinning. */
-    uint8_t (*pins)[32];
-    size_t pin_count;
-};
-
-struct tou_dtls_conn {
-    SSL *ssl;
-    int is_server;
-    int established;
-    int close_seen;
-    int failed;
-    int mtu;
-
-    /* Input: at most one datagram/record, borrowed from the caller for the current call. */
-    const uint8_t *in_ptr;
-    size_t in_len;
-    int peek;
-
-    /* Output queue: datagrams packed in one arena, reset when drained. */
-    uint8_t *out_buf;
-    size_t out_used, out_cap;
-    size_t out_off[TOU_OUT_MAX_DATAGRAMS];
-    size_t out_len[TOU_OUT_MAX_DATAGRAMS];
-    size_t out_count;
-
-    /* Cookies supplied by the current listen call, and the one accepted (for re-verification
-     * when the state machine processes the ClientHello again). */
-    const uint8_t *issue_ptr;
-    size_t issue_len;
-    const uint8_t *acc_ptr;
-    const size_t *acc_lens;
-    size_t acc_count;
-    uint8_t accepted_cookie[TOU_MAX_COOKIE];
-    size_t accepted_cookie_len;
-
-    /* The newest epoch OpenSSL has written records in, and the sequence number after its last one
-     * there: where our own record layer takes over (tou_dtls_conn_record_layer). */
-    uint16_t write_epoch;
-    uint64_t next_write_seq;
-
-    /* After the takeover: our record layer's keys (owned here), and an opener with our own write
-     * key, which lets OpenSSL's later records in the epoch be re-sealed under the sealer's counter. */
-    tou_aead *sealer;
-    tou_aead *opener;
-    tou_aead *own_opener;
-    uint8_t *reseal_scratch;
-    uint64_t unsealable;
-
-    int alert_read;          /* last alert received: (level << 8) | description, or -1 */
-    /* Filled by the certificate verify callback: why the peer's chain was refused, in words,
-     * and whether it was the pin check (the chain itself verified). */
-    char verify_detail[TOU_ERR_CAP];
-    int pin_failed;
-    int error_kind;
-    char error_msg[TOU_ERR_CAP];
-};
-
 /* ---------------------------------------------------------------- errors */
 
-static void set_msg(char *buf, size_t cap, const char *msg) {
+void tou_set_msg(char *buf, size_t cap, const char *msg) {
     if (buf == NULL || cap == 0) return;
     snprintf(buf, cap, "%s", msg);
 }
 
 /* Drains the thread's OpenSSL error queue into "prefix: reason (data); reason ..." so one
  * failure never leaks into the next call. Returns the first error's reason code. */
-static int drain_errors(char *buf, size_t cap, const char *prefix) {
+int tou_drain_errors(char *buf, size_t cap, const char *prefix) {
     size_t used = 0;
     int first_reason = 0;
     if (buf != NULL && cap > 0) {
@@ -131,13 +61,13 @@ static int drain_errors(char *buf, size_t cap, const char *prefix) {
 static void conn_fail(tou_dtls_conn *c, int kind, const char *msg) {
     c->failed = 1;
     c->error_kind = kind;
-    set_msg(c->error_msg, sizeof c->error_msg, msg);
+    tou_set_msg(c->error_msg, sizeof c->error_msg, msg);
 }
 
 /* Sorts a failed handshake or read into one error kind with a readable message. */
 static void classify_failure(tou_dtls_conn *c, int during_handshake) {
     char errs[TOU_ERR_CAP];
-    int reason = drain_errors(errs, sizeof errs, NULL);
+    int reason = tou_drain_errors(errs, sizeof errs, NULL);
     char msg[TOU_ERR_CAP];
     long vr = SSL_get_verify_result(c->ssl);
     int have_alert = c->alert_read >= 0 && ((c->alert_read >> 8) & 0xff) == SSL3_AL_FATAL;
@@ -399,12 +329,12 @@ static int pem_read_failure(char *err, size_t cap, const char *kind, const char 
         if (index > 1) return 1;
         char m[200];
         snprintf(m, sizeof m, "no PEM %s (\"-----BEGIN CERTIFICATE-----\") found in the %s", kind, what);
-        set_msg(err, cap, m);
+        tou_set_msg(err, cap, m);
         return 0;
     }
     char prefix[160];
     snprintf(prefix, sizeof prefix, "malformed PEM %s #%d in the %s", kind, index, what);
-    drain_errors(err, cap, prefix);
+    tou_drain_errors(err, cap, prefix);
     return 0;
 }
 
@@ -571,7 +501,7 @@ static int cert_verify_cb(X509_STORE_CTX *sctx, void *arg) {
         X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
         if (c != NULL) {
             c->pin_failed = 1;
-            set_msg(c->verify_detail, sizeof c->verify_detail, "cannot hash the server's public key");
+            tou_set_msg(c->verify_detail, sizeof c->verify_detail, "cannot hash the server's public key");
         }
         return 0;
     }
@@ -601,11 +531,11 @@ static int cert_verify_cb(X509_STORE_CTX *sctx, void *arg) {
 int tou_public_key_sha256(const uint8_t *pem, size_t pem_len, uint8_t out[32], char *err, size_t err_cap) {
     ERR_clear_error();
     if (pem == NULL || pem_len == 0 || pem_len > INT32_MAX) {
-        set_msg(err, err_cap, "no PEM certificate given");
+        tou_set_msg(err, err_cap, "no PEM certificate given");
         return 0;
     }
     BIO *bio = BIO_new_mem_buf(pem, (int)pem_len);
-    if (bio == NULL) { set_msg(err, err_cap, "out of memory"); return 0; }
+    if (bio == NULL) { tou_set_msg(err, err_cap, "out of memory"); return 0; }
     X509 *x = PEM_read_bio_X509(bio, NULL, no_passphrase_cb, NULL);
     BIO_free(bio);
     if (x == NULL) {
@@ -615,7 +545,7 @@ int tou_public_key_sha256(const uint8_t *pem, size_t pem_len, uint8_t out[32], c
     int ok = spki_sha256(x, out);
     X509_free(x);
     ERR_clear_error();
-    if (!ok) set_msg(err, err_cap, "cannot encode or hash the certificate's public key");
+    if (!ok) tou_set_msg(err, err_cap, "cannot encode or hash the certificate's public key");
     return ok;
 }
 
@@ -623,7 +553,7 @@ int tou_public_key_sha256(const uint8_t *pem, size_t pem_len, uint8_t out[32], c
 
 static int load_trust(SSL_CTX *ctx, const uint8_t *pem, size_t len, char *err, size_t cap, const char *what) {
     BIO *bio = BIO_new_mem_buf(pem, (int)len);
-    if (bio == NULL) { set_msg(err, cap, "out of memory"); return 0; }
+    if (bio == NULL) { tou_set_msg(err, cap, "out of memory"); return 0; }
     X509_STORE *store = SSL_CTX_get_cert_store(ctx);
     int count = 0;
     for (;;) {
@@ -641,7 +571,7 @@ static int load_trust(SSL_CTX *ctx, const uint8_t *pem, size_t len, char *err, s
                 BIO_free(bio);
                 char p[160];
                 snprintf(p, sizeof p, "cannot add certificate #%d of the %s", count, what);
-                drain_errors(err, cap, p);
+                tou_drain_errors(err, cap, p);
                 return 0;
             }
             ERR_clear_error();
@@ -654,7 +584,7 @@ static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_l
                               const uint8_t *key, size_t key_len, const char *chain_what,
                               const char *key_what, char *err, size_t cap) {
     BIO *bio = BIO_new_mem_buf(chain, (int)chain_len);
-    if (bio == NULL) { set_msg(err, cap, "out of memory"); return 0; }
+    if (bio == NULL) { tou_set_msg(err, cap, "out of memory"); return 0; }
     X509 *leaf = PEM_read_bio_X509_AUX(bio, NULL, no_passphrase_cb, NULL);
     if (leaf == NULL) {
         BIO_free(bio);
@@ -669,7 +599,7 @@ static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_l
         BIO_free(bio);
         char p[160];
         snprintf(p, sizeof p, "the first certificate of the %s was rejected", chain_what);
-        drain_errors(err, cap, p);
+        tou_drain_errors(err, cap, p);
         return 0;
     }
     for (int index = 2;; index++) {
@@ -684,7 +614,7 @@ static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_l
             BIO_free(bio);
             char p[160];
             snprintf(p, sizeof p, "certificate #%d of the %s was rejected", index, chain_what);
-            drain_errors(err, cap, p);
+            tou_drain_errors(err, cap, p);
             return 0;
         }
     }
@@ -692,7 +622,7 @@ static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_l
     ERR_clear_error();
 
     bio = BIO_new_mem_buf(key, (int)key_len);
-    if (bio == NULL) { set_msg(err, cap, "out of memory"); return 0; }
+    if (bio == NULL) { tou_set_msg(err, cap, "out of memory"); return 0; }
     int encrypted = 0;
     EVP_PKEY *pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase_cb, &encrypted);
     BIO_free(bio);
@@ -702,15 +632,15 @@ static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_l
             ERR_clear_error();
             snprintf(m, sizeof m, "the %s is encrypted; passphrase-protected keys are not supported "
                      "(decrypt it with `openssl pkey -in KEY -out PLAIN.key`)", key_what);
-            set_msg(err, cap, m);
+            tou_set_msg(err, cap, m);
         } else if (!contains(key, key_len, "PRIVATE KEY-----")) {
             ERR_clear_error();
             snprintf(m, sizeof m, "the %s contains no PEM private key (\"-----BEGIN PRIVATE KEY-----\")", key_what);
-            set_msg(err, cap, m);
+            tou_set_msg(err, cap, m);
         } else {
             char p[160];
             snprintf(p, sizeof p, "the %s is not a readable PEM private key", key_what);
-            drain_errors(err, cap, p);
+            tou_drain_errors(err, cap, p);
         }
         return 0;
     }
@@ -723,7 +653,7 @@ static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_l
         if (!mismatch) {
             char p[160];
             snprintf(p, sizeof p, "the %s was rejected", key_what);
-            drain_errors(err, cap, p);
+            tou_drain_errors(err, cap, p);
             return 0;
         }
     }
@@ -734,7 +664,7 @@ static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_l
         char m[TOU_ERR_CAP];
         snprintf(m, sizeof m, "the %s does not match the certificate \"%s\" (the first in the %s): "
                  "they are not one key pair", key_what, leaf_subject, chain_what);
-        set_msg(err, cap, m);
+        tou_set_msg(err, cap, m);
         return 0;
     }
     return 1;
@@ -742,18 +672,18 @@ static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_l
 
 static SSL_CTX *new_base_ctx(int server, char *err, size_t cap) {
     if (pthread_once(&tou_bio_once, tou_bio_init_once) != 0 || tou_bio_method == NULL) {
-        set_msg(err, cap, "cannot create the datagram BIO method");
+        tou_set_msg(err, cap, "cannot create the datagram BIO method");
         return NULL;
     }
     SSL_CTX *ctx = SSL_CTX_new(server ? DTLS_server_method() : DTLS_client_method());
     if (ctx == NULL) {
-        drain_errors(err, cap, "cannot create SSL_CTX");
+        tou_drain_errors(err, cap, "cannot create SSL_CTX");
         return NULL;
     }
     if (!SSL_CTX_set_min_proto_version(ctx, DTLS1_2_VERSION) ||
         !SSL_CTX_set_max_proto_version(ctx, DTLS1_2_VERSION) ||
         !SSL_CTX_set_cipher_list(ctx, TOU_CIPHERS)) {
-        drain_errors(err, cap, "cannot configure DTLS 1.2 and the AEAD cipher list");
+        tou_drain_errors(err, cap, "cannot configure DTLS 1.2 and the AEAD cipher list");
         SSL_CTX_free(ctx);
         return NULL;
     }
@@ -771,15 +701,15 @@ tou_dtls_ctx *tou_dtls_ctx_new_client(const uint8_t *trust_pem, size_t trust_len
                                       char *err, size_t err_cap) {
     ERR_clear_error();
     if (pin_count > 0 && (pins == NULL || pin_count > 1024)) {
-        set_msg(err, err_cap, "at most 1024 public-key pins");
+        tou_set_msg(err, err_cap, "at most 1024 public-key pins");
         return NULL;
     }
     if (trust_pem == NULL || trust_len == 0 || trust_len > INT32_MAX || chain_len > INT32_MAX || key_len > INT32_MAX) {
-        set_msg(err, err_cap, "trust roots are required");
+        tou_set_msg(err, err_cap, "trust roots are required");
         return NULL;
     }
     if ((chain_pem == NULL) != (key_pem == NULL)) {
-        set_msg(err, err_cap, "a client certificate chain needs its private key, and vice versa");
+        tou_set_msg(err, err_cap, "a client certificate chain needs its private key, and vice versa");
         return NULL;
     }
     SSL_CTX *ctx = new_base_ctx(0, err, err_cap);
@@ -795,13 +725,27 @@ tou_dtls_ctx *tou_dtls_ctx_new_client(const uint8_t *trust_pem, size_t trust_len
     if (c == NULL || (pin_count > 0 && (c->pins = malloc(pin_count * 32)) == NULL)) {
         free(c);
         SSL_CTX_free(ctx);
-        set_msg(err, err_cap, "out of memory");
+        tou_set_msg(err, err_cap, "out of memory");
         return NULL;
     }
     if (pin_count > 0) memcpy(c->pins, pins, pin_count * 32);
     c->pin_count = pin_count;
     c->ssl_ctx = ctx;
     c->is_server = 0;
+    /* Offer to take a ticket; a saved session is bound to this trust (roots and pins). */
+    SSL_CTX_clear_options(ctx, SSL_OP_NO_TICKET);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned int digest_len = 0;
+    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(md, trust_pem, trust_len) != 1 ||
+        (pin_count > 0 && EVP_DigestUpdate(md, pins, pin_count * 32) != 1) ||
+        EVP_DigestFinal_ex(md, c->trust_digest, &digest_len) != 1) {
+        EVP_MD_CTX_free(md);
+        tou_dtls_ctx_free(c);
+        tou_set_msg(err, err_cap, "cannot hash the trust roots");
+        return NULL;
+    }
+    EVP_MD_CTX_free(md);
     SSL_CTX_set_cert_verify_callback(ctx, cert_verify_cb, c);
     return c;
 }
@@ -814,11 +758,11 @@ tou_dtls_ctx *tou_dtls_ctx_new_server(const uint8_t *chain_pem, size_t chain_len
     ERR_clear_error();
     if (chain_pem == NULL || key_pem == NULL || chain_len > INT32_MAX || key_len > INT32_MAX ||
         client_trust_len > INT32_MAX) {
-        set_msg(err, err_cap, "a server needs a certificate chain and a private key");
+        tou_set_msg(err, err_cap, "a server needs a certificate chain and a private key");
         return NULL;
     }
     if (require_client_cert && client_trust_pem == NULL) {
-        set_msg(err, err_cap, "requiring client certificates needs client trust roots");
+        tou_set_msg(err, err_cap, "requiring client certificates needs client trust roots");
         return NULL;
     }
     SSL_CTX *ctx = new_base_ctx(1, err, err_cap);
@@ -836,7 +780,7 @@ tou_dtls_ctx *tou_dtls_ctx_new_server(const uint8_t *chain_pem, size_t chain_len
     SSL_CTX_set_cookie_generate_cb(ctx, cookie_generate_cb);
     SSL_CTX_set_cookie_verify_cb(ctx, cookie_verify_cb);
     tou_dtls_ctx *c = calloc(1, sizeof *c);
-    if (c == NULL) { SSL_CTX_free(ctx); set_msg(err, err_cap, "out of memory"); return NULL; }
+    if (c == NULL) { SSL_CTX_free(ctx); tou_set_msg(err, err_cap, "out of memory"); return NULL; }
     c->ssl_ctx = ctx;
     c->is_server = 1;
     SSL_CTX_set_cert_verify_callback(ctx, cert_verify_cb, c);
@@ -847,7 +791,7 @@ int tou_dtls_ctx_set_ciphers(tou_dtls_ctx *ctx, const char *list, char *err, siz
     ERR_clear_error();
     /* Only names from our own AEAD list: anything else could reach a suite the record layer lacks. */
     char copy[512];
-    if (list == NULL || strlen(list) >= sizeof copy) { set_msg(err, err_cap, "cipher list too long"); return 0; }
+    if (list == NULL || strlen(list) >= sizeof copy) { tou_set_msg(err, err_cap, "cipher list too long"); return 0; }
     snprintf(copy, sizeof copy, "%s", list);
     static const char supported[] = TOU_CIPHERS;
     for (char *save = NULL, *name = strtok_r(copy, ":", &save); name != NULL; name = strtok_r(NULL, ":", &save)) {
@@ -856,12 +800,12 @@ int tou_dtls_ctx_set_ciphers(tou_dtls_ctx *ctx, const char *list, char *err, siz
         if (hit == NULL || (hit[n] != ':' && hit[n] != '\0') || (hit != supported && hit[-1] != ':')) {
             char m[160];
             snprintf(m, sizeof m, "cipher suite %s is not one of the supported AEAD suites", name);
-            set_msg(err, err_cap, m);
+            tou_set_msg(err, err_cap, m);
             return 0;
         }
     }
     if (!SSL_CTX_set_cipher_list(ctx->ssl_ctx, list)) {
-        drain_errors(err, err_cap, "cannot set the cipher list");
+        tou_drain_errors(err, err_cap, "cannot set the cipher list");
         return 0;
     }
     return 1;
@@ -871,6 +815,7 @@ void tou_dtls_ctx_free(tou_dtls_ctx *ctx) {
     if (ctx == NULL) return;
     SSL_CTX_free(ctx->ssl_ctx);
     free(ctx->pins);
+    tou_tickets_free(ctx->tickets);
     free(ctx);
 }
 
@@ -878,14 +823,15 @@ void tou_dtls_ctx_free(tou_dtls_ctx *ctx) {
 
 static tou_dtls_conn *conn_new(tou_dtls_ctx *ctx, int mtu, char *err, size_t cap) {
     tou_dtls_conn *c = calloc(1, sizeof *c);
-    if (c == NULL) { set_msg(err, cap, "out of memory"); return NULL; }
+    if (c == NULL) { tou_set_msg(err, cap, "out of memory"); return NULL; }
     c->alert_read = -1;
+    c->ctx = ctx;
     c->is_server = ctx->is_server;
     c->mtu = mtu;
     c->ssl = SSL_new(ctx->ssl_ctx);
     BIO *bio = c->ssl != NULL ? BIO_new(tou_bio_method) : NULL;
     if (bio == NULL) {
-        drain_errors(err, cap, "cannot create a DTLS session");
+        tou_drain_errors(err, cap, "cannot create a DTLS session");
         SSL_free(c->ssl);
         free(c);
         return NULL;
@@ -898,7 +844,7 @@ static tou_dtls_conn *conn_new(tou_dtls_ctx *ctx, int mtu, char *err, size_t cap
         char m[96];
         snprintf(m, sizeof m, "MTU %d is too small for DTLS", mtu);
         ERR_clear_error();
-        set_msg(err, cap, m);
+        tou_set_msg(err, cap, m);
         tou_dtls_conn_free(c);
         return NULL;
     }
@@ -908,11 +854,13 @@ static tou_dtls_conn *conn_new(tou_dtls_ctx *ctx, int mtu, char *err, size_t cap
 tou_dtls_conn *tou_dtls_conn_new_client(tou_dtls_ctx *ctx, const char *server_name, int mtu,
                                         char *err, size_t err_cap) {
     ERR_clear_error();
-    if (ctx == NULL || ctx->is_server) { set_msg(err, err_cap, "not a client context"); return NULL; }
-    if (server_name == NULL || server_name[0] == '\0') { set_msg(err, err_cap, "empty server name"); return NULL; }
+    if (ctx == NULL || ctx->is_server) { tou_set_msg(err, err_cap, "not a client context"); return NULL; }
+    if (server_name == NULL || server_name[0] == '\0') { tou_set_msg(err, err_cap, "empty server name"); return NULL; }
+    if (strlen(server_name) > 253) { tou_set_msg(err, err_cap, "server name longer than 253 bytes"); return NULL; }
     tou_dtls_conn *c = conn_new(ctx, mtu, err, err_cap);
     if (c == NULL) return NULL;
     SSL_set_connect_state(c->ssl);
+    snprintf(c->server_name, sizeof c->server_name, "%s", server_name);
     unsigned char addr[16];
     int is_ip = inet_pton(AF_INET, server_name, addr) == 1 || inet_pton(AF_INET6, server_name, addr) == 1;
     int ok;
@@ -924,7 +872,7 @@ tou_dtls_conn *tou_dtls_conn_new_client(tou_dtls_ctx *ctx, const char *server_na
         ok = SSL_set1_host(c->ssl, server_name) && SSL_set_tlsext_host_name(c->ssl, server_name);
     }
     if (!ok) {
-        drain_errors(err, err_cap, "invalid server name");
+        tou_drain_errors(err, err_cap, "invalid server name");
         tou_dtls_conn_free(c);
         return NULL;
     }
@@ -951,12 +899,12 @@ int tou_dtls_listen(tou_dtls_ctx *ctx, const uint8_t *dgram, size_t dgram_len,
     ERR_clear_error();
     *out_conn = NULL;
     *hvr_len = 0;
-    if (ctx == NULL || !ctx->is_server) { set_msg(msg, msg_cap, "not a server context"); return TOU_DTLS_LISTEN_DROPPED; }
+    if (ctx == NULL || !ctx->is_server) { tou_set_msg(msg, msg_cap, "not a server context"); return TOU_DTLS_LISTEN_DROPPED; }
     if (cookie == NULL || cookie_len == 0 || cookie_len > TOU_MAX_COOKIE) {
-        set_msg(msg, msg_cap, "cookie to issue must be 1...255 bytes");
+        tou_set_msg(msg, msg_cap, "cookie to issue must be 1...255 bytes");
         return TOU_DTLS_LISTEN_DROPPED;
     }
-    if (dgram == NULL || dgram_len == 0) { set_msg(msg, msg_cap, "empty datagram"); return TOU_DTLS_LISTEN_DROPPED; }
+    if (dgram == NULL || dgram_len == 0) { tou_set_msg(msg, msg_cap, "empty datagram"); return TOU_DTLS_LISTEN_DROPPED; }
     tou_dtls_conn *c = conn_new(ctx, mtu, msg, msg_cap);
     if (c == NULL) return TOU_DTLS_LISTEN_DROPPED;
     SSL_set_accept_state(c->ssl);
@@ -980,7 +928,7 @@ int tou_dtls_listen(tou_dtls_ctx *ctx, const uint8_t *dgram, size_t dgram_len,
             result = TOU_DTLS_LISTEN_HVR;
             ERR_clear_error();
         } else {
-            drain_errors(msg, msg_cap, "not a usable ClientHello");
+            tou_drain_errors(msg, msg_cap, "not a usable ClientHello");
         }
         tou_dtls_conn_free(c);
         return result;
@@ -1082,8 +1030,8 @@ int tou_dtls_conn_shutdown(tou_dtls_conn *c) {
         int e = SSL_get_error(c->ssl, r);
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) { ERR_clear_error(); return 1; }
         char m[TOU_ERR_CAP];
-        drain_errors(m, sizeof m, "close_notify failed");
-        set_msg(c->error_msg, sizeof c->error_msg, m);
+        tou_drain_errors(m, sizeof m, "close_notify failed");
+        tou_set_msg(c->error_msg, sizeof c->error_msg, m);
         c->error_kind = TOU_DTLS_E_PROTOCOL;
         return -1;
     }

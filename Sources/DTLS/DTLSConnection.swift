@@ -1,6 +1,10 @@
 import CTOUOpenSSL
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One sans-IO DTLS 1.2 session: datagrams and time in; datagrams, plaintext records and events
 /// out. Confined to one event loop; not Sendable.
 ///
@@ -42,8 +46,10 @@ public final class DTLSConnection {
 
     /// A client connection to `serverName`: a DNS name (verified against the certificate and sent
     /// as SNI) or an IP literal (verified against IP SANs, no SNI). `mtu` is the room for one
-    /// DTLS datagram during the handshake.
-    public init(client context: DTLSContext, serverName: String, mtu: Int) throws(DTLSError) {
+    /// DTLS datagram during the handshake. A `resuming` session made for the same name and trust
+    /// is offered for an abbreviated handshake; `resumptionRefusal` says why one was not.
+    public init(client context: DTLSContext, serverName: String, mtu: Int,
+                resuming saved: DTLSSavedSession? = nil, now unixTime: Int64 = Int64(time(nil))) throws(DTLSError) {
         guard !context.isServer else { throw .invalidConfiguration("a client connection needs a client context") }
         guard let cMTU = Int32(exactly: mtu) else { throw .invalidConfiguration("MTU \(mtu) out of range") }
         var error = [CChar](repeating: 0, count: 512)
@@ -53,6 +59,29 @@ public final class DTLSConnection {
         self.handle = handle
         self.context = context
         self.serverName = serverName
+        if let saved {
+            var reason = [CChar](repeating: 0, count: 512)
+            let offered = saved.bytes.withUnsafeBufferPointer {
+                tou_dtls_conn_offer_session(handle, $0.baseAddress, $0.count, unixTime, &reason, reason.count)
+            }
+            if offered != 1 { resumptionRefusal = cString(reason) }
+        }
+    }
+
+    /// Why the session passed to `init(client:...resuming:)` was not offered (then the handshake
+    /// is a full one); nil if it was offered or none was given.
+    public private(set) var resumptionRefusal: String?
+
+    /// Whether the completed handshake resumed a session: abbreviated, no certificate sent.
+    public var isResumed: Bool { tou_dtls_conn_session_reused(handle) == 1 }
+
+    /// Client, after the handshake: the session to offer next time, if the server issued a ticket.
+    public var resumableSession: DTLSSavedSession? {
+        var bytes = [UInt8](repeating: 0, count: 8192)
+        var expires: Int64 = 0
+        let length = tou_dtls_conn_export_session(handle, &bytes, bytes.count, &expires)
+        guard length > 0, let serverName else { return nil }
+        return DTLSSavedSession(bytes: Array(bytes[0..<length]), serverName: serverName, expires: expires)
     }
 
     /// A server connection created by `DTLSContext.listen`, which already processed the ClientHello.

@@ -58,10 +58,13 @@ public final class DTLSContext: @unchecked Sendable {
     /// A server context presenting `certificateChainPEM` (leaf first). With `clientTrustRootsPEM`
     /// it asks clients for a certificate and verifies one if sent; `requireClientCertificate`
     /// makes it mandatory. Of the client's `cipherSuites`, the first in this order is chosen.
+    /// With `ticketLifetime` it issues session tickets for abbreviated handshakes, under keys that
+    /// rotate every lifetime (a ticket stays usable for at least one lifetime); nil issues none.
     public static func server(certificateChainPEM: [UInt8], privateKeyPEM: [UInt8],
                               clientTrustRootsPEM: [UInt8]? = nil,
                               requireClientCertificate: Bool = false,
-                              cipherSuites: [DTLSCipherSuite] = DTLSCipherSuite.allCases) throws(DTLSError) -> DTLSContext {
+                              cipherSuites: [DTLSCipherSuite] = DTLSCipherSuite.allCases,
+                              ticketLifetime: TimeAmount? = .hours(1)) throws(DTLSError) -> DTLSContext {
         var error = [CChar](repeating: 0, count: 512)
         let handle = certificateChainPEM.withUnsafeBufferPointer { chain in
             privateKeyPEM.withUnsafeBufferPointer { key in
@@ -77,7 +80,19 @@ public final class DTLSContext: @unchecked Sendable {
         guard let handle else { throw .invalidConfiguration(cString(error)) }
         let context = DTLSContext(handle: handle, isServer: true)
         try context.offer(cipherSuites)
+        if let ticketLifetime {
+            let seconds = max(1, ticketLifetime.nanoseconds / 1_000_000_000)
+            guard tou_dtls_ctx_enable_tickets(handle, Int(seconds), &error, error.count) == 1 else {
+                throw .invalidConfiguration(cString(error))
+            }
+        }
         return context
+    }
+
+    /// Server: starts a new session-ticket key now; tickets under the key before it still work for
+    /// one more lifetime, older ones fall back to a full handshake.
+    public func rotateTicketKeys() {
+        tou_dtls_ctx_rotate_ticket_keys(handle)
     }
 
     private func offer(_ suites: [DTLSCipherSuite]) throws(DTLSError) {

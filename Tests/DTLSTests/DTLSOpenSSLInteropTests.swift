@@ -423,6 +423,67 @@ private func handshakeWithOpenSSLServer(certificate: String, client context: DTL
     }
 }
 
+/// Session tickets with a DTLS stack nobody here wrote, both ways.
+@Suite(.serialized) struct DTLSOpenSSLResumptionTests {
+    /// `openssl s_client -sess_out` then `-sess_in` against our server: the second is "Reused".
+    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"))
+    func serverResumesOpenSSLClientsTicket() throws {
+        let context = try Certs.server()
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-sess-\(getpid()).pem").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        var resumed: [Bool] = []
+        for arguments in [["-sess_out", file], ["-sess_in", file]] {
+            let run = try runServerAgainstOpenSSLClient(suite: .aes256GCM, context: context, clientArguments: arguments,
+                                                        drop: { _ in false }, script: { step, connection, _ in
+                if step == .handshakeCompleted {
+                    resumed.append(connection.isResumed)
+                    try connection.writeApplicationData(ByteBuffer(string: "resumed from toudtls\n"))
+                }
+                return step == .clientSaid("resumed from toudtls")
+            })
+            #expect(run.finished, "openssl said: \(run.clientOutput.suffix(600))")
+            if arguments[0] == "-sess_in" {
+                #expect(run.clientOutput.contains("Reused, TLSv1.2"), "openssl said: \(run.clientOutput.suffix(600))")
+            }
+        }
+        #expect(resumed == [false, true])
+    }
+
+    /// Our client takes `openssl s_server`'s ticket and resumes with it on a second connection.
+    @Test(.enabled(if: opensslPath != nil, "the openssl command is not installed; skipping interop"))
+    func clientResumesWithOpenSSLServersTicket() throws {
+        let port = try UDPSocket().localPort  // a free port, released for the server to take
+        let server = try OpenSSLProcess(port: port)
+        defer { server.stop() }
+        Thread.sleep(forTimeInterval: 0.3)
+        let context = try Certs.client()
+        var saved: DTLSSavedSession?
+        var resumed: [Bool] = []
+        for _ in 0..<2 {
+            let socket = try UDPSocket(connectTo: port)
+            let client = try DTLSConnection(client: context, serverName: "localhost", mtu: 1400, resuming: saved)
+            #expect(client.resumptionRefusal == nil)
+            client.startHandshake(now: .now())
+            var events: [DTLSEvent] = []
+            let start = NIODeadline.now()
+            while NIODeadline.now() < start + .seconds(10), events.isEmpty {
+                while let datagram = client.pollDatagram() { socket.send(datagram) }
+                if let datagram = socket.receive() { client.receiveDatagram(datagram, now: .now()) }
+                if let deadline = client.nextDeadline, deadline <= .now() { client.handleTimeout(now: .now()) }
+                while let event = client.pollEvent() { events.append(event) }
+            }
+            #expect(events == [.handshakeCompleted], "openssl said: \(server.text.suffix(600))")
+            resumed.append(client.isResumed)
+            saved = client.resumableSession ?? saved
+            // s_server serves one connection at a time: end this one cleanly.
+            client.sendCloseNotify()
+            while let datagram = client.pollDatagram() { socket.send(datagram) }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        #expect(resumed == [false, true], "openssl said: \(server.text.suffix(600))")
+    }
+}
+
 private enum InteropStep: Equatable {
     case handshakeCompleted
     /// A line the openssl client printed (the peer received it from us, or reported it).
@@ -440,15 +501,16 @@ private struct InteropRun {
 /// Our server (stateless cookie exchange, then a connection) against `openssl s_client`. `drop`
 /// may lose our datagrams; `script` reacts to each step once and returns true when done.
 private func runServerAgainstOpenSSLClient(
-    suite: DTLSCipherSuite, drop: (ByteBuffer) -> Bool,
+    suite: DTLSCipherSuite, context: DTLSContext? = nil, clientArguments: [String] = [],
+    drop: (ByteBuffer) -> Bool,
     script: (InteropStep, DTLSConnection, OpenSSLProcess) throws -> Bool
 ) throws -> InteropRun {
     let socket = try UDPSocket()
-    let context = try Certs.server()
+    let context = try context ?? Certs.server()
     let client = try OpenSSLProcess(arguments: [
         "s_client", "-dtls1_2", "-connect", "127.0.0.1:\(socket.localPort)", "-mtu", "1400",
         "-CAfile", Certs.path("ca.pem"), "-servername", "localhost", "-cipher", suite.openSSLName(rsa: false),
-    ])
+    ] + clientArguments)
     defer { client.stop() }
     let cookie: [UInt8] = Array("interop-cookie".utf8)
     var connection: DTLSConnection?
@@ -477,7 +539,8 @@ private func runServerAgainstOpenSSLClient(
             while var data = connection.readApplicationData() { received += data.readString(length: data.readableBytes) ?? "" }
             for line in received.split(separator: "\n") { try step(.weReceived(String(line)), connection) }
             for line in client.text.split(separator: "\n") {
-                for marker in ["early from toudtls", "late from toudtls", "data 2 from toudtls", "no renegotiation"]
+                for marker in ["early from toudtls", "late from toudtls", "data 2 from toudtls", "no renegotiation",
+                               "resumed from toudtls"]
                 where line.contains(marker) {
                     try step(.clientSaid(marker), connection)
                 }

@@ -50,9 +50,15 @@ final class Pair {
     /// Returns false to drop a server datagram on the link.
     var deliverToClient: (ByteBuffer) -> Bool = { _ in true }
 
-    init(client clientContext: DTLSContext, server serverContext: DTLSContext,
-         serverName: String = "localhost", mtu: Int = 1400) throws {
-        self.client = try DTLSConnection(client: clientContext, serverName: serverName, mtu: mtu)
+    convenience init(client clientContext: DTLSContext, server serverContext: DTLSContext,
+                     serverName: String = "localhost", mtu: Int = 1400) throws {
+        try self.init(client: DTLSConnection(client: clientContext, serverName: serverName, mtu: mtu),
+                      serverContext: serverContext, mtu: mtu)
+    }
+
+    /// A client connection made by the test (e.g. one resuming a session).
+    init(client: DTLSConnection, serverContext: DTLSContext, mtu: Int = 1400) throws {
+        self.client = client
         self.serverContext = serverContext
         self.mtu = mtu
     }

@@ -72,6 +72,13 @@ tou_dtls_ctx *tou_dtls_ctx_new_server(const uint8_t *chain_pem, size_t chain_len
                                       int require_client_cert,
                                       char *err, size_t err_cap);
 void tou_dtls_ctx_free(tou_dtls_ctx *ctx);
+/* Server: issue DTLS 1.2 session tickets (RFC 5077) under keys that rotate every lifetime (the
+ * previous key still opens tickets for one more lifetime; such tickets are renewed). Returns 1,
+ * or 0 with a message in err. */
+int tou_dtls_ctx_enable_tickets(tou_dtls_ctx *ctx, long lifetime_seconds, char *err, size_t err_cap);
+/* Server: start a new ticket key now (the current one becomes the previous one). */
+void tou_dtls_ctx_rotate_ticket_keys(tou_dtls_ctx *ctx);
+
 /* Restricts a context to an OpenSSL cipher list (a subset of the AEAD suites, in order of
  * preference), before any connection is made from it. Returns 1, or 0 with a message in err. */
 int tou_dtls_ctx_set_ciphers(tou_dtls_ctx *ctx, const char *list, char *err, size_t err_cap);
@@ -92,6 +99,19 @@ int tou_dtls_listen(tou_dtls_ctx *ctx, const uint8_t *dgram, size_t dgram_len,
                     int mtu,
                     uint8_t *hvr_out, size_t hvr_cap, size_t *hvr_len,
                     tou_dtls_conn **out_conn, char *msg, size_t msg_cap);
+
+/* Client, after the handshake: the session in a form tou_dtls_conn_offer_session takes back
+ * (OpenSSL's DER in an envelope naming the server and the trust it was verified under), if the
+ * server issued a ticket. Returns the length written, 0 when there is nothing to resume, or -1
+ * if out is too small; *expires_unix is when the ticket's lifetime ends. */
+long tou_dtls_conn_export_session(const tou_dtls_conn *conn, uint8_t *out, size_t cap, int64_t *expires_unix);
+/* Client, before tou_dtls_conn_start: offer a saved session for an abbreviated handshake.
+ * Returns 1, or 0 with the reason in err (not ours, another server name or trust, expired,
+ * undecodable); the handshake then is a full one. */
+int tou_dtls_conn_offer_session(tou_dtls_conn *conn, const uint8_t *saved, size_t len, int64_t now_unix,
+                                char *err, size_t err_cap);
+/* 1 if the completed handshake resumed a session (the server sent no certificate). */
+int tou_dtls_conn_session_reused(const tou_dtls_conn *conn);
 
 /* Client: start the handshake (queues the ClientHello). Returns a STEP result. */
 int tou_dtls_conn_start(tou_dtls_conn *conn);

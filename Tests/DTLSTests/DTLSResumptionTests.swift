@@ -1,0 +1,145 @@
+import DTLS
+import Foundation
+import NIOCore
+import Testing
+
+/// Abbreviated handshakes with session tickets (RFC 5077): the server keeps no state, the client
+/// keeps a saved session bound to the server name and to the trust that verified the server.
+@Suite struct DTLSResumptionTests {
+    /// A full handshake against `server`; returns the client's saved session.
+    private func firstSession(server: DTLSContext, client: DTLSContext? = nil) throws -> DTLSSavedSession {
+        let pair = try Pair(client: client ?? Certs.client(), server: server)
+        pair.handshake()
+        try #require(pair.clientEvents == [.handshakeCompleted])
+        #expect(!pair.client.isResumed)
+        #expect(Self.certificateMessages(in: pair.serverSent) == 1)
+        return try #require(pair.client.resumableSession)
+    }
+
+    /// How many Certificate handshake messages (type 11) the datagrams carry in epoch 0.
+    static func certificateMessages(in datagrams: [ByteBuffer]) -> Int {
+        var count = 0
+        for datagram in datagrams {
+            datagram.withUnsafeReadableBytes { raw in
+                var offset = 0
+                while raw.count - offset >= 13 {
+                    let length = Int(raw[offset + 11]) << 8 | Int(raw[offset + 12])
+                    if raw[offset] == 22, raw[offset + 3] == 0, raw[offset + 4] == 0, length > 0, raw[offset + 13] == 11 {
+                        count += 1
+                    }
+                    offset += 13 + length
+                }
+            }
+        }
+        return count
+    }
+
+    @Test func aSavedSessionResumesWithoutACertificateAndCarriesData() throws {
+        let server = try Certs.server()
+        let saved = try firstSession(server: server)
+        #expect(saved.serverName == "localhost")
+        #expect(saved.expires > Int64(Date().timeIntervalSince1970) + 3000)
+
+        let pair = try Pair(client: Certs.client(), server: server)
+        let resumed = try DTLSConnection(client: Certs.client(), serverName: "localhost", mtu: 1400, resuming: saved)
+        #expect(resumed.resumptionRefusal == nil)
+        let resumedPair = try Pair(client: resumed, serverContext: server)
+        resumedPair.handshake()
+        #expect(resumedPair.clientEvents == [.handshakeCompleted])
+        #expect(resumedPair.serverEvents == [.handshakeCompleted])
+        #expect(resumed.isResumed)
+        #expect(try #require(resumedPair.server).isResumed)
+        #expect(Self.certificateMessages(in: resumedPair.serverSent) == 0)
+        #expect(resumed.peerCertificateSubject == "CN=localhost")
+        // Fewer bytes than a full handshake: no certificate chain, no key exchange.
+        pair.handshake()
+        let fullBytes = pair.serverSent.reduce(0) { $0 + $1.readableBytes }
+        let resumedBytes = resumedPair.serverSent.reduce(0) { $0 + $1.readableBytes }
+        #expect(resumedBytes < fullBytes / 2, "resumed \(resumedBytes) bytes, full \(fullBytes)")
+
+        try resumed.writeApplicationData(ByteBuffer(string: "resumed"))
+        let datagram = try #require(resumed.pollDatagram())
+        let serverSide = try #require(resumedPair.server)
+        serverSide.receiveDatagram(datagram, now: resumedPair.now)
+        #expect(serverSide.readApplicationData() == ByteBuffer(string: "resumed"))
+    }
+
+    @Test func aSessionIsNeverOfferedToAnotherServerNameOrUnderOtherTrust() throws {
+        let server = try Certs.server()
+        let saved = try firstSession(server: server)
+
+        let otherName = try DTLSConnection(client: Certs.client(), serverName: "127.0.0.1", mtu: 1400, resuming: saved)
+        #expect(otherName.resumptionRefusal == "the session is for \"localhost\", not \"127.0.0.1\"")
+        let pair = try Pair(client: otherName, serverContext: server)
+        pair.handshake()
+        #expect(pair.clientEvents == [.handshakeCompleted])
+        #expect(!otherName.isResumed)
+        #expect(Self.certificateMessages(in: pair.serverSent) == 1)
+
+        let pin = try DTLSContext.publicKeySHA256(ofCertificatePEM: Certs.bytes("server.pem"))
+        let pinned = try DTLSContext.client(trustRootsPEM: Certs.bytes("ca.pem"), pinnedPublicKeySHA256: [pin])
+        let otherTrust = try DTLSConnection(client: pinned, serverName: "localhost", mtu: 1400, resuming: saved)
+        #expect(otherTrust.resumptionRefusal == "the session was made under other trust roots or pins")
+
+        var garbage = saved.bytes
+        garbage[garbage.count - 10] ^= 0xff
+        garbage.removeLast(5)
+        let corrupt = try DTLSConnection(client: Certs.client(), serverName: "localhost", mtu: 1400,
+                                         resuming: DTLSSavedSession(bytes: garbage, serverName: "localhost", expires: saved.expires))
+        #expect(corrupt.resumptionRefusal != nil)
+        let foreign = try DTLSConnection(client: Certs.client(), serverName: "localhost", mtu: 1400,
+                                         resuming: DTLSSavedSession(bytes: Array("not a session".utf8), serverName: "localhost", expires: 0))
+        #expect(foreign.resumptionRefusal == "not a saved toudtls session")
+    }
+
+    @Test func anExpiredSessionIsNotOffered() throws {
+        let saved = try firstSession(server: Certs.server())
+        let late = try DTLSConnection(client: Certs.client(), serverName: "localhost", mtu: 1400,
+                                      resuming: saved, now: saved.expires + 1)
+        #expect(late.resumptionRefusal == "the saved session has expired")
+    }
+
+    /// After one rotation the previous key still opens the ticket (and a new ticket is issued);
+    /// after two it is unknown and the server falls back to a full handshake.
+    @Test func rotatedTicketKeysRenewThenRefuseOldTickets() throws {
+        let server = try Certs.server()
+        let saved = try firstSession(server: server)
+        server.rotateTicketKeys()
+        let renewed = try DTLSConnection(client: Certs.client(), serverName: "localhost", mtu: 1400, resuming: saved)
+        let renewedPair = try Pair(client: renewed, serverContext: server)
+        renewedPair.handshake()
+        #expect(renewed.isResumed)
+        let fresh = try #require(renewed.resumableSession)
+        #expect(fresh.bytes != saved.bytes)
+
+        server.rotateTicketKeys()
+        let stale = try DTLSConnection(client: Certs.client(), serverName: "localhost", mtu: 1400, resuming: saved)
+        let stalePair = try Pair(client: stale, serverContext: server)
+        stalePair.handshake()
+        #expect(stalePair.clientEvents == [.handshakeCompleted])
+        #expect(!stale.isResumed)
+        #expect(Self.certificateMessages(in: stalePair.serverSent) == 1)
+    }
+
+    @Test func aServerWithoutTicketsLeavesNothingToResume() throws {
+        let server = try DTLSContext.server(certificateChainPEM: Certs.bytes("server.pem"),
+                                            privateKeyPEM: Certs.bytes("server.key"), ticketLifetime: nil)
+        let pair = try Pair(client: Certs.client(), server: server)
+        pair.handshake()
+        #expect(pair.clientEvents == [.handshakeCompleted])
+        #expect(pair.client.resumableSession == nil)
+    }
+
+    /// Resumption also works with a client certificate (the session keeps it).
+    @Test func aSessionWithAClientCertificateResumes() throws {
+        let server = try Certs.server(clientTrust: "ca.pem", requireClient: true)
+        let saved = try firstSession(server: server, client: Certs.client(withCertificate: true))
+        let resumed = try DTLSConnection(client: Certs.client(withCertificate: true), serverName: "localhost",
+                                         mtu: 1400, resuming: saved)
+        let pair = try Pair(client: resumed, serverContext: server)
+        pair.handshake()
+        #expect(pair.serverEvents == [.handshakeCompleted])
+        #expect(resumed.isResumed)
+        #expect(try #require(pair.server).peerCertificateSubject != nil)
+    }
+}
