@@ -1097,6 +1097,12 @@ int tou_dtls_conn_aead_expansion(const tou_dtls_conn *c) {
     return SSL_CIPHER_get_cipher_nid(ci) == NID_chacha20_poly1305 ? 16 : 8 + 16;
 }
 
+int tou_dtls_conn_can_false_start(const tou_dtls_conn *c) {
+    /* A client's only epoch-1 handshake record is its Finished: once written, its keys are final
+     * and, with ECDHE and an AEAD, RFC 7918 lets it send data before the server's Finished. */
+    return !c->is_server && !c->failed && c->write_epoch >= 1;
+}
+
 uint64_t tou_dtls_conn_unsealable_records(const tou_dtls_conn *c) { return c->unsealable; }
 
 size_t tou_dtls_conn_data_mtu(const tou_dtls_conn *c) { return DTLS_get_data_mtu(c->ssl); }
@@ -1138,7 +1144,7 @@ int tou_dtls_conn_record_layer(tou_dtls_conn *c, tou_aead **sealer, tou_aead **o
         *epoch = c->write_epoch;
         return 1;
     }
-    if (!c->established || c->failed || c->write_epoch == 0) return 0;
+    if ((!c->established && !tou_dtls_conn_can_false_start(c)) || c->failed || c->write_epoch == 0) return 0;
     const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
     if (ci == NULL) return 0;
     int suite;

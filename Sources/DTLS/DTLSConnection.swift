@@ -152,7 +152,7 @@ public final class DTLSConnection {
                     process(record: record, type: type)
                     continue
                 }
-                if let records {
+                if let records, state != .handshaking {
                     if epoch == records.epoch {
                         open(record: record, with: records, sequence: sequence)
                     } else {
@@ -166,9 +166,24 @@ public final class DTLSConnection {
             }
         }
         if reachedOpenSSL {
+            startFalseStartIfReady()
             drainOutput()
             updateDeadline(now: now)
         }
+    }
+
+    /// A client whose Finished is out may protect data before the server's Finished arrives
+    /// (RFC 7918: all our suites are ECDHE with an AEAD). The peer's records are still held
+    /// until its Finished has verified.
+    private func startFalseStartIfReady() {
+        guard records == nil, state == .handshaking, tou_dtls_conn_can_false_start(handle) != 0 else { return }
+        records = RecordLayer(connection: handle)
+    }
+
+    /// Whether `writeApplicationData` may be called: after the handshake, or for a client from
+    /// its Finished on (DTLS False Start), until a close_notify has been sent.
+    public var canWriteApplicationData: Bool {
+        records != nil && !closeSent && state != .failed
     }
 
     /// Application data in the current epoch: the replay window is checked before the AEAD, and a
@@ -230,7 +245,7 @@ public final class DTLSConnection {
             if state == .handshaking {
                 // Our cipher list offers only the three AEADs the record layer has; without it
                 // (a key expansion that failed) the session cannot carry data.
-                guard let layer = RecordLayer(connection: handle) else {
+                guard let layer = records ?? RecordLayer(connection: handle) else {
                     fail(.protocolError("cannot set up the record layer for \(negotiatedCipherSuite ?? "the suite")"))
                     return
                 }
@@ -355,7 +370,7 @@ public final class DTLSConnection {
     @discardableResult
     public func writeApplicationData(header: ByteBuffer, payload: ByteBuffer,
                                      appendingTo buffer: inout ByteBuffer) throws(DTLSError) -> Int {
-        guard let records, state == .established || (state == .closed && !closeSent) else {
+        guard let records, canWriteApplicationData else {
             throw .protocolError("cannot write application data in state \(state)")
         }
         let length = header.readableBytes + payload.readableBytes

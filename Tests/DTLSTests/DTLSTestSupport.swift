@@ -49,6 +49,8 @@ final class Pair {
     var listenDrops: [String] = []
     /// Returns false to drop a server datagram on the link.
     var deliverToClient: (ByteBuffer) -> Bool = { _ in true }
+    /// Returns false to drop a client datagram on the link (once the server connection exists).
+    var deliverToServer: (ByteBuffer) -> Bool = { _ in true }
 
     convenience init(client clientContext: DTLSContext, server serverContext: DTLSContext,
                      serverName: String = "localhost", mtu: Int = 1400) throws {
@@ -79,7 +81,7 @@ final class Pair {
                 moved = true
                 clientSent.append(datagram)
                 if let server {
-                    server.receiveDatagram(datagram, now: now)
+                    if deliverToServer(datagram) { server.receiveDatagram(datagram, now: now) }
                 } else {
                     switch serverContext.listen(datagram: datagram, cookieToIssue: cookie,
                                                 acceptableCookies: [cookie], mtu: mtu, now: now) {

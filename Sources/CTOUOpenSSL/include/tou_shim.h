@@ -197,11 +197,14 @@ int tou_aead_integrity_limit_reached(const tou_aead *aead);
 /* Tests only: lower the limits to reach them without sealing 250 GB. */
 void tou_aead_set_limits(tou_aead *aead, uint64_t usage_limit, uint64_t failed_open_limit);
 
-/* After the handshake: a sealer and an opener for the current epoch's keys, owned by the
- * connection (freed with it). From then on every record the connection sends in that epoch,
- * OpenSSL's included, takes its sequence number from the sealer. Returns 1, or 0 (nothing
+/* After the handshake (a client: from its Finished on): a sealer and an opener for the epoch's
+ * keys, owned by the connection (freed with it). From then on every record the connection sends
+ * in that epoch, OpenSSL's included, takes its sequence number from the sealer. Returns 1, or 0 (nothing
  * allocated) if the suite is not one of the three AEADs. */
 int tou_dtls_conn_record_layer(tou_dtls_conn *conn, tou_aead **sealer, tou_aead **opener, uint16_t *epoch);
+/* Client: 1 once its Finished is written, before the server's Finished has arrived: from then
+ * on the record layer may protect data (DTLS False Start, RFC 7918). */
+int tou_dtls_conn_can_false_start(const tou_dtls_conn *conn);
 /* Records OpenSSL wrote after the takeover that could not be re-sealed and were not sent. */
 uint64_t tou_dtls_conn_unsealable_records(const tou_dtls_conn *conn);
 
