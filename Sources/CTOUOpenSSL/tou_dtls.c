@@ -890,10 +890,33 @@ void tou_dtls_conn_free(tou_dtls_conn *conn) {
     free(conn);
 }
 
+/* Without a cookie exchange: the state machine takes the ClientHello as it comes. Anything
+ * that does not get as far as a server flight is dropped, so no connection is made from it. */
+static int accept_without_cookie(tou_dtls_ctx *ctx, const uint8_t *dgram, size_t dgram_len, int mtu,
+                                 tou_dtls_conn **out_conn, char *msg, size_t msg_cap) {
+    tou_dtls_conn *c = conn_new(ctx, mtu, msg, msg_cap);
+    if (c == NULL) return TOU_DTLS_LISTEN_DROPPED;
+    SSL_set_accept_state(c->ssl);
+    c->in_ptr = dgram;
+    c->in_len = dgram_len;
+    int hs = SSL_do_handshake(c->ssl);
+    c->in_ptr = NULL;
+    c->in_len = 0;
+    int e = hs <= 0 ? SSL_get_error(c->ssl, hs) : SSL_ERROR_NONE;
+    if ((e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) || c->out_count == 0) {
+        tou_drain_errors(msg, msg_cap, "not a usable ClientHello");
+        tou_dtls_conn_free(c);
+        return TOU_DTLS_LISTEN_DROPPED;
+    }
+    ERR_clear_error();
+    *out_conn = c;
+    return TOU_DTLS_LISTEN_ACCEPTED;
+}
+
 int tou_dtls_listen(tou_dtls_ctx *ctx, const uint8_t *dgram, size_t dgram_len,
                     const uint8_t *cookie, size_t cookie_len,
                     const uint8_t *acc, const size_t *acc_lens, size_t acc_count,
-                    int mtu,
+                    int require_cookie, int mtu,
                     uint8_t *hvr_out, size_t hvr_cap, size_t *hvr_len,
                     tou_dtls_conn **out_conn, char *msg, size_t msg_cap) {
     ERR_clear_error();
@@ -905,6 +928,7 @@ int tou_dtls_listen(tou_dtls_ctx *ctx, const uint8_t *dgram, size_t dgram_len,
         return TOU_DTLS_LISTEN_DROPPED;
     }
     if (dgram == NULL || dgram_len == 0) { tou_set_msg(msg, msg_cap, "empty datagram"); return TOU_DTLS_LISTEN_DROPPED; }
+    if (!require_cookie) return accept_without_cookie(ctx, dgram, dgram_len, mtu, out_conn, msg, msg_cap);
     tou_dtls_conn *c = conn_new(ctx, mtu, msg, msg_cap);
     if (c == NULL) return TOU_DTLS_LISTEN_DROPPED;
     SSL_set_accept_state(c->ssl);

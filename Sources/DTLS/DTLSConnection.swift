@@ -117,7 +117,8 @@ public final class DTLSConnection {
         var reachedOpenSSL = false
         datagram.withUnsafeReadableBytes { raw in
             var offset = 0
-            while offset < raw.count, state != .failed {
+            // A zero where a record type would be starts padding (a padded ClientHello): the rest is ignored.
+            while offset < raw.count, state != .failed, raw[offset] != 0 {
                 let remaining = raw.count - offset
                 guard remaining >= 13 else {
                     droppedRecords += 1

@@ -108,9 +108,12 @@ public final class DTLSContext: @unchecked Sendable {
     /// ClientHello. `cookieToIssue` (1...255 bytes) goes into a HelloVerifyRequest; a ClientHello
     /// carrying any of `acceptableCookies` is accepted and becomes a connection that continues the
     /// handshake (its ServerHello flight is then available from `pollDatagram()`). No per-peer
-    /// state is kept when not accepted.
+    /// state is kept when not accepted. With `requireCookie` false a ClientHello without a cookie
+    /// is accepted at once (the caller knows the peer cannot use the answer to amplify: it padded
+    /// its ClientHello and the listener is not under pressure). Padding after the records is
+    /// ignored.
     public func listen(datagram: ByteBuffer, cookieToIssue: [UInt8], acceptableCookies: [[UInt8]],
-                       mtu: Int, now: NIODeadline) -> DTLSListenResult {
+                       requireCookie: Bool = true, mtu: Int, now: NIODeadline) -> DTLSListenResult {
         guard isServer else { return .dropped("listen needs a server context") }
         guard (1...255).contains(cookieToIssue.count) else {
             return .dropped("the cookie to issue must be 1...255 bytes")
@@ -127,6 +130,10 @@ public final class DTLSContext: @unchecked Sendable {
         var hvr = ByteBuffer()
         var outcome: Int32 = 0
         var conn: OpaquePointer? = nil
+        var datagram = datagram
+        if let padding = DTLSRecords.paddingLength(of: datagram), padding > 0 {
+            datagram.moveWriterIndex(to: datagram.writerIndex - padding)
+        }
         let hvrCapacity = 13 + 12 + 3 + 255
         hvr.reserveCapacity(hvrCapacity)
         _ = datagram.withUnsafeReadableBytes { dgram in
@@ -140,7 +147,7 @@ public final class DTLSContext: @unchecked Sendable {
                                 dgram.baseAddress?.assumingMemoryBound(to: UInt8.self), dgram.count,
                                 issue.baseAddress, issue.count,
                                 acc.baseAddress, lens.baseAddress, lens.count,
-                                cMTU,
+                                requireCookie ? 1 : 0, cMTU,
                                 out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count, &hvrLength,
                                 &conn, &message, message.count)
                             return hvrLength

@@ -76,19 +76,32 @@ public struct DTLSDatagramSummary: Sendable, Hashable {
     public var isClientHello: Bool
     /// The highest (epoch, sequence) among application-data (23) records, if any.
     public var lastApplicationData: DTLSRecordPosition?
+    /// For a ClientHello whose first fragment reaches its cookie field: whether the cookie is
+    /// non-empty (the second ClientHello of a cookie exchange). nil otherwise.
+    public var clientHelloHasCookie: Bool?
+    /// Zero bytes after the last record: only a ClientHello datagram may be padded (to show the
+    /// target that answering it cannot amplify).
+    public var paddingLength: Int
 
     public init(recordCount: Int, carriesHandshakeOrEpoch0: Bool, isClientHello: Bool,
-                lastApplicationData: DTLSRecordPosition?) {
+                lastApplicationData: DTLSRecordPosition?, clientHelloHasCookie: Bool? = nil, paddingLength: Int = 0) {
         self.recordCount = recordCount
         self.carriesHandshakeOrEpoch0 = carriesHandshakeOrEpoch0
         self.isClientHello = isClientHello
         self.lastApplicationData = lastApplicationData
+        self.clientHelloHasCookie = clientHelloHasCookie
+        self.paddingLength = paddingLength
     }
+
+    /// The smallest UDP payload of a padded cookieless ClientHello datagram.
+    public static let paddedClientHelloSize = 1200
 
     static let clientHelloMessageType: UInt8 = 1
 
     /// Walks the record headers of `datagram`'s readable bytes. Returns nil when the datagram is
-    /// empty or its records do not tile it exactly (a truncated header or fragment, or trailing bytes).
+    /// empty or its records do not tile it exactly (a truncated header or fragment, or trailing
+    /// bytes), except that a ClientHello datagram may end in padding: bytes after the last record
+    /// that begin with a zero where a record type would be.
     public static func scan(_ datagram: ByteBuffer) -> DTLSDatagramSummary? {
         var index = datagram.readerIndex
         let end = datagram.writerIndex
@@ -98,7 +111,13 @@ public struct DTLSDatagramSummary: Sendable, Hashable {
         var handshakeOrEpoch0 = false
         var clientHello = false
         var lastData: DTLSRecordPosition?
+        var hasCookie: Bool?
         while index < end {
+            if clientHello, datagram.getInteger(at: index, as: UInt8.self) == 0 {
+                return DTLSDatagramSummary(recordCount: count, carriesHandshakeOrEpoch0: handshakeOrEpoch0,
+                                           isClientHello: true, lastApplicationData: lastData,
+                                           clientHelloHasCookie: hasCookie, paddingLength: end - index)
+            }
             guard let header = DTLSRecordHeader.peek(in: datagram, at: index) else { return nil }
             let fragmentStart = index + DTLSRecordHeader.encodedLength
             guard header.length <= end - fragmentStart else { return nil }
@@ -112,6 +131,7 @@ public struct DTLSDatagramSummary: Sendable, Hashable {
                header.length > 0,
                datagram.getInteger(at: fragmentStart, as: UInt8.self) == clientHelloMessageType {
                 clientHello = true
+                hasCookie = cookiePresent(in: datagram, handshakeAt: fragmentStart, recordEnd: fragmentStart + header.length)
             }
             if header.contentType == DTLSRecordHeader.applicationData {
                 let position = DTLSRecordPosition(epoch: header.epoch, sequenceNumber: header.sequenceNumber)
@@ -121,6 +141,24 @@ public struct DTLSDatagramSummary: Sendable, Hashable {
             index = fragmentStart + header.length
         }
         return DTLSDatagramSummary(recordCount: count, carriesHandshakeOrEpoch0: handshakeOrEpoch0,
-                                   isClientHello: clientHello, lastApplicationData: lastData)
+                                   isClientHello: clientHello, lastApplicationData: lastData,
+                                   clientHelloHasCookie: hasCookie)
+    }
+
+    /// A ClientHello's first fragment: 12-byte handshake header, then version (2), random (32),
+    /// session_id (1 + n) and cookie (1 + n) (RFC 6347 4.2.1).
+    private static func cookiePresent(in datagram: ByteBuffer, handshakeAt start: Int, recordEnd: Int) -> Bool? {
+        guard let offsetHigh = datagram.getInteger(at: start + 6, as: UInt8.self),
+              let offsetLow = datagram.getInteger(at: start + 7, as: UInt16.self),
+              offsetHigh == 0, offsetLow == 0 else { return nil }
+        let sessionIDAt = start + 12 + 2 + 32
+        guard sessionIDAt < recordEnd, let sessionIDLength = datagram.getInteger(at: sessionIDAt, as: UInt8.self) else {
+            return nil
+        }
+        let cookieAt = sessionIDAt + 1 + Int(sessionIDLength)
+        guard cookieAt < recordEnd, let cookieLength = datagram.getInteger(at: cookieAt, as: UInt8.self) else {
+            return nil
+        }
+        return cookieLength > 0
     }
 }

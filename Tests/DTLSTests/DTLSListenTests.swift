@@ -122,3 +122,51 @@ import Testing
         #expect(server.readApplicationData() == ByteBuffer.pattern(200))
     }
 }
+
+/// A listener not under pressure takes a ClientHello without a cookie exchange: one round trip
+/// less. Padding after the records (the initiator's proof it cannot be used to amplify) is ignored.
+@Suite struct DTLSCookielessListenTests {
+    @Test func aCookielessClientHelloIsAcceptedAtOnce() throws {
+        let pair = try Pair(client: Certs.client(), server: Certs.server())
+        pair.requireCookie = false
+        pair.handshake()
+        #expect(pair.helloVerifyRequests == 0)
+        #expect(pair.clientEvents == [.handshakeCompleted])
+        #expect(pair.serverEvents == [.handshakeCompleted])
+    }
+
+    @Test func aPaddedClientHelloIsAcceptedAndItsPaddingIgnored() throws {
+        let context = try Certs.server()
+        let client = try DTLSConnection(client: Certs.client(), serverName: "localhost", mtu: 1400)
+        client.startHandshake(now: .now())
+        var hello = try #require(client.pollDatagram())
+        hello.writeRepeatingByte(0, count: 1200 - hello.readableBytes)
+        guard case .accepted(let server) = context.listen(datagram: hello, cookieToIssue: [1], acceptableCookies: [],
+                                                         requireCookie: false, mtu: 1400, now: .now()) else {
+            Issue.record("a padded cookieless ClientHello was not accepted")
+            return
+        }
+        // The server's flight answers it; a padded retransmission reaching the session is harmless.
+        #expect(server.pollDatagram() != nil)
+        server.receiveDatagram(hello, now: .now())
+        #expect(server.state == .handshaking)
+        // With a cookie required, the same datagram gets a HelloVerifyRequest.
+        guard case .helloVerifyRequest = context.listen(datagram: hello, cookieToIssue: [1], acceptableCookies: [],
+                                                        mtu: 1400, now: .now()) else {
+            Issue.record("a cookie was required but none was asked for")
+            return
+        }
+    }
+
+    @Test func junkIsDroppedWithoutACookieToo() throws {
+        let context = try Certs.server()
+        for junk in [ByteBuffer(bytes: [22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 0, 0]),
+                     ByteBuffer(bytes: [UInt8](repeating: 0x16, count: 300))] {
+            guard case .dropped = context.listen(datagram: junk, cookieToIssue: [1], acceptableCookies: [],
+                                                 requireCookie: false, mtu: 1400, now: .now()) else {
+                Issue.record("junk made a connection")
+                continue
+            }
+        }
+    }
+}

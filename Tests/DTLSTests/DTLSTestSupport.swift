@@ -39,6 +39,8 @@ final class Pair {
     let mtu: Int
     var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
     let cookie: [UInt8] = Array("cookie-for-tests-0123456789".utf8)
+    /// false: the server takes a ClientHello without a cookie exchange.
+    var requireCookie = true
 
     var clientEvents: [DTLSEvent] = []
     var serverEvents: [DTLSEvent] = []
@@ -84,7 +86,8 @@ final class Pair {
                     if deliverToServer(datagram) { server.receiveDatagram(datagram, now: now) }
                 } else {
                     switch serverContext.listen(datagram: datagram, cookieToIssue: cookie,
-                                                acceptableCookies: [cookie], mtu: mtu, now: now) {
+                                                acceptableCookies: [cookie], requireCookie: requireCookie,
+                                                mtu: mtu, now: now) {
                     case .helloVerifyRequest(let hvr):
                         helloVerifyRequests += 1
                         client.receiveDatagram(hvr, now: now)

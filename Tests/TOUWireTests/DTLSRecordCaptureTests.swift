@@ -102,16 +102,35 @@ private func datagram(_ hex: String) -> ByteBuffer {
         }
     }
 
-    @Test func realDatagramsCutShortOrPaddedAreRejected() {
-        for entry in capture {
+    /// Only a ClientHello datagram may be padded (with zeros where a record would start).
+    @Test func realDatagramsCutShortOrPaddedAreRejectedUnlessAPaddedClientHello() throws {
+        for (entry, want) in zip(capture, expected) {
             let whole = datagram(entry.hex)
             var short = whole
             short.moveWriterIndex(to: whole.writerIndex - 1)
             #expect(DTLSDatagramSummary.scan(short) == nil)
             var padded = whole
-            padded.writeInteger(UInt8(0))
-            #expect(DTLSDatagramSummary.scan(padded) == nil)
+            padded.writeRepeatingByte(0, count: max(1, DTLSDatagramSummary.paddedClientHelloSize - whole.readableBytes))
+            if want.clientHello {
+                let summary = try #require(DTLSDatagramSummary.scan(padded))
+                #expect(summary.paddingLength == padded.readableBytes - whole.readableBytes)
+                #expect(summary.recordCount == want.records)
+            } else {
+                #expect(DTLSDatagramSummary.scan(padded) == nil)
+            }
+            var junk = whole
+            junk.writeInteger(UInt8(7))
+            #expect(DTLSDatagramSummary.scan(junk) == nil)
         }
+    }
+
+    /// The first ClientHello carries an empty cookie, the one after the HelloVerifyRequest a full one.
+    @Test func theClientHelloCookieIsSeen() throws {
+        let clientHellos = zip(capture, expected).filter { $0.1.clientHello }.map { datagram($0.0.hex) }
+        try #require(clientHellos.count == 2)
+        #expect(DTLSDatagramSummary.scan(clientHellos[0])?.clientHelloHasCookie == false)
+        #expect(DTLSDatagramSummary.scan(clientHellos[1])?.clientHelloHasCookie == true)
+        #expect(DTLSDatagramSummary.scan(datagram(capture[1].hex))?.clientHelloHasCookie == nil)
     }
 
     @Test func realExchangeFramedInGUEAndBack() throws {

@@ -134,7 +134,11 @@ private let serverHelloFragment: [UInt8] = [2, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 
             #expect(DTLSDatagramSummary.scan(ByteBuffer(bytes: whole.prefix(cut))) == nil, "cut at \(cut)")
         }
         #expect(DTLSDatagramSummary.scan(ByteBuffer(bytes: whole.prefix(boundary)))?.recordCount == 1)
-        #expect(DTLSDatagramSummary.scan(ByteBuffer(bytes: whole + [0])) == nil)
+        #expect(DTLSDatagramSummary.scan(ByteBuffer(bytes: whole + [7])) == nil)
+        // A ClientHello datagram may be padded with zeros; no other may.
+        #expect(DTLSDatagramSummary.scan(ByteBuffer(bytes: whole + [0, 0, 0]))?.paddingLength == 3)
+        let data = Array(whole[boundary...])
+        #expect(DTLSDatagramSummary.scan(ByteBuffer(bytes: data + [0])) == nil)
     }
 
     @Test func lengthLargerThanTheRestIsRejected() {

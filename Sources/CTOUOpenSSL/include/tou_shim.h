@@ -92,11 +92,12 @@ void tou_dtls_conn_free(tou_dtls_conn *conn);
 /* Stateless cookie exchange on a server context. acceptable cookies are concatenated in
  * `acc` with their lengths in `acc_lens`. HVR: the HelloVerifyRequest is copied to hvr_out.
  * ACCEPTED: *out_conn is a new server connection that has processed the ClientHello; its
- * first flight is in its output queue. DROPPED: msg says why. */
+ * first flight is in its output queue. DROPPED: msg says why. With require_cookie 0 the
+ * ClientHello is taken without a cookie exchange (the caller has judged that it may be). */
 int tou_dtls_listen(tou_dtls_ctx *ctx, const uint8_t *dgram, size_t dgram_len,
                     const uint8_t *cookie, size_t cookie_len,
                     const uint8_t *acc, const size_t *acc_lens, size_t acc_count,
-                    int mtu,
+                    int require_cookie, int mtu,
                     uint8_t *hvr_out, size_t hvr_cap, size_t *hvr_len,
                     tou_dtls_conn **out_conn, char *msg, size_t msg_cap);
 
