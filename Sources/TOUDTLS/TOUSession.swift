@@ -408,6 +408,8 @@ final class TOUSession {
     /// records and GUE datagrams, and the closing rules.
     func pump(now: NIODeadline) {
         absorb(now: now)
+        // Handshake records first: the target's Finished goes ahead of its SYN-ACK in one flight.
+        drainDTLS()
         driveTCP(now: now)
         applyClosingRules(now: now)
         drainDTLS()
@@ -420,14 +422,17 @@ final class TOUSession {
                 switch event {
                 case .handshakeCompleted:
                     dataRecordOverhead = dtls?.recordOverhead ?? 0
-                    if role == .initiator && tcp == nil {
-                        startTCP(now: now)
-                    }
                 case .closeNotifyReceived:
                     peerCloseNotifyReceived = true
                 case .failed(let error):
                     fail(TOUError(error))
                 }
+            }
+            // DTLS False Start (RFC 7918): the initiator's SYN follows its Finished at once, in
+            // the same flight, without waiting for the target's Finished.
+            if role == .initiator, tcp == nil, !isFinished, let dtls, dtls.canWriteApplicationData {
+                dataRecordOverhead = dtls.recordOverhead
+                startTCP(now: now)
             }
             while !isFinished, let plaintext = dtls?.readApplicationData() {
                 do {
@@ -551,7 +556,7 @@ final class TOUSession {
         }
         switch parameters.security {
         case .dtls:
-            guard let dtls, dtls.state == .established else { return }
+            guard let dtls, dtls.canWriteApplicationData else { return }
             segmentScratch.clear()
             segment.writeHeader(into: &segmentScratch)
             let tcpHeader = segmentScratch
@@ -585,14 +590,21 @@ final class TOUSession {
     }
 
     /// Frames what DTLS queued itself (handshake flights, alerts); data records never pass here.
+    /// The initiator pads a ClientHello without a cookie to 1,200 bytes of UDP payload, so that a
+    /// target answering it at once cannot be used to amplify more than 3x.
     private func drainDTLS() {
         while let datagram = dtls?.pollDatagram() {
-            let header = DTLSDatagramSummary.scan(datagram).map {
+            let summary = DTLSDatagramSummary.scan(datagram)
+            let header = summary.map {
                 GUEHeader.secure(carrying: $0, localSID: localSID, remoteSID: remoteSID)
             } ?? GUEHeader.secure(source: localSID, destination: remoteSID)
-            var framed = allocator.buffer(capacity: header.encodedLength + datagram.readableBytes)
+            let size = header.encodedLength + datagram.readableBytes
+            let padding = role == .initiator && summary?.clientHelloHasCookie == false
+                ? max(0, DTLSDatagramSummary.paddedClientHelloSize - size) : 0
+            var framed = allocator.buffer(capacity: size + padding)
             header.write(into: &framed)
             framed.writeImmutableBuffer(datagram)
+            framed.writeRepeatingByte(0, count: padding)
             outbound.append(framed)
         }
     }

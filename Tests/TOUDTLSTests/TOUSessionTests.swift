@@ -27,6 +27,8 @@ struct TOUSessionTests {
         /// Every datagram each side sent, as parsed GUE headers plus payloads.
         var fromInitiator: [(GUEHeader, ByteBuffer)] = []
         var fromTarget: [(GUEHeader, ByteBuffer)] = []
+        /// Who sent each datagram, in the order they crossed the link (true: the initiator).
+        var order: [Bool] = []
         var initiatorEvents: [SessionEvent] = []
         /// Where the initiator's datagrams appear to come from (a NAT may change it).
         var initiatorAddress = TOUSessionTests.clientAddress
@@ -54,6 +56,7 @@ struct TOUSessionTests {
                     var payload = datagram
                     let header = try GUEHeader.parse(from: &payload, mode: .secure)
                     fromInitiator.append((header, payload))
+                    order.append(true)
                     deliverToTarget(header: header, payload: payload, now: now)
                 }
                 if let target {
@@ -62,14 +65,32 @@ struct TOUSessionTests {
                         var payload = datagram
                         let header = try GUEHeader.parse(from: &payload, mode: .secure)
                         fromTarget.append((header, payload))
+                        order.append(false)
                         initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
                         initiator.pump(now: now)
                     }
                 }
                 while let event = initiator.pollEvent() { initiatorEvents.append(event) }
                 while let event = target?.pollEvent() { targetEvents.append(event) }
-                if !moved { return }
+                if !moved, !runTimersDueSoon() { return }
             }
+        }
+
+        /// Pacing and delayed ACKs hold segments for a few milliseconds of real time: wait for
+        /// timers due within 100 ms and fire them. False when none is (handshake and idle timers
+        /// are seconds away, so the pair goes quiet).
+        private func runTimersDueSoon() -> Bool {
+            let sessions = [initiator] + (target.map { [$0] } ?? [])
+            guard let next = sessions.compactMap(\.nextDeadline).min(), next < .now() + .milliseconds(100) else {
+                return false
+            }
+            let wait = next - .now()
+            if wait > .zero { Thread.sleep(forTimeInterval: Double(wait.nanoseconds) / 1e9) }
+            let now = NIODeadline.now()
+            for session in sessions where (session.nextDeadline ?? .distantFuture) <= now {
+                session.handleTimeout(now: now)
+            }
+            return true
         }
 
         private func deliverToTarget(header: GUEHeader, payload: ByteBuffer, now: NIODeadline) {
@@ -92,6 +113,7 @@ struct TOUSessionTests {
                 var parsed = datagram
                 let replyHeader = try! GUEHeader.parse(from: &parsed, mode: .secure)
                 fromTarget.append((replyHeader, parsed))
+                order.append(false)
                 initiator.receive(header: replyHeader, payload: parsed, from: serverAddress, now: now)
                 initiator.pump(now: now)
             case .accepted(let connection):
@@ -203,13 +225,15 @@ struct TOUSessionTests {
         let rebound = try SocketAddress(ipAddress: "127.0.0.1", port: 40_001)
         pair.initiatorAddress = rebound
         data.clear()
-        data.writeString("after")
+        // Large enough that 3x its size lets a full segment through, whether or not the target's
+        // ACK for it is delayed.
+        data.writeRepeatingByte(0x61, count: 1000)
         _ = pair.initiator.write(data, now: .now())
         let moving = try #require(pair.initiator.pollDatagram())
         var payload = moving
         let header = try GUEHeader.parse(from: &payload, mode: .secure)
         target.receive(header: header, payload: payload, from: rebound, now: .now())
-        target.pump(now: .now())  // as the endpoint does after each read batch: the ACK leaves
+        target.pump(now: .now())  // as the endpoint does after each read batch
         #expect(target.peerAddress == rebound)
         #expect(target.stats.addressChanges == 1)
 
@@ -227,5 +251,49 @@ struct TOUSessionTests {
         target.receive(header: old.0, payload: old.1, from: attacker, now: .now())
         #expect(target.peerAddress == rebound)
         #expect(target.stats.addressChanges == 1)
+    }
+
+    @Test("the initiator pads a cookieless ClientHello to 1,200 bytes of UDP payload, and only that one")
+    func cookielessClientHelloIsPadded() throws {
+        let pair = try Pair(parameters: Self.parameters)
+        try pair.run()
+        #expect(pair.initiatorEvents.contains(.established))
+        let hellos = pair.fromInitiator.filter { DTLSDatagramSummary.scan($0.1)?.isClientHello == true }
+        try #require(hellos.count == 2)  // this pair's target always asks for a cookie
+        let first = try #require(DTLSDatagramSummary.scan(hellos[0].1))
+        #expect(first.clientHelloHasCookie == false)
+        #expect(hellos[0].0.encodedLength + hellos[0].1.readableBytes == 1200)
+        #expect(first.paddingLength > 0)
+        let second = try #require(DTLSDatagramSummary.scan(hellos[1].1))
+        #expect(second.clientHelloHasCookie == true)
+        #expect(second.paddingLength == 0)
+    }
+
+    @Test("DTLS False Start: the initiator's SYN leaves right after its Finished, before the target's Finished")
+    func synFollowsTheInitiatorsFinished() throws {
+        let pair = try Pair(parameters: Self.parameters)
+        try pair.run()
+        #expect(pair.initiatorEvents.contains(.established))
+        func firstRecord(_ payload: ByteBuffer) -> (type: UInt8, epoch: UInt16)? {
+            guard let type = payload.getInteger(at: payload.readerIndex, as: UInt8.self),
+                  let epoch = payload.getInteger(at: payload.readerIndex + 3, as: UInt16.self) else { return nil }
+            return (type, epoch)
+        }
+        func carriesEpoch1Handshake(_ payload: ByteBuffer) -> Bool {
+            var index = payload.readerIndex
+            while let header = DTLSRecordHeader.peek(in: payload, at: index) {
+                if header.contentType == 22, header.epoch == 1 { return true }
+                index += 13 + header.length
+            }
+            return false
+        }
+        let finished = try #require(pair.fromInitiator.firstIndex { carriesEpoch1Handshake($0.1) })
+        let syn = try #require(pair.fromInitiator.firstIndex { firstRecord($0.1)?.type == 23 })
+        #expect(syn == finished + 1)
+        let targetFinished = try #require(pair.fromTarget.firstIndex { carriesEpoch1Handshake($0.1) })
+        // Positions in the shared order of the link.
+        let initiatorPositions = pair.order.indices.filter { pair.order[$0] }
+        let targetPositions = pair.order.indices.filter { !pair.order[$0] }
+        #expect(initiatorPositions[syn] < targetPositions[targetFinished])
     }
 }
