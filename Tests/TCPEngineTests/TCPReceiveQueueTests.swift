@@ -1,0 +1,122 @@
+import NIOCore
+import Testing
+import TOUWire
+
+@testable import TCPEngine
+
+// The receiver's out-of-order queue: work and memory that stay proportional to what each segment
+// changes, whatever the peer sends.
+
+struct NamedConfiguration: CustomTestStringConvertible, Sendable {
+    var name: String
+    var configuration: TCPConfiguration
+    var testDescription: String { name }
+}
+
+/// The configurations the SACK receiver tests run: SACK and timestamps on a NewReno connection,
+/// and the shipped defaults (CUBIC, pacing, Nagle, auto-tuning).
+let sackReceiverConfigurations = [
+    NamedConfiguration(name: "modern", configuration: modernConfiguration()),
+    NamedConfiguration(name: "defaults", configuration: TCPConfiguration()),
+]
+
+/// Our window field while nothing has been read: the whole initial buffer, scaled.
+func initialWindowField(_ configuration: TCPConfiguration) -> UInt16 {
+    UInt16(configuration.effectiveReceiveBufferSize >> Int(configuration.receiveWindowShift))
+}
+
+/// A segment of the peer at `offset` bytes past its ISN+1, with its timestamp.
+func peerData(_ offset: Int, _ payload: ByteBuffer, ts: UInt32 = 1) -> TCPSegment {
+    fromPeer(
+        seq: remoteISS &+ 1 &+ UInt32(truncatingIfNeeded: offset),
+        options: TCPOptions(timestamps: peerTS(ts, echo: 0)), payload: payload)
+}
+
+/// The byte at `offset` of the peer's stream in the tests that check delivery.
+func streamByte(_ offset: Int) -> UInt8 { UInt8(truncatingIfNeeded: offset &* 7 &+ offset >> 8) }
+
+func streamBytes(_ range: Range<Int>) -> ByteBuffer {
+    var buffer = ByteBuffer()
+    buffer.writeBytes(range.map(streamByte))
+    return buffer
+}
+
+@Suite struct ReceiveQueueCostTests {
+    /// One loss episode at thousands of segments in flight: the first segment lost, the rest out
+    /// of order, then the retransmission. Each arrival extends the one run and its SACK block;
+    /// the receiver's work per segment must not grow with the run (it walked the run per ACK).
+    @Test(arguments: sackReceiverConfigurations)
+    func lossEpisodeCostsConstantWorkPerSegment(_ variant: NamedConfiguration) {
+        var configuration = variant.configuration
+        let segments = 4000
+        configuration.receiveBufferSize = 8 << 20
+        configuration.maximumReceiveBufferSize = 8 << 20
+        var c = modernConnection(configuration: configuration)
+        let base = remoteISS &+ 1
+        var wrongSACKs = 0
+        for index in 1..<segments {
+            let start = index * modernMSS
+            c.receive(peerData(start, streamBytes(start..<start + modernMSS)), now: at(100))
+            let blocks = c.drain(at: at(100)).map(\.options.sackBlocks)
+            let expected = block(base &+ UInt32(modernMSS), base &+ UInt32(start + modernMSS))
+            if blocks != [[expected]] { wrongSACKs += 1 }
+        }
+        #expect(wrongSACKs == 0)
+        #expect(c.receiveBuffer.steps <= 4 * segments)
+        c.receive(peerData(0, streamBytes(0..<modernMSS)), now: at(101))
+        let end = base &+ UInt32(segments * modernMSS)
+        #expect(c.drain(at: at(101)).map(\.acknowledgmentNumber) == [end])
+        #expect(c.receiveBuffer.steps <= 8 * segments)
+        #expect(c.read(maximumBytes: .max) == streamBytes(0..<segments * modernMSS))
+    }
+
+    /// 1-byte segments at every other offset of a 16 MiB window: millions of pieces if only the
+    /// payload counted. Arriving highest first, each lands at the front of the queue. The charge
+    /// (payload plus per-piece overhead) stays within the budget by pruning the highest pieces,
+    /// the work per segment stays bounded, and ordinary data then arrives intact.
+    @Test(arguments: [
+        NamedConfiguration(name: "classic", configuration: classicConfiguration()),
+        NamedConfiguration(name: "defaults", configuration: TCPConfiguration()),
+    ])
+    func tinySegmentsAtEveryOtherOffsetStayWithinTheBudget(_ variant: NamedConfiguration) {
+        var configuration = variant.configuration
+        let window = 16 << 20
+        configuration.receiveBufferSize = window
+        configuration.maximumReceiveBufferSize = window
+        var c = modernConnection(configuration: configuration)
+        let budget = TCPReceiveBuffer.budget(bufferSize: window)
+        let pieceLimit = budget / (1 + TCPReceiveBuffer.pieceOverhead)
+        let segments = pieceLimit + pieceLimit / 4
+        var highestCharge = 0
+        var lastACK: [TCPSegment] = []
+        for index in (0..<segments).reversed() {
+            let offset = 2 * index + 1
+            c.receive(peerData(offset, streamBytes(offset..<offset + 1)), now: at(100))
+            lastACK = c.drain(at: at(100))
+            highestCharge = max(highestCharge, c.receiveBuffer.charge)
+        }
+        #expect(highestCharge <= budget)
+        #expect(c.receiveBuffer.outOfOrderPieces <= pieceLimit)
+        #expect(c.stats.outOfOrderBytesPruned == segments - c.receiveBuffer.outOfOrderPieces)
+        // Each segment shifts at most one chunk of the piece list and one of the run list (64
+        // elements each), plus its share of chunk splits; a sorted array shifts half the queue.
+        #expect(c.receiveBuffer.steps <= 300 * segments)
+        // The latest ACK reports the lowest piece, and nothing above what is still held.
+        let held = c.receiveBuffer.outOfOrderEnd ?? 0
+        #expect(lastACK.count == 1)
+        #expect(lastACK.flatMap(\.options.sackBlocks).allSatisfy { $0.right.seqLE(held) })
+
+        // Ordinary data: the whole range again in full segments, in order.
+        let total = 2 * segments
+        var offset = 0
+        while offset < total {
+            let length = min(modernMSS, total - offset)
+            c.receive(peerData(offset, streamBytes(offset..<offset + length)), now: at(200))
+            _ = c.drain(at: at(200))
+            offset += length
+        }
+        #expect(c.readableBytes == total)
+        #expect(c.receiveBuffer.outOfOrderPieces == 0)
+        #expect(c.read(maximumBytes: .max) == streamBytes(0..<total))
+    }
+}
