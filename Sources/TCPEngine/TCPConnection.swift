@@ -1350,7 +1350,10 @@ public struct TCPConnection {
                 var delivered = payload.readableBytes
                 if receiveBuffer.hasOutOfOrderData {
                     let before = rcvNxt
-                    rcvNxt = receiveBuffer.drainOutOfOrder(next: rcvNxt)
+                    let drained = receiveBuffer.drainOutOfOrder(next: rcvNxt)
+                    rcvNxt = drained.next
+                    // RFC 2883: it repeated held data (a D-SACK for its old part, if any, comes first).
+                    if sackEnabled, duplicate <= 0, let overlap = drained.duplicate { pendingDSACK = overlap }
                     delivered += rcvNxt.seqDistance(from: before)
                     ackNow = true  // a hole was filled: tell the sender at once (RFC 5681 4.2)
                     if sackEnabled { sackInfoPending = true }
@@ -1366,10 +1369,12 @@ public struct TCPConnection {
                 }
             }
         } else if payload.readableBytes > 0 {
-            let pruned = receiveBuffer.insertOutOfOrder(
+            let stored = receiveBuffer.insertOutOfOrder(
                 sequence: sequence, bytes: payload, next: rcvNxt, bufferSize: receiveBufferLimit)
             if sackEnabled {
-                if pruned { sackHistory = receiveBuffer.sackBlocksStillHeld(sackHistory) }
+                if stored.pruned { sackHistory = receiveBuffer.sackBlocksStillHeld(sackHistory) }
+                // RFC 2883 4.2: the duplicated range first, then the block holding it.
+                if let overlap = stored.duplicate { pendingDSACK = overlap }
                 if let block = receiveBuffer.sackBlock(containing: sequence, next: rcvNxt) { rememberSACKBlock(block) }
                 sackInfoPending = true
             }

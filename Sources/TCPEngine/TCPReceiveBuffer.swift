@@ -28,6 +28,14 @@ struct TCPReceiveBuffer {
         var right: UInt32
     }
 
+    /// What storing one out-of-order segment did.
+    struct Insertion {
+        /// The first range of the segment that was already held (RFC 2883 D-SACK).
+        var duplicate: TCPSACKBlock?
+        /// Out-of-order data was dropped to stay within the budget.
+        var pruned = false
+    }
+
     /// Memory a piece costs beyond its payload: its slot, the record buffer's headers it keeps
     /// alive, allocator rounding and the run bookkeeping.
     static let pieceOverhead = 256
@@ -103,11 +111,12 @@ struct TCPReceiveBuffer {
 
     /// Stores the parts of `bytes` (starting at `sequence`) not already held, then prunes to the
     /// budget of a buffer of `bufferSize` bytes. `next` is RCV.NXT; the caller has trimmed the
-    /// segment to the window, so it lies strictly after `next`. True if data was pruned.
-    mutating func insertOutOfOrder(sequence: UInt32, bytes: ByteBuffer, next: UInt32, bufferSize: Int) -> Bool {
+    /// segment to the window, so it lies strictly after `next`.
+    mutating func insertOutOfOrder(sequence: UInt32, bytes: ByteBuffer, next: UInt32, bufferSize: Int) -> Insertion {
         let start = sequence.seqDistance(from: next)
         let end = start + bytes.readableBytes
-        guard start > 0, end > start else { return false }
+        guard start > 0, end > start else { return Insertion() }
+        var insertion = Insertion()
         // The first run that ends at or after `start`: it and those after it that begin at or
         // before `end` touch the segment and merge with it.
         let first = runs.firstPosition { $0.right.seqDistance(from: next) >= start }
@@ -127,6 +136,10 @@ struct TCPReceiveBuffer {
                 if cursor < left {
                     storeSlice(of: bytes, startingAt: start, from: cursor, to: left, next: next)
                 }
+                if insertion.duplicate == nil, max(left, start) < min(right, end) {
+                    insertion.duplicate = TCPSACKBlock(
+                        left: next.seqAdvanced(by: max(left, start)), right: next.seqAdvanced(by: min(right, end)))
+                }
                 cursor = max(cursor, right)
                 merged.right = right > end ? run.right : next.seqAdvanced(by: end)
                 touching += 1
@@ -142,7 +155,8 @@ struct TCPReceiveBuffer {
                 runs.remove(at: absorbed)
             }
         }
-        return prune(toBudget: Self.budget(bufferSize: bufferSize))
+        insertion.pruned = prune(toBudget: Self.budget(bufferSize: bufferSize))
+        return insertion
     }
 
     /// Stores the part `[from, to)` (offsets from `next`) of a segment whose first byte is at `start`.
@@ -197,12 +211,17 @@ struct TCPReceiveBuffer {
         return pruned
     }
 
-    /// Moves out-of-order data that now continues the in-order stream; returns the new RCV.NXT.
-    mutating func drainOutOfOrder(next: UInt32) -> UInt32 {
+    /// Moves out-of-order data that now continues the in-order stream. Returns the new RCV.NXT
+    /// and the first range that arrived again in order (a D-SACK, RFC 2883).
+    mutating func drainOutOfOrder(next: UInt32) -> (next: UInt32, duplicate: TCPSACKBlock?) {
         // Runs are maximal, so the runs that continue the stream are those starting at or
         // before `next`: draining one never reaches the next run.
         let drained = runs.removePrefix(upTo: runs.firstPosition { $0.left.seqGT(next) })
-        guard let lastRun = drained.last else { return next }
+        guard let firstRun = drained.first, let lastRun = drained.last else { return (next, nil) }
+        var duplicate: TCPSACKBlock?
+        if firstRun.left.seqLT(next) {
+            duplicate = TCPSACKBlock(left: firstRun.left, right: firstRun.right.seqLT(next) ? firstRun.right : next)
+        }
         var next = next
         for piece in pieces.removePrefix(upTo: pieces.firstPosition { $0.sequence.seqGE(lastRun.right) }) {
             pendingBytes -= piece.bytes.readableBytes
@@ -214,7 +233,7 @@ struct TCPReceiveBuffer {
             appendInOrder(fresh)
             next = next.seqAdvanced(by: fresh.readableBytes)
         }
-        return next
+        return (next, duplicate)
     }
 
     /// The contiguous run of out-of-order data that holds `sequence`, as a SACK block.

@@ -6,7 +6,8 @@ import TOUWire
 
 /// The receive buffer against a byte map of what it holds: random segments (mostly small, so
 /// pieces collapse and the chunked lists split and merge), overlapping and repeating one another,
-/// near the wrap of the sequence space. SACK blocks, delivered bytes and pruning must match the map.
+/// near the wrap of the sequence space. SACK blocks, D-SACK ranges, delivered bytes and pruning
+/// must match the map.
 @Suite struct ReceiveBufferModelTests {
     struct Case: CustomTestStringConvertible, Sendable {
         var seed: UInt64
@@ -32,29 +33,39 @@ import TOUWire
         var mostPieces = 0
         func sequence(_ offset: Int) -> UInt32 { base &+ UInt32(truncatingIfNeeded: offset) }
         func isHeld(_ offset: Int) -> Bool { offset < held.count && held[offset] }
+        func firstHeldRange(in range: Range<Int>) -> TCPSACKBlock? {
+            guard let first = range.first(where: isHeld) else { return nil }
+            var end = first
+            while end < range.upperBound, isHeld(end) { end += 1 }
+            return block(sequence(first), sequence(end))
+        }
         for step in 0..<4000 {
             if random(0...39) == 0 {
                 // In order, sometimes running into held data.
                 let length = random(1...30_000)
                 buffer.appendInOrder(streamBytes(next..<next + length))
+                let expected = firstHeldRange(in: next..<next + length)
                 let drained = buffer.drainOutOfOrder(next: sequence(next + length))
                 next += length
                 while isHeld(next) { next += 1 }
-                #expect(drained == sequence(next), "step \(step)")
+                #expect(drained.next == sequence(next), "step \(step)")
+                #expect(drained.duplicate == expected, "step \(step)")
                 if var bytes = buffer.read(maximumBytes: .max) { delivered.writeBuffer(&bytes) }
                 continue
             }
             let offset = next + random(1...window)
             let length = random(0...3) == 0 ? random(1...1400) : random(1...40)
-            let pruned = buffer.insertOutOfOrder(
+            let expected = firstHeldRange(in: offset..<offset + length)
+            let insertion = buffer.insertOutOfOrder(
                 sequence: sequence(offset), bytes: streamBytes(offset..<offset + length), next: sequence(next),
                 bufferSize: test.bufferSize)
+            #expect(insertion.duplicate == expected, "step \(step)")
             if held.count < offset + length { held += Array(repeating: false, count: offset + length - held.count) }
             for index in offset..<offset + length { held[index] = true }
             // Pruning drops the top: forget what lies above what the buffer still holds.
             let end = buffer.outOfOrderEnd.map { next + $0.seqDistance(from: sequence(next)) } ?? next
             let above = min(end, held.count)..<held.count
-            #expect(pruned == held[above].contains(true), "step \(step)")
+            #expect(insertion.pruned == held[above].contains(true), "step \(step)")
             for index in above { held[index] = false }
             #expect(buffer.charge <= budget, "step \(step)")
             mostPieces = max(mostPieces, buffer.outOfOrderPieces)

@@ -4,8 +4,8 @@ import TOUWire
 
 @testable import TCPEngine
 
-// The receiver's out-of-order queue: work and memory that stay proportional to what each segment
-// changes, whatever the peer sends.
+// The receiver's out-of-order queue: D-SACKs for data it already holds (RFC 2883), and work and
+// memory that stay proportional to what each segment changes, whatever the peer sends.
 
 struct NamedConfiguration: CustomTestStringConvertible, Sendable {
     var name: String
@@ -39,6 +39,54 @@ func streamBytes(_ range: Range<Int>) -> ByteBuffer {
     var buffer = ByteBuffer()
     buffer.writeBytes(range.map(streamByte))
     return buffer
+}
+
+@Suite struct OutOfOrderDSACKTests {
+    /// RFC 2883 4.2: a segment that repeats data held out of order earns a D-SACK for the repeated
+    /// range, followed by the (possibly larger) block holding it.
+    @Test(arguments: sackReceiverConfigurations)
+    func repeatOfHeldDataIsDSACKedBeforeItsBlock(_ variant: NamedConfiguration) {
+        let configuration = variant.configuration
+        var c = modernConnection(configuration: configuration)
+        let base = remoteISS &+ 1
+        let window = initialWindowField(configuration)
+        func ack(_ now: NIODeadline, _ sack: [TCPSACKBlock]) -> [TCPSegment] {
+            [toPeer(window: window, options: c.ourOptions(at: now, sack: sack))]
+        }
+        c.receive(peerData(10, bytes("klmn")), now: at(100))
+        #expect(c.drain(at: at(100)) == ack(at(100), [block(base &+ 10, base &+ 14)]))
+        // The same segment again.
+        c.receive(peerData(10, bytes("klmn"), ts: 2), now: at(101))
+        #expect(c.drain(at: at(101)) == ack(at(101), [block(base &+ 10, base &+ 14), block(base &+ 10, base &+ 14)]))
+        // Half repeated, half new: the repeated half, then the grown block.
+        c.receive(peerData(12, bytes("mnop"), ts: 3), now: at(102))
+        #expect(c.drain(at: at(102)) == ack(at(102), [block(base &+ 12, base &+ 14), block(base &+ 10, base &+ 16)]))
+        // Spanning two held runs: the first repeated range, then the run the segment joined them into.
+        c.receive(peerData(20, bytes("uv"), ts: 4), now: at(103))
+        _ = c.drain(at: at(103))
+        c.receive(peerData(15, bytes("pqrstuvw"), ts: 5), now: at(104))
+        #expect(c.drain(at: at(104)) == ack(at(104), [block(base &+ 15, base &+ 16), block(base &+ 10, base &+ 23)]))
+        c.receive(peerData(0, bytes("abcdefghij"), ts: 6), now: at(105))
+        #expect(c.readAll() == "abcdefghijklmnopqrstuvw")
+        #expect(c.stats.sackBlocksSent == 1 + 2 + 2 + 2 + 2)
+    }
+
+    /// An in-order segment that runs into data held out of order repeats that data: the ACK that
+    /// takes both carries a D-SACK for the overlap (below the new cumulative ACK).
+    @Test(arguments: sackReceiverConfigurations)
+    func inOrderSegmentOverlappingHeldDataIsDSACKed(_ variant: NamedConfiguration) {
+        let configuration = variant.configuration
+        var c = modernConnection(configuration: configuration)
+        let base = remoteISS &+ 1
+        c.receive(peerData(10, bytes("klmn")), now: at(100))
+        _ = c.drain(at: at(100))
+        c.receive(peerData(0, bytes("abcdefghijkl"), ts: 2), now: at(101))
+        #expect(c.drain(at: at(101)) == [
+            toPeer(ack: base &+ 14, window: initialWindowField(configuration),
+                   options: c.ourOptions(at: at(101), echo: peerTSBase &+ 2, sack: [block(base &+ 10, base &+ 12)])),
+        ])
+        #expect(c.readAll() == "abcdefghijklmn")
+    }
 }
 
 @Suite struct ReceiveQueueCostTests {
