@@ -149,9 +149,11 @@ func streamBytes(_ range: Range<Int>) -> ByteBuffer {
         // Each segment shifts at most one chunk of the piece list and one of the run list (64
         // elements each), plus its share of chunk splits; a sorted array shifts half the queue.
         #expect(c.receiveBuffer.steps <= 300 * segments)
-        // The latest ACK reports the lowest piece, and nothing above what is still held.
+        // The latest ACK reports the lowest piece first, and nothing above what is still held.
+        let base = remoteISS &+ 1
         let held = c.receiveBuffer.outOfOrderEnd ?? 0
         #expect(lastACK.count == 1)
+        #expect(lastACK.first?.options.sackBlocks.first == (configuration.selectiveAcknowledgments ? block(base &+ 1, base &+ 2) : nil))
         #expect(lastACK.flatMap(\.options.sackBlocks).allSatisfy { $0.right.seqLE(held) })
 
         // Ordinary data: the whole range again in full segments, in order.
@@ -166,5 +168,37 @@ func streamBytes(_ range: Range<Int>) -> ByteBuffer {
         #expect(c.readableBytes == total)
         #expect(c.receiveBuffer.outOfOrderPieces == 0)
         #expect(c.read(maximumBytes: .max) == streamBytes(0..<total))
+    }
+
+    /// Pruning reneges on SACKed data (RFC 2018 8): blocks already reported for it leave the
+    /// SACK option. 1-byte pieces 3 bytes apart fill the 64 KiB budget of a 32 KiB buffer; two
+    /// more bytes joined to low pieces push the charge over it, and the highest piece goes.
+    @Test(arguments: sackReceiverConfigurations)
+    func prunedDataLeavesTheSACKBlocks(_ variant: NamedConfiguration) {
+        var configuration = variant.configuration
+        configuration.receiveBufferSize = 32 << 10
+        configuration.maximumReceiveBufferSize = max(configuration.maximumReceiveBufferSize, 32 << 10)
+        #expect(TCPReceiveBuffer.budget(bufferSize: 32 << 10) == 255 * (1 + TCPReceiveBuffer.pieceOverhead) + 1)
+        var c = modernConnection(configuration: configuration)
+        let base = remoteISS &+ 1
+        for piece in 0...255 {
+            c.receive(peerData(3 * piece + 1, streamBytes(3 * piece + 1..<3 * piece + 2)), now: at(100))
+            _ = c.drain(at: at(100))
+        }
+        // The 256th piece did not fit: it went at once.
+        #expect(c.stats.outOfOrderBytesPruned == 1)
+        // Joined to the lowest piece: one byte more, still within the budget.
+        c.receive(peerData(2, streamBytes(2..<3)), now: at(101))
+        _ = c.drain(at: at(101))
+        #expect(c.stats.outOfOrderBytesPruned == 1)
+        // One more byte: the highest piece, at 763, reported until now, is dropped and unreported.
+        c.receive(peerData(5, streamBytes(5..<6)), now: at(102))
+        #expect(c.drain(at: at(102)) == [
+            toPeer(window: initialWindowField(configuration), options: c.ourOptions(
+                at: at(102), sack: [block(base &+ 4, base &+ 6), block(base &+ 1, base &+ 3), block(base &+ 760, base &+ 761)])),
+        ])
+        #expect(c.stats.outOfOrderBytesPruned == 2)
+        c.receive(peerData(0, streamBytes(0..<800)), now: at(103))
+        #expect(c.read(maximumBytes: .max) == streamBytes(0..<800))
     }
 }
