@@ -53,7 +53,7 @@ public struct TCPConnection {
     private var receiveShift = 0
     /// Right edge of the window last advertised; never moves left (RFC 9293 3.8.6.2.2).
     private var advertisedEdge: UInt32 = 0
-    private var receiveBuffer = TCPReceiveBuffer()
+    private(set) var receiveBuffer = TCPReceiveBuffer()
     /// The receive buffer after auto-tuning (starts at the configured size).
     private var receiveBufferLimit: Int
     private var autotuneStart: NIODeadline?
@@ -300,6 +300,7 @@ public struct TCPConnection {
         result.pacingRate = currentPacingRate.map { Int(min($0, Double(Int.max / 2))) }
         result.sendWindow = sndWnd
         result.receiveBufferSize = receiveBufferLimit
+        result.outOfOrderBytesPruned = receiveBuffer.prunedBytes
         result.selectiveAcknowledgmentsEnabled = sackEnabled
         result.timestampsEnabled = timestampsEnabled
         return result
@@ -1349,7 +1350,10 @@ public struct TCPConnection {
                 var delivered = payload.readableBytes
                 if receiveBuffer.hasOutOfOrderData {
                     let before = rcvNxt
-                    rcvNxt = receiveBuffer.drainOutOfOrder(next: rcvNxt)
+                    let drained = receiveBuffer.drainOutOfOrder(next: rcvNxt)
+                    rcvNxt = drained.next
+                    // RFC 2883: it repeated held data (a D-SACK for its old part, if any, comes first).
+                    if sackEnabled, duplicate <= 0, let overlap = drained.duplicate { pendingDSACK = overlap }
                     delivered += rcvNxt.seqDistance(from: before)
                     ackNow = true  // a hole was filled: tell the sender at once (RFC 5681 4.2)
                     if sackEnabled { sackInfoPending = true }
@@ -1365,9 +1369,13 @@ public struct TCPConnection {
                 }
             }
         } else if payload.readableBytes > 0 {
-            receiveBuffer.insertOutOfOrder(sequence: sequence, bytes: payload, next: rcvNxt)
-            if sackEnabled, let block = receiveBuffer.sackBlock(containing: sequence, next: rcvNxt) {
-                rememberSACKBlock(block)
+            let stored = receiveBuffer.insertOutOfOrder(
+                sequence: sequence, bytes: payload, next: rcvNxt, bufferSize: receiveBufferLimit)
+            if sackEnabled {
+                if stored.pruned { sackHistory = receiveBuffer.sackBlocksStillHeld(sackHistory) }
+                // RFC 2883 4.2: the duplicated range first, then the block holding it.
+                if let overlap = stored.duplicate { pendingDSACK = overlap }
+                if let block = receiveBuffer.sackBlock(containing: sequence, next: rcvNxt) { rememberSACKBlock(block) }
                 sackInfoPending = true
             }
             ackNow = true  // out of order: a duplicate ACK drives the sender's fast retransmit

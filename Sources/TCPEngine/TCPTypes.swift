@@ -64,6 +64,9 @@ public struct TCPStats: Sendable, Hashable {
     public var sendWindow: Int = 0
     /// The receive buffer after auto-tuning.
     public var receiveBufferSize: Int = 0
+    /// Out-of-order bytes dropped to keep the receive queues within their memory budget (the
+    /// peer must send them again; RFC 2018 8 allows reneging on SACKed data).
+    public var outOfOrderBytesPruned: Int = 0
     public var selectiveAcknowledgmentsEnabled = false
     public var timestampsEnabled = false
 
