@@ -1,3 +1,4 @@
+import CommandLineSupport
 import Foundation
 import NIOCore
 import TOUDTLS
@@ -16,7 +17,7 @@ struct CatRunner: Sendable {
             }
             return .success
         } catch {
-            printError("toudtls-cat: \(describe(error))")
+            CommandLineTool.printToStandardError("toudtls-cat: \(describe(error))")
             return exitCode(for: error)
         }
     }
@@ -27,7 +28,7 @@ struct CatRunner: Sendable {
     }
 
     private func verbose(_ message: @autoclosure () -> String) {
-        if command.verbose { printError("toudtls-cat: \(message())") }
+        if command.verbose { CommandLineTool.printToStandardError("toudtls-cat: \(message())") }
     }
 
     // MARK: Client
@@ -49,7 +50,7 @@ struct CatRunner: Sendable {
                                                   configuration: command.makeConfiguration())
         let address = listener.localAddress
         if command.verbose {
-            printError("listening on \(Self.format(address))")
+            CommandLineTool.printToStandardError("listening on \(Self.format(address))")
         }
         if command.keepOpen {
             try await serveForever(listener)
@@ -61,7 +62,7 @@ struct CatRunner: Sendable {
                 let closing = Task { try? await listener.close() }
                 try await serve(connection, sendStandardInput: true)
                 await closing.value
-                if command.verbose { printError("toudtls-cat: \(await listener.counters)") }
+                if command.verbose { CommandLineTool.printToStandardError("toudtls-cat: \(await listener.counters)") }
                 return
             }
             throw TOUError.closed
@@ -89,7 +90,7 @@ struct CatRunner: Sendable {
                         try await connection.close()
                     } catch {
                         await hub.remove(connection)
-                        printError("toudtls-cat: \(describe(error))")
+                        CommandLineTool.printToStandardError("toudtls-cat: \(describe(error))")
                     }
                 }
             }
@@ -121,9 +122,9 @@ struct CatRunner: Sendable {
             throw error
         }
         if command.verbose {
-            printError("toudtls-cat: \(await connection.stats)")
+            CommandLineTool.printToStandardError("toudtls-cat: \(await connection.stats)")
             if !command.listen {
-                printError("toudtls-cat: \(await connection.endpointCounters)")
+                CommandLineTool.printToStandardError("toudtls-cat: \(await connection.endpointCounters)")
             }
         }
     }

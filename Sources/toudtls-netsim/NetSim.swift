@@ -1,4 +1,5 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
 import NIOCore
 
@@ -9,7 +10,13 @@ import NIOCore
 struct NetSim: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "toudtls-netsim",
-        abstract: "Goodput of the TCP engine over a simulated bottleneck, beside loss-based predictions.")
+        abstract: "Goodput of the TCP engine over a simulated bottleneck, beside loss-based predictions.",
+        version: toudtlsVersion)
+
+    /// Usage errors exit 2 and name what is wrong; help and --version exit 0.
+    static func main() async {
+        await CommandLineTool.run(CommandLineTool.parse(NetSim.self), root: NetSim.self)
+    }
 
     @Option(help: "Seconds of virtual time measured after slow start.")
     var duration: Double = 60
@@ -44,7 +51,7 @@ struct NetSim: ParsableCommand {
     @Option(help: ArgumentHelp("Print this many lines of segment trace per run.", visibility: .hidden))
     var trace = 0
 
-    @Flag(help: "Apply the random loss to the ACK direction too.")
+    @Flag(name: .customLong("loss-on-acks"), help: "Apply the random loss to the ACK direction too.")
     var lossOnACKs = false
 
     func run() throws {
