@@ -37,7 +37,7 @@ struct CatRunner: Sendable {
         let host = command.host ?? "localhost"
         let connection = try await TOUConnection.connect(host: host, port: command.port,
                                                          configuration: command.makeConfiguration())
-        verbose("connected to \(connection.remoteAddress)"
+        verbose("connected to \(connection.remoteAddress.ipAndPort)"
                 + (connection.cipherSuite.map { " with \($0)" } ?? " in plain mode")
                 + (connection.peerCertificateSubject.map { ", peer \($0)" } ?? ""))
         try await serve(connection, sendStandardInput: true)
@@ -50,13 +50,13 @@ struct CatRunner: Sendable {
                                                   configuration: command.makeConfiguration())
         let address = listener.localAddress
         if command.verbose {
-            CommandLineTool.printToStandardError("listening on \(Self.format(address))")
+            CommandLineTool.printToStandardError("listening on \(address.ipAndPort)")
         }
         if command.keepOpen {
             try await serveForever(listener)
         } else {
             for await connection in listener.connections {
-                verbose("connection from \(connection.remoteAddress)"
+                verbose("connection from \(connection.remoteAddress.ipAndPort)"
                         + (connection.peerCertificateSubject.map { ", peer \($0)" } ?? ""))
                 // One connection only: stop admitting others while this one is served.
                 let closing = Task { try? await listener.close() }
@@ -81,7 +81,7 @@ struct CatRunner: Sendable {
         defer { stdinPump.cancel() }
         await withTaskGroup(of: Void.self) { group in
             for await connection in listener.connections {
-                verbose("connection from \(connection.remoteAddress)")
+                verbose("connection from \(connection.remoteAddress.ipAndPort)")
                 group.addTask {
                     await hub.add(connection)
                     do {
@@ -133,12 +133,6 @@ struct CatRunner: Sendable {
         for try await chunk in connection.inbound {
             try await streams.write(chunk)
         }
-    }
-
-    static func format(_ address: SocketAddress) -> String {
-        let ip = address.ipAddress ?? "?"
-        let port = address.port.map(String.init) ?? "?"
-        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 }
 
