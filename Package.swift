@@ -72,10 +72,15 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
+        // What the tools share: --help, --version, usage errors and their exit codes.
+        .target(
+            name: "CommandLineSupport",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .executableTarget(
             name: "toudtls-cat",
             dependencies: [
-                "TOUDTLS",
+                "TOUDTLS", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -85,7 +90,7 @@ let package = Package(
         .executableTarget(
             name: "toudtls-bench",
             dependencies: [
-                "TOUDTLS",
+                "TOUDTLS", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -95,7 +100,7 @@ let package = Package(
         .executableTarget(
             name: "toudtls-netsim",
             dependencies: [
-                "TCPSimulator", "TCPEngine",
+                "TCPSimulator", "TCPEngine", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]

@@ -31,7 +31,8 @@ public final class TOUConnection: Sendable {
 
     // MARK: Connecting
 
-    /// Connects to `host`:`port` over UDP and completes the DTLS and TCP handshakes.
+    /// Connects to `host`:`port` over UDP and completes the DTLS and TCP handshakes. `host` is a
+    /// name or an IP address; an IPv6 address may be in brackets (`[::1]`).
     /// - Throws: `TOUError` (configuration, unreachable, handshake or certificate failures, timeout).
     public static func connect(host: String, port: Int, configuration: TOUConfiguration) async throws -> TOUConnection {
         try configuration.validate()
@@ -43,9 +44,9 @@ public final class TOUConnection: Sendable {
         let endpoint = TOUEndpoint(loop: loop, role: .client, configuration: configuration, dtlsContext: context)
         let remote: SocketAddress
         do {
-            remote = try SocketAddress.makeAddressResolvingHost(host, port: port)
+            remote = try AddressText.resolve(host, port: port)
         } catch {
-            throw TOUError.unreachable("cannot resolve \(host): \(error)")
+            throw TOUError.unreachable(error.message)
         }
         let channel: Channel
         do {
@@ -53,9 +54,9 @@ public final class TOUConnection: Sendable {
                 .connect(to: remote)
                 .get()
         } catch {
-            throw TOUError.unreachable("cannot open a UDP socket to \(host):\(port): \(error)")
+            throw TOUError.unreachable("cannot open a UDP socket to \(remote.ipAndPort): \(AddressText.describe(error))")
         }
-        let serverName = configuration.serverName ?? host
+        let serverName = configuration.serverName ?? AddressText.unbracketed(host)
         let promise = loop.makePromise(of: TOUConnection.self)
         loop.execute {
             endpoint.startClientSession(serverName: serverName, peer: remote, innerRemotePort: UInt16(port),

@@ -31,6 +31,8 @@ final class TOUEndpoint: @unchecked Sendable {
     private var admission: StatelessAdmission
     private var admitted: AdmittedAttemptCache
     private var rateLimiter: SourceRateLimiter
+    /// Listener: refused and failed connection attempts worth a (rate-limited) log line.
+    private var refusedAttempts = RefusedAttemptLog()
     @exclusivity(unchecked) private(set) var counters = TOUEndpointCounters()
 
     /// Listener: called with each connection that completed both handshakes.
@@ -116,6 +118,11 @@ final class TOUEndpoint: @unchecked Sendable {
             header = try GUEHeader.parse(from: &payload, mode: mode)
         } catch {
             counters.droppedMalformed += 1
+            if error == .modeMismatch {
+                refused(remoteAddress, mode == .secure
+                        ? "it sends cleartext (plain mode) and this listener requires DTLS"
+                        : "it sends DTLS and this listener is in plain mode", now: now)
+            }
             return
         }
         // 1. D names a local session: that session, whatever the source address.
@@ -171,6 +178,7 @@ final class TOUEndpoint: @unchecked Sendable {
                              now: NIODeadline) {
         guard let dtlsContext, DTLSDatagramSummary.scan(payload)?.isClientHello == true else {
             counters.droppedBadAttempt += 1
+            refused(address, "its first datagram is not a ClientHello", now: now)
             return
         }
         admission.rotateIfNeeded(now: now)
@@ -184,17 +192,20 @@ final class TOUEndpoint: @unchecked Sendable {
         switch result {
         case .helloVerifyRequest(let request):
             sendHelloVerifyRequest(request, derivedSID: derivedSID, key: key, to: address)
-        case .dropped:
+        case .dropped(let reason):
             counters.droppedBadAttempt += 1
+            refused(address, "unusable ClientHello: \(reason)", now: now)
         case .accepted(let connection):
             // Limits first: a refused attempt must not burn its (address, port, S) in the replay cache.
-            guard withinLimits(key: key, now: now), sessions[derivedSID] == nil else {
+            if let limit = limitReached(key: key, now: now) ?? (sessions[derivedSID] == nil ? nil : "its session exists already") {
                 counters.droppedOverLimit += 1
+                refused(address, limit, now: now)
                 return
             }
             guard admitted.insertIfNew(key, now: now) else {
                 // A captured ClientHello+cookie replayed: never a second session from it.
                 counters.replayedAttempts += 1
+                refused(address, "a replayed ClientHello (a cookie opens one session only)", now: now)
                 if case .helloVerifyRequest(let request) = dtlsContext.listen(
                     datagram: payload, cookieToIssue: admission.cookieToIssue(for: key),
                     acceptableCookies: [], mtu: mtu, now: now) {
@@ -213,10 +224,12 @@ final class TOUEndpoint: @unchecked Sendable {
         guard let syn = try? TCPSegment.parse(payload, checksum: .addressFree),
               syn.flags.contains(.syn), !syn.flags.contains(.ack) else {
             counters.droppedBadAttempt += 1
+            refused(address, "its first datagram is not a TCP SYN", now: now)
             return
         }
-        guard withinLimits(key: key, now: now) else {
+        if let limit = limitReached(key: key, now: now) {
             counters.droppedOverLimit += 1
+            refused(address, limit, now: now)
             return
         }
         var localSID = SessionID.random()
@@ -224,15 +237,37 @@ final class TOUEndpoint: @unchecked Sendable {
         guard let session = TOUSession.acceptPlain(syn: syn, localSID: localSID, remoteSID: key.sid,
                                                    peer: address, parameters: parameters, now: now) else {
             counters.droppedBadAttempt += 1
+            refused(address, "its SYN is unusable", now: now)
             return
         }
         register(session, key: key, now: now)
     }
 
-    private func withinLimits(key: PeerKey, now: NIODeadline) -> Bool {
-        halfOpen.count < configuration.maximumHalfOpenSessions
-            && sessions.count < configuration.maximumSessions
-            && rateLimiter.allow(key.address, now: now)
+    /// Which admission limit refuses a new session, or nil when it may start.
+    private func limitReached(key: PeerKey, now: NIODeadline) -> String? {
+        if halfOpen.count >= configuration.maximumHalfOpenSessions {
+            return "\(configuration.maximumHalfOpenSessions) handshakes are in progress already (the limit)"
+        }
+        if sessions.count >= configuration.maximumSessions {
+            return "\(configuration.maximumSessions) sessions are open already (the limit)"
+        }
+        if !rateLimiter.allow(key.address, now: now) {
+            return "its address is over the limit of new sessions per second"
+        }
+        return nil
+    }
+
+    /// One log line per refused attempt, rate-limited; nothing at all unless the logger shows info.
+    private func refused(_ address: SocketAddress, _ reason: String, now: NIODeadline) {
+        logAttempt(from: address, "refused", reason, now: now)
+    }
+
+    private func logAttempt(from address: SocketAddress, _ outcome: String, _ reason: String, now: NIODeadline) {
+        guard role == .listener, logger.logLevel <= .info, let bytes = IPAddressBytes(from: address),
+              let omitted = refusedAttempts.admit(address: bytes, port: UInt16(truncatingIfNeeded: address.port ?? 0),
+                                                  reason: reason, now: now) else { return }
+        let more = omitted > 0 ? " (\(omitted) more not logged)" : ""
+        logger.info("connection attempt from \(address.ipAndPort) \(outcome): \(reason)\(more)")
     }
 
     private func register(_ session: TOUSession, key: PeerKey, now: NIODeadline) {
@@ -241,7 +276,7 @@ final class TOUEndpoint: @unchecked Sendable {
         sessions[session.localSID] = core
         adaptReadsPerWakeup()
         halfOpen[key] = session.localSID
-        logger.debug("new session attempt", metadata: ["sid": "\(session.localSID)", "peer": "\(session.peerAddress)"])
+        logger.debug("new session attempt", metadata: ["sid": "\(session.localSID)", "peer": "\(session.peerAddress.ipAndPort)"])
         drive(core, now: now)
     }
 
@@ -264,7 +299,7 @@ final class TOUEndpoint: @unchecked Sendable {
         if session.addressChanges != core.knownAddressChanges {
             core.knownAddressChanges = session.addressChanges
             core.peerAddress.withLockedValue { $0 = session.peerAddress }
-            logger.info("peer address changed", metadata: ["sid": "\(session.localSID)", "peer": "\(session.peerAddress)"])
+            logger.info("peer address changed", metadata: ["sid": "\(session.localSID)", "peer": "\(session.peerAddress.ipAndPort)"])
         }
         sendAll(session, now: now)
         while let event = session.pollEvent() {
@@ -282,6 +317,10 @@ final class TOUEndpoint: @unchecked Sendable {
         if session.isFinished {
             // Events may have produced more output (a final ACK, close_notify).
             sendQueued(session)
+            if !session.isEstablished, let error = session.finishError, error != .closed {
+                // A handshake that failed (our close of the listener is no failure).
+                logAttempt(from: session.peerAddress, "failed", "\(error)", now: now)
+            }
             remove(core)
         } else {
             if role == .listener { session.limitReceiveWindow(to: windowShare) }
@@ -481,7 +520,7 @@ final class TOUEndpoint: @unchecked Sendable {
         }
         for core in sessions.values where !core.session.isEstablished {
             let now = NIODeadline.now()
-            core.session.abort(now: now, error: .unreachable("\(core.session.peerAddress) refused (ICMP port unreachable)"))
+            core.session.abort(now: now, error: .unreachable("\(core.session.peerAddress.ipAndPort) refused (ICMP port unreachable)"))
             drive(core, now: now)
         }
     }

@@ -20,7 +20,8 @@ public final class TOUListener: Sendable {
         self.connections = connections
     }
 
-    /// Binds a UDP socket on `host` (nil: all addresses, IPv6 and IPv4) and `port` (0: any).
+    /// Binds a UDP socket on `host` (nil: all addresses, IPv6 and IPv4; an IPv6 address may be in
+    /// brackets) and `port` (0: any). A port another socket holds fails with "address in use".
     public static func bind(host: String? = nil, port: Int, configuration: TOUConfiguration) async throws -> TOUListener {
         try configuration.validate()
         guard (0...65_535).contains(port) else {
@@ -31,22 +32,30 @@ public final class TOUListener: Sendable {
         let endpoint = TOUEndpoint(loop: loop, role: .listener, configuration: configuration, dtlsContext: context)
         let (stream, continuation) = AsyncStream.makeStream(of: TOUConnection.self,
                                                             bufferingPolicy: .bufferingOldest(configuration.acceptBacklog))
+        // No SO_REUSEADDR: on UDP it lets a second process bind the same port and take part of
+        // its traffic, so a port that is taken fails here with "address in use". Sharing a port
+        // on purpose is for one listener's own workers (SO_REUSEPORT), set where they are made.
         let bootstrap = DatagramBootstrap.endpoint(endpoint)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+        let address: SocketAddress
+        do {
+            // No HOST: "::", dual-stack on Linux by default.
+            address = try host.map { try AddressText.resolve($0, port: port) } ?? SocketAddress(ipAddress: "::", port: port)
+        } catch let error as AddressText.Failure {
+            throw TOUError.socketError(error.message)
+        }
         let channel: Channel
         do {
-            if let host {
-                channel = try await bootstrap.bind(host: host, port: port).get()
-            } else {
-                // "::" is dual-stack on Linux by default; fall back to IPv4 where IPv6 is absent.
-                do {
-                    channel = try await bootstrap.bind(host: "::", port: port).get()
-                } catch {
-                    channel = try await bootstrap.bind(host: "0.0.0.0", port: port).get()
-                }
+            channel = try await bootstrap.bind(to: address).get()
+        } catch let error as IOError where host == nil && (error.errnoCode == EAFNOSUPPORT || error.errnoCode == EADDRNOTAVAIL) {
+            // IPv4 alone only where this host has no IPv6; never when the port is taken.
+            let ipv4 = try SocketAddress(ipAddress: "0.0.0.0", port: port)
+            do {
+                channel = try await bootstrap.bind(to: ipv4).get()
+            } catch {
+                throw bindFailure(ipv4, error)
             }
         } catch {
-            throw TOUError.socketError("cannot bind UDP \(host ?? "*"):\(port): \(error)")
+            throw bindFailure(address, error)
         }
         try await loop.submit {
             endpoint.onAccept = { connection in
@@ -58,6 +67,10 @@ public final class TOUListener: Sendable {
         }.get()
         channel.closeFuture.whenComplete { _ in continuation.finish() }
         return try TOUListener(endpoint: endpoint, channel: channel, connections: stream)
+    }
+
+    private static func bindFailure(_ address: SocketAddress, _ error: Error) -> TOUError {
+        .socketError("cannot bind UDP \(address.ipAndPort): \(AddressText.describe(error))")
     }
 
     /// Stops accepting new connections; the socket closes once every accepted connection has ended.

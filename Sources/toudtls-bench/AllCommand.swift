@@ -64,6 +64,8 @@ struct All: AsyncParsableCommand {
             "path_mtu": mtu,
             "bulk_megabytes": megabytes,
             "bulk_MBps": round2(bulk.megabytesPerSecond),
+            "bulk_seconds": round6(bulk.seconds),
+            "bulk_close_seconds": round6(bulk.closeSeconds),
             "bulk_retransmissions": bulk.retransmissions,
             "rr_transactions_per_s": round2(rr.rate),
             "rr_p50_us": round2(rr.p50 * 1e6),
@@ -97,7 +99,16 @@ struct All: AsyncParsableCommand {
         }
     }
 
-    struct BulkResult { var megabytesPerSecond: Double; var retransmissions: Int; var cipherSuite: String? }
+    struct BulkResult {
+        /// Until the receiver has every byte; the close is timed apart (`closeSeconds`), since in
+        /// plain mode the active closer lingers max(2 s, 3 RTO), which would swamp a small transfer.
+        var seconds: Double
+        var closeSeconds: Double
+        var retransmissions: Int
+        var cipherSuite: String?
+        var megabytes: Int
+        var megabytesPerSecond: Double { Double(megabytes << 20) / 1e6 / seconds }
+    }
 
     func bulkThroughput(port: Int, configuration: TOUConfiguration) async throws -> BulkResult {
         let connection = try await TOUConnection.connect(host: "127.0.0.1", port: port, configuration: configuration)
@@ -111,14 +122,18 @@ struct All: AsyncParsableCommand {
             try await connection.write(chunk)
             sent += chunkSize
         }
-        // close() returns once every byte is acknowledged and the session has ended.
         try await connection.finishWriting()
+        // The server finishes its side once it has read everything: its FIN ends the transfer.
         for try await _ in connection.inbound {}
+        let transferred = DispatchTime.now()
         let stats = await connection.stats
+        // close() returns once every byte is acknowledged and the session has ended.
         try await connection.close()
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-        return BulkResult(megabytesPerSecond: Double(total) / 1e6 / seconds,
-                          retransmissions: stats.retransmissions, cipherSuite: connection.cipherSuite)
+        let closed = DispatchTime.now()
+        return BulkResult(seconds: Double(transferred.uptimeNanoseconds - start.uptimeNanoseconds) / 1e9,
+                          closeSeconds: Double(closed.uptimeNanoseconds - transferred.uptimeNanoseconds) / 1e9,
+                          retransmissions: stats.retransmissions, cipherSuite: connection.cipherSuite,
+                          megabytes: megabytes)
     }
 
     func requestResponse(port: Int, configuration: TOUConfiguration) async throws -> (rate: Double, p50: Double, p99: Double) {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CommandLineSupport
 
 /// `toudtls-bench`: the in-process benchmark (`all`, the default) and the separate-process client and
 /// server subcommands that bench/compare drives to compare toudtls with TLS over kernel TCP.
@@ -12,7 +13,13 @@ struct Bench: AsyncParsableCommand {
             Start `serve` first; it prints {"listening":PORT,"pid":PID}. Then run rr, many, idle or
             handshakes against --port PORT.
             """,
+        version: toudtlsVersion,
         subcommands: [All.self, Serve.self, RequestResponse.self, Many.self, Idle.self, Handshakes.self],
         defaultSubcommand: All.self
     )
+
+    /// Usage errors exit 2 and name what is wrong; help and --version exit 0.
+    static func main() async {
+        await CommandLineTool.run(CommandLineTool.parse(Bench.self), root: Bench.self)
+    }
 }

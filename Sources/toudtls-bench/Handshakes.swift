@@ -1,10 +1,11 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
 import NIOCore
 import TOUDTLS
 
 /// Connection setup rate and latency: connect, one echoed byte, orderly close, again and again.
-struct Handshakes: AsyncParsableCommand {
+struct Handshakes: AsyncParsableCommand, ArgumentChecking {
     static let configuration = CommandConfiguration(
         abstract: "Repeated connect + 1-byte echo + close against `serve`: setup rate and latency."
     )
@@ -20,7 +21,7 @@ struct Handshakes: AsyncParsableCommand {
     @Option(help: "1-byte round trips measured on one connection first, for rtt_us.")
     var rttSamples: Int = 500
 
-    func validate() throws {
+    func checkArguments() throws {
         try options.requirePort()
         guard seconds > 0, concurrency > 0, rttSamples > 0 else {
             throw ValidationError("--seconds, --concurrency and --rtt-samples must be positive")

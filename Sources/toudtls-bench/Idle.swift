@@ -1,10 +1,11 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
 import TOUDTLS
 
 /// Opens N connections and holds them silent until standard input closes, so a harness can measure
 /// the server's memory per idle connection.
-struct Idle: AsyncParsableCommand {
+struct Idle: AsyncParsableCommand, ArgumentChecking {
     static let configuration = CommandConfiguration(
         abstract: "Open N connections, print {\"ready\":N}, hold them idle until stdin EOF, then close them."
     )
@@ -17,7 +18,7 @@ struct Idle: AsyncParsableCommand {
     @Option(help: "Handshakes in flight at once.")
     var connectConcurrency: Int = 64
 
-    func validate() throws {
+    func checkArguments() throws {
         try options.requirePort()
         guard connections > 0 else { throw ValidationError("--connections must be positive") }
     }

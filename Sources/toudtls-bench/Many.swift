@@ -1,11 +1,12 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
 import NIOCore
 import TOUDTLS
 
 /// Many concurrent transfers: each connection sends M MiB of its own pattern through the echo server
 /// and checks every byte that comes back.
-struct Many: AsyncParsableCommand {
+struct Many: AsyncParsableCommand, ArgumentChecking {
     static let configuration = CommandConfiguration(
         abstract: "N concurrent connections each echoing M MiB through `serve`, every byte verified."
     )
@@ -24,7 +25,7 @@ struct Many: AsyncParsableCommand {
     @Option(help: "Bytes per write.")
     var chunkSize: Int = 64 << 10
 
-    func validate() throws {
+    func checkArguments() throws {
         try options.requirePort()
         guard connections > 0, megabytes > 0, chunkSize > 0 else {
             throw ValidationError("--connections, --megabytes and --chunk-size must be positive")

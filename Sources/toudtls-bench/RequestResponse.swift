@@ -1,10 +1,11 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
 import NIOCore
 import TOUDTLS
 
 /// N connections at once, each in 1-byte ping-pong with the echo server; latency per transaction.
-struct RequestResponse: AsyncParsableCommand {
+struct RequestResponse: AsyncParsableCommand, ArgumentChecking {
     static let configuration = CommandConfiguration(
         commandName: "rr",
         abstract: "1-byte request/response on N concurrent connections against `serve`."
@@ -24,7 +25,7 @@ struct RequestResponse: AsyncParsableCommand {
     @Option(help: "Handshakes in flight at once while opening the connections.")
     var connectConcurrency: Int = 64
 
-    func validate() throws {
+    func checkArguments() throws {
         try options.requirePort()
         guard connections > 0, seconds > 0, warmupSeconds >= 0 else {
             throw ValidationError("--connections and --seconds must be positive, --warmup-seconds not negative")

@@ -22,7 +22,7 @@ struct Serve: AsyncParsableCommand {
         guard let port = listener.localAddress.port else { throw BenchError.failed("the listener has no port") }
         let signals = Self.exitOnSignals()
         Output.json([("listening", .int(port)), ("pid", .int(Int(getpid())))])
-        Output.log("echo server on \(options.host):\(port) (\(options.plain ? "plain" : "dtls"), mtu \(options.mtu))")
+        Output.log("echo server on \(listener.localAddress.ipAndPort) (\(options.plain ? "plain" : "dtls"), mtu \(options.mtu))")
         if untilStdinEOF {
             Task.detached {
                 await waitForStandardInputEOF()

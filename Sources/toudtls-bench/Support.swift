@@ -80,6 +80,8 @@ func percentile(_ sorted: [Double], _ p: Double) -> Double {
 
 func round2(_ value: Double) -> Double { (value * 100).rounded() / 100 }
 
+func round6(_ value: Double) -> Double { (value * 1e6).rounded() / 1e6 }
+
 enum BenchError: Error, CustomStringConvertible {
     case usage(String)
     case failed(String)

@@ -1,3 +1,4 @@
+import CommandLineSupport
 import Foundation
 import NIOCore
 import TOUDTLS
@@ -16,7 +17,7 @@ struct CatRunner: Sendable {
             }
             return .success
         } catch {
-            printError("toudtls-cat: \(describe(error))")
+            CommandLineTool.printToStandardError("toudtls-cat: \(describe(error))")
             return exitCode(for: error)
         }
     }
@@ -27,7 +28,7 @@ struct CatRunner: Sendable {
     }
 
     private func verbose(_ message: @autoclosure () -> String) {
-        if command.verbose { printError("toudtls-cat: \(message())") }
+        if command.verbose { CommandLineTool.printToStandardError("toudtls-cat: \(message())") }
     }
 
     // MARK: Client
@@ -36,7 +37,7 @@ struct CatRunner: Sendable {
         let host = command.host ?? "localhost"
         let connection = try await TOUConnection.connect(host: host, port: command.port,
                                                          configuration: command.makeConfiguration())
-        verbose("connected to \(connection.remoteAddress)"
+        verbose("connected to \(connection.remoteAddress.ipAndPort)"
                 + (connection.cipherSuite.map { " with \($0)" } ?? " in plain mode")
                 + (connection.peerCertificateSubject.map { ", peer \($0)" } ?? ""))
         try await serve(connection, sendStandardInput: true)
@@ -49,19 +50,19 @@ struct CatRunner: Sendable {
                                                   configuration: command.makeConfiguration())
         let address = listener.localAddress
         if command.verbose {
-            printError("listening on \(Self.format(address))")
+            CommandLineTool.printToStandardError("listening on \(address.ipAndPort)")
         }
         if command.keepOpen {
             try await serveForever(listener)
         } else {
             for await connection in listener.connections {
-                verbose("connection from \(connection.remoteAddress)"
+                verbose("connection from \(connection.remoteAddress.ipAndPort)"
                         + (connection.peerCertificateSubject.map { ", peer \($0)" } ?? ""))
                 // One connection only: stop admitting others while this one is served.
                 let closing = Task { try? await listener.close() }
                 try await serve(connection, sendStandardInput: true)
                 await closing.value
-                if command.verbose { printError("toudtls-cat: \(await listener.counters)") }
+                if command.verbose { CommandLineTool.printToStandardError("toudtls-cat: \(await listener.counters)") }
                 return
             }
             throw TOUError.closed
@@ -80,7 +81,7 @@ struct CatRunner: Sendable {
         defer { stdinPump.cancel() }
         await withTaskGroup(of: Void.self) { group in
             for await connection in listener.connections {
-                verbose("connection from \(connection.remoteAddress)")
+                verbose("connection from \(connection.remoteAddress.ipAndPort)")
                 group.addTask {
                     await hub.add(connection)
                     do {
@@ -89,7 +90,7 @@ struct CatRunner: Sendable {
                         try await connection.close()
                     } catch {
                         await hub.remove(connection)
-                        printError("toudtls-cat: \(describe(error))")
+                        CommandLineTool.printToStandardError("toudtls-cat: \(describe(error))")
                     }
                 }
             }
@@ -121,9 +122,9 @@ struct CatRunner: Sendable {
             throw error
         }
         if command.verbose {
-            printError("toudtls-cat: \(await connection.stats)")
+            CommandLineTool.printToStandardError("toudtls-cat: \(await connection.stats)")
             if !command.listen {
-                printError("toudtls-cat: \(await connection.endpointCounters)")
+                CommandLineTool.printToStandardError("toudtls-cat: \(await connection.endpointCounters)")
             }
         }
     }
@@ -132,12 +133,6 @@ struct CatRunner: Sendable {
         for try await chunk in connection.inbound {
             try await streams.write(chunk)
         }
-    }
-
-    static func format(_ address: SocketAddress) -> String {
-        let ip = address.ipAddress ?? "?"
-        let port = address.port.map(String.init) ?? "?"
-        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 }
 

@@ -88,16 +88,3 @@ final class StandardStreams: Sendable {
         var description: String { "cannot write to stdout: \(String(cString: strerror(code)))" }
     }
 }
-
-/// One line on stderr.
-func printError(_ message: String) {
-    var line = message
-    line.append("\n")
-    var bytes = Array(line.utf8)
-    var offset = 0
-    while offset < bytes.count {
-        let written = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress! + offset, $0.count - offset) }
-        if written <= 0 { return }
-        offset += written
-    }
-}

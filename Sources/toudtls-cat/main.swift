@@ -1,4 +1,5 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
 import Logging
 import NIOCore
@@ -8,19 +9,32 @@ import TOUDTLS
 import Glibc
 #endif
 
-/// Exit codes the outside world relies on.
+/// Exit codes the outside world relies on (listed in `--help` and the README).
 enum ExitCode32: Int32 {
     case success = 0, other = 1, usage = 2, authentication = 3, unreachable = 4, reset = 5
 }
 
-struct CatCommand: ParsableCommand {
+struct CatCommand: ParsableCommand, ArgumentChecking {
     static let configuration = CommandConfiguration(
         commandName: "toudtls-cat",
         abstract: "netcat over TCP-in-DTLS-in-GUE (TOU): stdin to the peer, the peer to stdout.",
         usage: """
             toudtls-cat [options] HOST PORT
             toudtls-cat -l [options] [HOST] PORT
-            """
+            """,
+        discussion: """
+            HOST is a name or an IP address; an IPv6 address may be in brackets ([::1]).
+            At stdin EOF it sends FIN and keeps receiving until the peer's FIN.
+
+            Exit status:
+              0  both directions finished
+              1  anything else: port in use, socket error, truncated or closed session
+              2  bad usage, or our own files unreadable or unusable
+              3  handshake or authentication failure
+              4  the peer is unreachable, its name does not resolve, or it timed out
+              5  the peer reset the connection
+            """,
+        version: toudtlsVersion
     )
 
     @Flag(name: [.short, .customLong("listen")], help: "Listen on UDP [HOST] PORT (default: all addresses); serve one connection.")
@@ -65,7 +79,8 @@ struct CatCommand: ParsableCommand {
     var host: String?
     var port: Int = 0
 
-    mutating func validate() throws {
+    /// Not `validate()`: see `ArgumentChecking`.
+    mutating func checkArguments() throws {
         switch (listen, positional.count) {
         case (false, 2):
             host = positional[0]
@@ -142,19 +157,11 @@ func exitCode(for error: Error) -> ExitCode32 {
     }
 }
 
-// Parse: usage errors exit 2 (ArgumentParser's default would be 64).
-let command: CatCommand
-do {
-    command = try CatCommand.parseAsRoot() as! CatCommand
-} catch {
-    let code = CatCommand.exitCode(for: error)
-    if code == .success {
-        print(CatCommand.fullMessage(for: error))
-        exit(0)
-    }
-    printError("toudtls-cat: \(CatCommand.message(for: error))")
-    printError("usage: toudtls-cat [options] HOST PORT | toudtls-cat -l [options] [HOST] PORT (see --help)")
-    exit(ExitCode32.usage.rawValue)
+// Help, --version and usage errors (unknown options included) exit here: 0 or 2.
+let parsed = CommandLineTool.parse(CatCommand.self)
+guard let command = parsed as? CatCommand else {
+    // `--help` and `help` parse as ArgumentParser's help command, which prints the usage.
+    await CommandLineTool.run(parsed, root: CatCommand.self)
 }
 
 LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }

@@ -28,7 +28,6 @@ struct GoodputBenchmark {
         var goodputBitsPerSecond: Double
         var shareOfCapacity: Double
         var mathisBitsPerSecond: Double?
-        var mathisDelayedACKBitsPerSecond: Double?
         var cubicBitsPerSecond: Double?
         var retransmissionsPerMB: Double
         var rtoExpiries: Int
@@ -40,6 +39,19 @@ struct GoodputBenchmark {
         var averageSmoothedRTTMilliseconds: Double?
         var bytesVerified: Bool
     }
+
+    /// Payload of a full segment: the MSS less the timestamp option (12 bytes with padding) that
+    /// every data segment carries when timestamps are on, as they are by default.
+    var payloadPerSegment: Int {
+        mss - (TCPConfiguration(maximumSegmentSize: mss).timestamps ? 12 : 0)
+    }
+
+    /// What a full segment's packet occupies on the bottleneck: payload, TCP header and options,
+    /// and the link's per-packet IP header.
+    var packetBytes: Int { mss + 20 + LinkConfiguration().perPacketOverhead }
+
+    /// The most goodput the headers allow.
+    var ceilingShareOfCapacity: Double { Double(payloadPerSegment) / Double(packetBytes) }
 
     func run() -> Outcome? {
         var tcp = TCPConfiguration(maximumSegmentSize: mss)
@@ -91,9 +103,8 @@ struct GoodputBenchmark {
         return Outcome(
             algorithm: congestion.rawValue, loss: loss, goodputBitsPerSecond: goodput,
             shareOfCapacity: goodput / Double(bandwidth),
-            mathisBitsPerSecond: ResponseFunctions.mathis(mss: mss, rtt: rttSeconds, loss: loss, constant: 1.22),
-            mathisDelayedACKBitsPerSecond: ResponseFunctions.mathis(mss: mss, rtt: rttSeconds, loss: loss, constant: 0.87),
-            cubicBitsPerSecond: ResponseFunctions.cubic(mss: mss, rtt: rttSeconds, loss: loss),
+            mathisBitsPerSecond: ResponseFunctions.mathis(payload: payloadPerSegment, rtt: rttSeconds, loss: loss),
+            cubicBitsPerSecond: ResponseFunctions.cubic(payload: payloadPerSegment, rtt: rttSeconds, loss: loss),
             retransmissionsPerMB: bytes > 0 ? Double(retransmissions) / (Double(bytes) / 1e6) : 0,
             rtoExpiries: rtos, dataSegmentsLost: lost,
             rtoPerThousandLost: lost > 0 ? Double(rtos) * 1000 / Double(lost) : nil,

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
 import NIOCore
 
@@ -9,7 +10,13 @@ import NIOCore
 struct NetSim: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "toudtls-netsim",
-        abstract: "Goodput of the TCP engine over a simulated bottleneck, beside loss-based predictions.")
+        abstract: "Goodput of the TCP engine over a simulated bottleneck, beside loss-based predictions.",
+        version: toudtlsVersion)
+
+    /// Usage errors exit 2 and name what is wrong; help and --version exit 0.
+    static func main() async {
+        await CommandLineTool.run(CommandLineTool.parse(NetSim.self), root: NetSim.self)
+    }
 
     @Option(help: "Seconds of virtual time measured after slow start.")
     var duration: Double = 60
@@ -44,7 +51,7 @@ struct NetSim: ParsableCommand {
     @Option(help: ArgumentHelp("Print this many lines of segment trace per run.", visibility: .hidden))
     var trace = 0
 
-    @Flag(help: "Apply the random loss to the ACK direction too.")
+    @Flag(name: .customLong("loss-on-acks"), help: "Apply the random loss to the ACK direction too.")
     var lossOnACKs = false
 
     @Flag(help: "Instead of goodput: the receiver's CPU per loss episode (first segment lost, the rest out of order).")
@@ -73,7 +80,11 @@ struct NetSim: ParsableCommand {
         var outcomes: [GoodputBenchmark.Outcome] = []
         var unavailable: [String] = []
         let bandwidth = Int(megabits * 1_000_000)
-        printTableHeader()
+        let shape = GoodputBenchmark(
+            bandwidth: bandwidth, rtt: .milliseconds(Int64(rttMilliseconds)), queueBDP: queueBDP, loss: 0,
+            lossOnACKs: lossOnACKs, mss: mss, congestion: .newReno, duration: .zero, warmupLimit: .zero,
+            settle: .zero, seed: seed)
+        printTableHeader(shape)
         for choice in choices {
             for loss in lossRates {
                 let benchmark = GoodputBenchmark(
@@ -97,6 +108,8 @@ struct NetSim: ParsableCommand {
             var rttMilliseconds: Int
             var queueBDP: Double
             var mss: Int
+            var payloadPerSegment: Int
+            var ceilingShareOfCapacity: Double
             var durationSeconds: Double
             var seed: UInt64
             var lossOnACKs: Bool
@@ -105,6 +118,7 @@ struct NetSim: ParsableCommand {
         }
         let report = Report(
             bandwidthBitsPerSecond: bandwidth, rttMilliseconds: rttMilliseconds, queueBDP: queueBDP, mss: mss,
+            payloadPerSegment: shape.payloadPerSegment, ceilingShareOfCapacity: shape.ceilingShareOfCapacity,
             durationSeconds: duration, seed: seed, lossOnACKs: lossOnACKs, unavailableAlgorithms: unavailable,
             results: outcomes)
         let encoder = JSONEncoder()
@@ -134,13 +148,17 @@ struct NetSim: ParsableCommand {
         }
     }
 
-    private func printTableHeader() {
+    private func printTableHeader(_ shape: GoodputBenchmark) {
         standardError(
             "\(megabits) Mbit/s, RTT \(rttMilliseconds) ms, queue \(queueBDP) BDP, MSS \(mss), "
                 + "\(duration) s measured from \(settle) s after slow start, seed \(seed)\n")
         standardError(
-            pad("cc", 8) + pad("loss", 7) + pad("goodput", 11) + pad("share", 7) + pad("Mathis1.22", 11)
-                + pad("Mathis0.87", 11) + pad("CUBIC9438", 11) + pad("retx/MB", 9) + pad("RTO/1kLost", 11)
+            "ceiling \(String(format: "%.2f%%", shape.ceilingShareOfCapacity * 100)) (\(shape.payloadPerSegment)-byte "
+                + "payloads in \(shape.packetBytes)-byte packets); predictions for \(shape.payloadPerSegment)-byte "
+                + "segments at RTT \(rttMilliseconds) ms, Mathis with C = sqrt(3/2) = 1.22\n")
+        standardError(
+            pad("cc", 8) + pad("loss", 7) + pad("goodput", 11) + pad("share", 7) + pad("Mathis", 11)
+                + pad("CUBIC9438", 11) + pad("retx/MB", 9) + pad("RTO/1kLost", 11)
                 + pad("lost", 7) + "srtt\n")
     }
 
@@ -152,7 +170,7 @@ struct NetSim: ParsableCommand {
         standardError(
             pad(o.algorithm, 8) + pad(String(format: "%.3g%%", o.loss * 100), 7) + pad(mbit(o.goodputBitsPerSecond), 11)
                 + pad(String(format: "%.1f%%", o.shareOfCapacity * 100), 7) + pad(mbit(o.mathisBitsPerSecond), 11)
-                + pad(mbit(o.mathisDelayedACKBitsPerSecond), 11) + pad(mbit(o.cubicBitsPerSecond), 11)
+                + pad(mbit(o.cubicBitsPerSecond), 11)
                 + pad(String(format: "%.2f", o.retransmissionsPerMB), 9)
                 + pad(o.rtoPerThousandLost.map { String(format: "%.1f", $0) } ?? "-", 11) + pad("\(o.dataSegmentsLost)", 7)
                 + (o.averageSmoothedRTTMilliseconds.map { String(format: "%.1fms", $0) } ?? "-")

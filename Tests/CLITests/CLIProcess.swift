@@ -3,21 +3,21 @@ import Foundation
 import Glibc
 #endif
 
-/// Runs the built toudtls-cat as a subprocess, as a user would.
+/// Runs a built tool (toudtls-cat unless told otherwise) as a subprocess, as a user would.
 struct CLIProcess {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent()
     static var certs: String { packageRoot.appendingPathComponent("certs").path }
 
-    /// The executable sits next to the test bundle in the build directory.
-    static var executable: URL {
+    /// The executables sit next to the test bundle in the build directory.
+    static func executable(_ tool: String = "toudtls-cat") -> URL {
         let candidates = [
-            Bundle.main.bundleURL.appendingPathComponent("toudtls-cat"),
-            Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("toudtls-cat"),
-            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("toudtls-cat"),
+            Bundle.main.bundleURL.appendingPathComponent(tool),
+            Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent(tool),
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(tool),
             URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().deletingLastPathComponent()
-                .appendingPathComponent("toudtls-cat"),
-            packageRoot.appendingPathComponent(".build/debug/toudtls-cat"),
+                .appendingPathComponent(tool),
+            packageRoot.appendingPathComponent(".build/debug/\(tool)"),
         ]
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) } ?? candidates[0]
     }
@@ -30,8 +30,8 @@ struct CLIProcess {
 
     /// With `closeStdout`, the reading end of stdout is closed at once, so the process's writes
     /// to stdout fail (EPIPE) as they would after `| head -c 0`.
-    init(_ arguments: [String], stdin: URL? = nil, closeStdout: Bool = false) throws {
-        process.executableURL = Self.executable
+    init(_ arguments: [String], tool: String = "toudtls-cat", stdin: URL? = nil, closeStdout: Bool = false) throws {
+        process.executableURL = Self.executable(tool)
         process.arguments = arguments
         process.standardOutput = stdout
         process.standardError = stderr
@@ -78,6 +78,7 @@ struct CLIProcess {
     }
 
     var output: Data { outputData.value }
+    var outputText: String { String(decoding: outputData.value, as: UTF8.self) }
     var errorOutput: String { String(decoding: errorData.value, as: UTF8.self) }
 
     /// Waits until stderr shows `text` (e.g. "listening on").

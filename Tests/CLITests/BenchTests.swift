@@ -1,0 +1,25 @@
+import Foundation
+import Testing
+
+/// toudtls-bench's in-process benchmark as a subprocess.
+@Suite("toudtls-bench", .serialized)
+struct BenchTests {
+    @Test("--plain bulk times the transfer; the close, with plain mode's linger of at least 2 s, is reported apart")
+    func plainBulkExcludesClose() throws {
+        let process = try CLIProcess(["--plain", "--megabytes", "1", "--rr-seconds", "0.2", "--setups", "1",
+                                      "--certs", CLIProcess.certs], tool: "toudtls-bench")
+        #expect(process.wait(timeout: 120) == 0, "stderr: \(process.errorOutput)")
+        let line = try #require(process.outputText.split(separator: "\n").last)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        let seconds = try #require(json["bulk_seconds"] as? Double, "\(line)")
+        let closeSeconds = try #require(json["bulk_close_seconds"] as? Double, "\(line)")
+        let rate = try #require(json["bulk_MBps"] as? Double, "\(line)")
+        // The active closer of a plain session lingers max(2 s, 3 RTO) from the peer's FIN, which
+        // ends the transfer: the linger is the close's, not the transfer's.
+        #expect(seconds + closeSeconds >= 2, "\(line)")
+        #expect(closeSeconds > 1, "\(line)")
+        // MB/s comes from the transfer's time alone (both figures are rounded in the JSON).
+        let expected = 1.048576 / seconds
+        #expect(abs(rate - expected) <= 0.02 * expected + 0.01, "\(line)")
+    }
+}
