@@ -80,6 +80,15 @@ public struct TOUConfiguration: Sendable {
     public var newSessionBurstPerSource: Double = 200
     /// Listener: how many accepted connections may wait for the application to take them.
     public var acceptBacklog: Int = 128
+    /// Listener: ask every new attempt for a cookie first (a round trip more), as a listener under
+    /// pressure does anyway; for deployments that never want to answer an unproven address.
+    public var alwaysRequireCookie: Bool = false
+    /// Listener: while fewer handshakes than this are in progress, a padded ClientHello is answered
+    /// at once, without a cookie exchange; nil means a quarter of `maximumHalfOpenSessions`.
+    public var cookielessHandshakeThreshold: Int? = nil
+    /// Listener: at most this many attempts per second are admitted without a cookie, since each
+    /// costs a key exchange and a signature; beyond it attempts are asked for a cookie.
+    public var cookielessAdmissionsPerSecond: Int = 1000
 
     /// Where the library logs; silent unless the application provides a logger.
     public var logger: Logger = Logger(label: "toudtls", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -135,6 +144,9 @@ public struct TOUConfiguration: Sendable {
         }
         guard maximumSessions > 0, maximumHalfOpenSessions > 0, acceptBacklog > 0 else {
             throw .invalidConfiguration("session limits and the accept backlog must be positive")
+        }
+        guard (cookielessHandshakeThreshold ?? 0) >= 0, cookielessAdmissionsPerSecond >= 0 else {
+            throw .invalidConfiguration("the cookieless threshold and budget cannot be negative")
         }
     }
 

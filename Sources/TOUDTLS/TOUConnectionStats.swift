@@ -88,6 +88,11 @@ public struct TOUEndpointCounters: Sendable, CustomStringConvertible {
     public var helloVerifyRequestsSent = 0
     /// Repeats of an already admitted (address, port, SID) answered with a fresh HelloVerifyRequest.
     public var replayedAttempts = 0
+    /// Attempts answered at once, without a cookie exchange (the listener was not under pressure).
+    public var cookielessAdmissions = 0
+    /// The most any attempt was sent, as a multiple of what it had sent, before it proved its
+    /// address (at most 3).
+    public var largestAmplification = 0.0
     public var sessionsAccepted = 0
 
     public init() {}
@@ -101,6 +106,7 @@ public struct TOUEndpointCounters: Sendable, CustomStringConvertible {
             + "sent \(datagramsSent) (\(segmentationWrites) GSO writes); dropped: malformed \(droppedMalformed), "
             + "unknown session \(droppedUnknownSession), bad attempt \(droppedBadAttempt), "
             + "over limit \(droppedOverLimit), in session \(droppedBySession); "
-            + "hello-verify-requests \(helloVerifyRequestsSent), replayed attempts \(replayedAttempts)"
+            + "hello-verify-requests \(helloVerifyRequestsSent), replayed attempts \(replayedAttempts), "
+            + "cookieless admissions \(cookielessAdmissions)"
     }
 }

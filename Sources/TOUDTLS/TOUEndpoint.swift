@@ -31,6 +31,7 @@ final class TOUEndpoint: @unchecked Sendable {
     private var admission: StatelessAdmission
     private var admitted: AdmittedAttemptCache
     private var rateLimiter: SourceRateLimiter
+    private var cookieless: CookielessAdmission
     /// Listener: refused and failed connection attempts worth a (rate-limited) log line.
     private var refusedAttempts = RefusedAttemptLog()
     @exclusivity(unchecked) private(set) var counters = TOUEndpointCounters()
@@ -68,9 +69,15 @@ final class TOUEndpoint: @unchecked Sendable {
         self.admitted = AdmittedAttemptCache()
         self.rateLimiter = SourceRateLimiter(ratePerSecond: configuration.newSessionsPerSecondPerSource,
                                              burst: configuration.newSessionBurstPerSource)
+        self.cookieless = CookielessAdmission(
+            alwaysRequireCookie: configuration.alwaysRequireCookie,
+            halfOpenThreshold: configuration.cookielessHandshakeThreshold ?? configuration.maximumHalfOpenSessions / 4,
+            budgetPerSecond: configuration.cookielessAdmissionsPerSecond, now: now)
     }
 
     var sessionCount: Int { sessions.count }
+    /// Sessions whose handshakes are still in progress.
+    var halfOpenCount: Int { halfOpen.count }
 
     // MARK: Client
 
@@ -176,7 +183,7 @@ final class TOUEndpoint: @unchecked Sendable {
 
     private func admitSecure(header: GUEHeader, payload: ByteBuffer, key: PeerKey, from address: SocketAddress,
                              now: NIODeadline) {
-        guard let dtlsContext, DTLSDatagramSummary.scan(payload)?.isClientHello == true else {
+        guard let dtlsContext, let summary = DTLSDatagramSummary.scan(payload), summary.isClientHello else {
             counters.droppedBadAttempt += 1
             refused(address, "its first datagram is not a ClientHello", now: now)
             return
@@ -187,8 +194,12 @@ final class TOUEndpoint: @unchecked Sendable {
         let destinationCurrent = header.destinationSID == derivedSID
         let acceptable = destinationCurrent ? admission.acceptableCookies(for: key) : []
         let mtu = parameters.pathMTU - (address.isIPv4OrMapped ? 20 : 40) - 8 - 24
+        let udpPayloadBytes = header.encodedLength + payload.readableBytes
+        let withoutCookie = cookieless.admitsWithoutCookie(
+            summary, udpPayloadBytes: udpPayloadBytes, halfOpen: halfOpen.count, now: now,
+            sourceAllows: { rateLimiter.allow(key.address, now: now) })
         let result = dtlsContext.listen(datagram: payload, cookieToIssue: admission.cookieToIssue(for: key),
-                                        acceptableCookies: acceptable, mtu: mtu, now: now)
+                                        acceptableCookies: acceptable, requireCookie: !withoutCookie, mtu: mtu, now: now)
         switch result {
         case .helloVerifyRequest(let request):
             sendHelloVerifyRequest(request, derivedSID: derivedSID, key: key, to: address)
@@ -197,7 +208,9 @@ final class TOUEndpoint: @unchecked Sendable {
             refused(address, "unusable ClientHello: \(reason)", now: now)
         case .accepted(let connection):
             // Limits first: a refused attempt must not burn its (address, port, S) in the replay cache.
-            if let limit = limitReached(key: key, now: now) ?? (sessions[derivedSID] == nil ? nil : "its session exists already") {
+            // A cookieless admission has taken its source's token already.
+            if let limit = limitReached(key: key, chargingSource: !withoutCookie, now: now)
+                ?? (sessions[derivedSID] == nil ? nil : "its session exists already") {
                 counters.droppedOverLimit += 1
                 refused(address, limit, now: now)
                 return
@@ -213,8 +226,10 @@ final class TOUEndpoint: @unchecked Sendable {
                 }
                 return
             }
+            if withoutCookie { counters.cookielessAdmissions += 1 }
             let session = TOUSession.accept(dtls: connection, localSID: derivedSID, remoteSID: key.sid,
-                                            peer: address, parameters: parameters, now: now)
+                                            peer: address, parameters: parameters,
+                                            unprovenBytesReceived: withoutCookie ? udpPayloadBytes : nil, now: now)
             register(session, key: key, now: now)
         }
     }
@@ -244,14 +259,14 @@ final class TOUEndpoint: @unchecked Sendable {
     }
 
     /// Which admission limit refuses a new session, or nil when it may start.
-    private func limitReached(key: PeerKey, now: NIODeadline) -> String? {
+    private func limitReached(key: PeerKey, chargingSource: Bool = true, now: NIODeadline) -> String? {
         if halfOpen.count >= configuration.maximumHalfOpenSessions {
             return "\(configuration.maximumHalfOpenSessions) handshakes are in progress already (the limit)"
         }
         if sessions.count >= configuration.maximumSessions {
             return "\(configuration.maximumSessions) sessions are open already (the limit)"
         }
-        if !rateLimiter.allow(key.address, now: now) {
+        if chargingSource, !rateLimiter.allow(key.address, now: now) {
             return "its address is over the limit of new sessions per second"
         }
         return nil
@@ -302,6 +317,9 @@ final class TOUEndpoint: @unchecked Sendable {
             logger.info("peer address changed", metadata: ["sid": "\(session.localSID)", "peer": "\(session.peerAddress.ipAndPort)"])
         }
         sendAll(session, now: now)
+        if session.largestAmplification > counters.largestAmplification {
+            counters.largestAmplification = session.largestAmplification
+        }
         while let event = session.pollEvent() {
             if event == .established { established(core) }
             if case .finished = event {

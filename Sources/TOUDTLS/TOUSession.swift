@@ -90,6 +90,12 @@ final class TOUSession {
     private(set) var addressChanges = 0
     private(set) var amplificationLimitedDatagrams = 0
 
+    /// A target admitted without a cookie, until the initiator's Finished verifies: the UDP payload
+    /// bytes it received from the initiator and sent back, sent held to at most 3x received.
+    @exclusivity(unchecked) private var unprovenAttempt: (received: Int, sent: Int)?
+    /// Largest sent / received ratio while unproven, for the listener's report.
+    private(set) var largestAmplification = 0.0
+
     private struct UnvalidatedPath {
         var validationPoint: UInt32
         var bytesReceived: Int
@@ -137,12 +143,16 @@ final class TOUSession {
         return session
     }
 
-    /// A target session for a ClientHello whose cookie the endpoint accepted.
+    /// A target session for a ClientHello the endpoint admitted: with a valid cookie, or without
+    /// one, in which case `unprovenBytesReceived` is the ClientHello datagram's UDP payload size and
+    /// the anti-amplification limit holds until the initiator's Finished verifies.
     static func accept(dtls: DTLSConnection, localSID: UInt64, remoteSID: UInt64, peer: SocketAddress,
-                       parameters: SessionParameters, now: NIODeadline) -> TOUSession {
+                       parameters: SessionParameters, unprovenBytesReceived: Int? = nil,
+                       now: NIODeadline) -> TOUSession {
         let session = TOUSession(role: .target, localSID: localSID, remoteSID: remoteSID, peer: peer,
                                  parameters: parameters, innerRemotePort: 0, now: now)
         session.dtls = dtls
+        session.unprovenAttempt = unprovenBytesReceived.map { (received: $0, sent: 0) }
         session.pump(now: now)
         return session
     }
@@ -205,6 +215,9 @@ final class TOUSession {
                 return
             }
             let droppedBefore = dtls?.droppedRecords ?? 0
+            if unprovenAttempt != nil, address == peerAddress {
+                unprovenAttempt?.received += header.encodedLength + payload.readableBytes
+            }
             dtls?.receiveDatagram(payload, now: now)
             learnAddress(address, datagramBytes: header.encodedLength + payload.readableBytes)
             // Forged datagrams naming our SID must not keep a dead session from idling out.
@@ -286,6 +299,7 @@ final class TOUSession {
 
     /// The next run of framed datagrams to send to `peerAddress`.
     func pollRun() -> OutboundQueue.Run? {
+        if unprovenAttempt != nil { return pollUnprovenRun() }
         while let run = outbound.pollRun() {
             guard let path = unvalidatedPath else { return run }
             if run.count > 1 {
@@ -303,6 +317,26 @@ final class TOUSession {
             return run
         }
         return nil
+    }
+
+    /// Anti-amplification before the initiator has shown it receives at its address: what does not
+    /// fit 3x what it sent waits (not dropped: a handshake flight has no other way to get there)
+    /// until its retransmission adds to the allowance.
+    private func pollUnprovenRun() -> OutboundQueue.Run? {
+        guard let attempt = unprovenAttempt, let run = outbound.pollRun() else { return nil }
+        if run.count > 1 {
+            for slice in run.slices.dropFirst().reversed() { outbound.pushFront(.single(slice)) }
+        }
+        let datagram = run.count > 1 ? run.slices[0] : run.datagrams
+        guard attempt.sent + datagram.readableBytes <= 3 * attempt.received else {
+            outbound.pushFront(.single(datagram))
+            amplificationLimitedDatagrams += 1
+            return nil
+        }
+        unprovenAttempt?.sent += datagram.readableBytes
+        largestAmplification = max(largestAmplification,
+                                   Double(attempt.sent + datagram.readableBytes) / Double(max(1, attempt.received)))
+        return .single(datagram)
     }
 
     /// The next framed datagram, one at a time (runs taken apart).
@@ -422,6 +456,8 @@ final class TOUSession {
                 switch event {
                 case .handshakeCompleted:
                     dataRecordOverhead = dtls?.recordOverhead ?? 0
+                    // The initiator's Finished verified: it receives at its address.
+                    unprovenAttempt = nil
                 case .closeNotifyReceived:
                     peerCloseNotifyReceived = true
                 case .failed(let error):

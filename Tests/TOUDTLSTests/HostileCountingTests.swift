@@ -106,7 +106,10 @@ struct HostileCountingTests {
 
     @Test("each kind lands in its counter; captured ClientHello+cookie replays open no session; the session survives")
     func eachKindCounted() async throws {
-        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
+        // Every attempt gets a cookie exchange here, so a ClientHello carrying a valid cookie is captured.
+        var configuration = E2E.serverConfiguration()
+        configuration.alwaysRequireCookie = true
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: configuration)
         let relay = try CapturingRelay(listenerPort: UInt16(try #require(listener.localAddress.port)))
         defer { relay.stop() }
         let socket = try RawUDPSocket()

@@ -118,11 +118,15 @@ struct HostileJunk {
     }
 
     /// `template` (a real initial ClientHello) with a fresh S, optionally a D, a fresh random and
-    /// a random cookie of 0...64 bytes, every length field kept consistent.
+    /// a random cookie of 0...64 bytes, every length field kept consistent, without padding (so a
+    /// listener asks it for a cookie).
     static func forgeClientHello(_ template: [UInt8], random: inout SeededRandom, source: UInt64?,
                                  destination: UInt64?) -> [UInt8]? {
-        guard let gueLength = CapturedDatagram.headerLength(template) else { return nil }
-        let record = Array(template[gueLength...])
+        guard let gueLength = CapturedDatagram.headerLength(template), template.count >= gueLength + 13 else { return nil }
+        // The record alone: a cookieless ClientHello arrives padded, and forgeries are not.
+        let recordEnd = gueLength + 13 + (Int(template[gueLength + 11]) << 8 | Int(template[gueLength + 12]))
+        guard template.count >= recordEnd else { return nil }
+        let record = Array(template[gueLength..<recordEnd])
         // record header 13, handshake header 12, version 2, random 32, session id
         let bodyStart = 13 + 12
         guard record.count > bodyStart + 35 else { return nil }

@@ -184,6 +184,8 @@ final class CapturingRelay: @unchecked Sendable {
         var clientNext = 0
         var serverNext = 0
         var forwarded = 0
+        /// The first datagrams both ways in the order the relay forwarded them.
+        var ordered: [(fromClient: Bool, bytes: [UInt8])] = []
     }
 
     static let handshakeKept = 32
@@ -232,6 +234,7 @@ final class CapturingRelay: @unchecked Sendable {
     private func record(_ bytes: [UInt8], fromClient: Bool) {
         capture.withLock { capture in
             capture.forwarded += 1
+            if capture.ordered.count < 2 * Self.handshakeKept { capture.ordered.append((fromClient, bytes)) }
             if fromClient {
                 if capture.clientHandshake.count < Self.handshakeKept {
                     capture.clientHandshake.append(bytes)
