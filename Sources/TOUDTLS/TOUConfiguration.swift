@@ -90,6 +90,10 @@ public struct TOUConfiguration: Sendable {
     /// costs a key exchange and a signature; beyond it attempts are asked for a cookie.
     public var cookielessAdmissionsPerSecond: Int = 1000
 
+    /// Client: sessions saved for abbreviated handshakes with servers that issue tickets, shared
+    /// by the copies of this configuration; nil makes every handshake a full one.
+    public var sessionCache: TOUSessionCache? = TOUSessionCache()
+
     /// Where the library logs; silent unless the application provides a logger.
     public var logger: Logger = Logger(label: "toudtls", factory: { _ in SwiftLogNoOpLogHandler() })
 

@@ -18,6 +18,14 @@ public final class TOUConnection: Sendable {
     /// The negotiated DTLS cipher suite, nil in plain mode.
     public let cipherSuite: String?
     public let localAddress: SocketAddress?
+    /// Whether the DTLS handshake resumed a saved session (abbreviated: the server sent no certificate).
+    public let isResumed: Bool
+    /// Client: the session to offer next time (it is also saved in `TOUConfiguration.sessionCache`),
+    /// if the server issued a ticket.
+    public let resumableSession: TOUSavedSession?
+    /// Client: why the saved session for this server was not offered (another server name or
+    /// trust, expired, unreadable), or nil.
+    public let resumptionRefusal: String?
     /// The peer's current address: it follows the peer when its address changes (NAT rebinding).
     public var remoteAddress: SocketAddress { core.peerAddress.withLockedValue { $0 } }
 
@@ -27,6 +35,9 @@ public final class TOUConnection: Sendable {
         self.peerCertificateSubject = core.session.peerCertificateSubject
         self.cipherSuite = core.session.negotiatedCipherSuite
         self.localAddress = endpoint.context?.channel.localAddress
+        self.isResumed = core.session.isResumed
+        self.resumableSession = core.session.resumableSession.map(TOUSavedSession.init)
+        self.resumptionRefusal = core.session.resumptionRefusal
     }
 
     // MARK: Connecting
@@ -58,14 +69,20 @@ public final class TOUConnection: Sendable {
         }
         let serverName = configuration.serverName ?? AddressText.unbracketed(host)
         let promise = loop.makePromise(of: TOUConnection.self)
+        let cache = configuration.security == .dtls ? configuration.sessionCache : nil
+        let saved = cache?.session(serverName: serverName, port: port)
         loop.execute {
             endpoint.startClientSession(serverName: serverName, peer: remote, innerRemotePort: UInt16(port),
-                                        promise: promise)
+                                        resuming: saved, promise: promise)
         }
         do {
-            return try await promise.futureResult.get()
+            let connection = try await promise.futureResult.get()
+            if let fresh = connection.resumableSession { cache?.insert(fresh, port: port) }
+            return connection
         } catch let error as TOUError {
             channel.close(promise: nil)
+            // A session that led to a failed handshake is not offered again.
+            if saved != nil { cache?.remove(serverName: serverName, port: port) }
             throw error
         } catch {
             channel.close(promise: nil)

@@ -123,7 +123,7 @@ final class TOUSession {
     /// A new connection attempt with a fresh SID (secure: starts the DTLS handshake; plain: sends the SYN).
     static func initiate(context: DTLSContext?, serverName: String, peer: SocketAddress,
                          parameters: SessionParameters, innerRemotePort: UInt16,
-                         now: NIODeadline) throws(TOUError) -> TOUSession {
+                         resuming saved: DTLSSavedSession? = nil, now: NIODeadline) throws(TOUError) -> TOUSession {
         let session = TOUSession(role: .initiator, localSID: SessionID.random(), remoteSID: nil, peer: peer,
                                  parameters: parameters, innerRemotePort: innerRemotePort, now: now)
         switch parameters.security {
@@ -131,7 +131,7 @@ final class TOUSession {
             guard let context else { throw .invalidConfiguration("DTLS session without a DTLS context") }
             do {
                 session.dtls = try DTLSConnection(client: context, serverName: serverName,
-                                                  mtu: session.handshakeMTU)
+                                                  mtu: session.handshakeMTU, resuming: saved)
             } catch {
                 throw TOUError(error)
             }
@@ -398,6 +398,12 @@ final class TOUSession {
         if let current = tcp?.receiveWindowCap, current != cap { tcp?.receiveWindowCap = cap }
     }
     var peerCertificateSubject: String? { dtls?.peerCertificateSubject }
+    /// Whether the DTLS handshake resumed a saved session (abbreviated, no certificate).
+    var isResumed: Bool { dtls?.isResumed ?? false }
+    /// Initiator, after the handshake: the session to offer next time, if the target issued a ticket.
+    var resumableSession: DTLSSavedSession? { dtls?.resumableSession }
+    /// Why a saved session given to `initiate` was not offered.
+    var resumptionRefusal: String? { dtls?.resumptionRefusal }
     var negotiatedCipherSuite: String? { dtls?.negotiatedCipherSuite }
     var readableBytes: Int { tcp?.readableBytes ?? 0 }
 
