@@ -35,12 +35,26 @@ struct CatRunner: Sendable {
 
     private func runClient() async throws {
         let host = command.host ?? "localhost"
-        let connection = try await TOUConnection.connect(host: host, port: command.port,
-                                                         configuration: command.makeConfiguration())
+        let configuration = command.makeConfiguration()
+        let serverName = command.serverName ?? host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        if let path = command.sessionFile, let saved = SessionFile.load(path, serverName: serverName, warn: warn) {
+            configuration.sessionCache?.insert(saved, port: command.port)
+        }
+        let connection = try await TOUConnection.connect(host: host, port: command.port, configuration: configuration)
+        if let path = command.sessionFile {
+            if let refusal = connection.resumptionRefusal { warn("not resuming the session in \(path): \(refusal)") }
+            if let fresh = connection.resumableSession { SessionFile.save(fresh, to: path, warn: warn) }
+        }
         verbose("connected to \(connection.remoteAddress.ipAndPort)"
                 + (connection.cipherSuite.map { " with \($0)" } ?? " in plain mode")
+                + (connection.cipherSuite == nil ? "" : connection.isResumed ? ", session resumed" : ", full handshake")
                 + (connection.peerCertificateSubject.map { ", peer \($0)" } ?? ""))
         try await serve(connection, sendStandardInput: true)
+    }
+
+    /// Problems that do not stop the transfer (an unusable session file) are said, never fatal.
+    private func warn(_ message: String) {
+        CommandLineTool.printToStandardError("toudtls-cat: warning: \(message)")
     }
 
     // MARK: Listener

@@ -61,6 +61,14 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
     @Flag(name: .customLong("require-client-cert"), help: "With -l: the client must present a certificate trusted by --ca.")
     var requireClientCert = false
 
+    @Option(name: .customLong("session-file"), help: ArgumentHelp(
+        "Client: resume the DTLS session saved in FILE if it is there and still good, and save the new one to FILE (mode 0600).",
+        valueName: "FILE"))
+    var sessionFile: String?
+
+    @Flag(name: .customLong("always-cookie"), help: "With -l: ask every new client for a cookie first (a round trip more), even when not under load.")
+    var alwaysCookie = false
+
     @Flag(name: .customLong("plain"), help: "No DTLS: cleartext TCP in GUE, for debugging; both ends must say it.")
     var plain = false
 
@@ -97,6 +105,8 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         }
         if keepOpen && !listen { throw ValidationError("-k/--keep-open needs -l") }
         if requireClientCert && !listen { throw ValidationError("--require-client-cert needs -l") }
+        if alwaysCookie && !listen { throw ValidationError("--always-cookie needs -l") }
+        if sessionFile != nil && (listen || plain) { throw ValidationError("--session-file is for a DTLS client") }
         if !pins.isEmpty && (listen || plain) { throw ValidationError("--pin is for a DTLS client") }
         if !(576...65_535).contains(mtu) { throw ValidationError("--mtu must be within 576...65535") }
         if plain {
@@ -136,6 +146,7 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         configuration.pinnedPublicKeys = pins
         configuration.pathMTU = mtu
         configuration.segmentationOffload = !noOffload
+        configuration.alwaysRequireCookie = alwaysCookie
         if verbose {
             var logger = Logger(label: "toudtls")
             logger.logLevel = .info

@@ -1,0 +1,80 @@
+import Foundation
+import Testing
+
+/// `--session-file` and `--always-cookie`: resumption across two toudtls-cat processes, and a
+/// listener that asks every client for a cookie.
+@Suite("toudtls-cat sessions and cookies", .serialized)
+struct CatSessionFileTests {
+    let certs = CLIProcess.certs
+
+    func keepOpenListener(_ extra: [String] = []) throws -> (CLIProcess, Int) {
+        let server = try CLIProcess(["-l", "-k", "-v", "--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"]
+                                    + extra + ["127.0.0.1", "0"])
+        #expect(server.waitForError(containing: "listening on"), "listener: \(server.errorOutput)")
+        return (server, try #require(server.listeningPort))
+    }
+
+    /// One client run sending a few bytes; returns its stderr.
+    func client(port: Int, sessionFile: String, serverName: String? = "localhost", host: String = "127.0.0.1") throws -> String {
+        let input = try makeRandomFile(bytes: 1000)
+        defer { try? FileManager.default.removeItem(at: input) }
+        let client = try CLIProcess(["-v", "--ca", "\(certs)/ca.pem", "--session-file", sessionFile]
+                                    + (serverName.map { ["--server-name", $0] } ?? []) + [host, "\(port)"], stdin: input)
+        #expect(client.wait() == 0, "client: \(client.errorOutput)")
+        return client.errorOutput
+    }
+
+    @Test("the second run resumes from the saved file (mode 0600); a corrupt or foreign file is ignored with a warning")
+    func resumesAcrossProcesses() throws {
+        let (server, port) = try keepOpenListener()
+        defer { server.terminate() }
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-session-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+
+        let first = try client(port: port, sessionFile: file)
+        #expect(first.contains("full handshake"), "first run: \(first)")
+        #expect(!first.contains("warning"), "first run: \(first)")
+        let mode = try FileManager.default.attributesOfItem(atPath: file)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+
+        let second = try client(port: port, sessionFile: file)
+        #expect(second.contains("session resumed"), "second run: \(second)")
+
+        // Another server name: the file is for "localhost", so it is not offered.
+        let foreign = try client(port: port, sessionFile: file, serverName: nil)
+        #expect(foreign.contains("warning: ignoring the session file"), "foreign: \(foreign)")
+        #expect(foreign.contains("full handshake"), "foreign: \(foreign)")
+
+        try Data("not a session at all".utf8).write(to: URL(fileURLWithPath: file))
+        let corrupt = try client(port: port, sessionFile: file)
+        #expect(corrupt.contains("warning: ignoring the session file \(file): not a saved toudtls session"), "corrupt: \(corrupt)")
+        #expect(corrupt.contains("full handshake"), "corrupt: \(corrupt)")
+        // ... and replaced by a good one.
+        let again = try client(port: port, sessionFile: file)
+        #expect(again.contains("session resumed"), "after the corrupt file: \(again)")
+    }
+
+    @Test("--always-cookie makes the listener ask for a cookie; by default it does not")
+    func alwaysCookie() throws {
+        for always in [false, true] {
+            let server = try CLIProcess(["-l", "-v", "--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"]
+                                        + (always ? ["--always-cookie"] : []) + ["127.0.0.1", "0"])
+            defer { server.terminate() }
+            #expect(server.waitForError(containing: "listening on"))
+            let port = try #require(server.listeningPort)
+            let client = try CLIProcess(["--ca", "\(certs)/ca.pem", "--server-name", "localhost", "127.0.0.1", "\(port)"])
+            #expect(client.wait() == 0, "client: \(client.errorOutput)")
+            #expect(server.wait(timeout: 30) == 0, "server: \(server.errorOutput)")
+            #expect(server.errorOutput.contains("hello-verify-requests \(always ? 1 : 0)"), "server: \(server.errorOutput)")
+        }
+    }
+
+    @Test("--session-file and --always-cookie are refused where they mean nothing")
+    func misuse() throws {
+        for arguments in [["-l", "--plain", "--session-file", "x", "0"], ["--plain", "--session-file", "x", "127.0.0.1", "5"],
+                          ["--always-cookie", "--plain", "127.0.0.1", "5"]] {
+            let process = try CLIProcess(arguments)
+            #expect(process.wait() == 2, "\(arguments): \(process.errorOutput)")
+        }
+    }
+}
