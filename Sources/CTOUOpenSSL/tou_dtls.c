@@ -1007,10 +1007,6 @@ static void clear_stale_errors(void) {
     if (ERR_peek_error() != 0) ERR_clear_error();
 }
 
-int tou_dtls_conn_input_drained(const tou_dtls_conn *c) {
-    return c->in_ptr == NULL && SSL_pending(c->ssl) == 0 && !SSL_has_pending(c->ssl);
-}
-
 int tou_dtls_conn_step(tou_dtls_conn *c, uint8_t *out, size_t out_cap, size_t *out_len) {
     *out_len = 0;
     if (c->failed) return TOU_DTLS_STEP_FATAL;

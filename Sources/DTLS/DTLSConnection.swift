@@ -398,7 +398,7 @@ public final class DTLSConnection {
     }
 
     /// Tests only: lower the key's limits (AEAD usage in cipher blocks plus records, records that
-    /// failed authentication) or move the sequence counter, to reach them without 250 GB of data.
+    /// failed authentication), to reach them without 250 GB of data.
     func lowerKeyLimitsForTesting(usage: UInt64, failedOpens: UInt64) {
         records?.setLimits(usage: usage, failedOpens: failedOpens)
     }

@@ -125,10 +125,6 @@ void tou_dtls_conn_clear_input(tou_dtls_conn *conn);
 
 /* Advance the handshake or read one record. Call until it returns WANT or FATAL. */
 int tou_dtls_conn_step(tou_dtls_conn *conn, uint8_t *out, size_t out_cap, size_t *out_len);
-/* 1 if the input was consumed and OpenSSL holds nothing unread: after the handshake, a DATA step
- * with this true means the next step would only say WANT. */
-int tou_dtls_conn_input_drained(const tou_dtls_conn *conn);
-
 /* Queue a close_notify alert. Returns 1 on success, -1 on error. */
 int tou_dtls_conn_shutdown(tou_dtls_conn *conn);
 
