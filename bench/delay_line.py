@@ -30,7 +30,7 @@ class DelayLine:
         """Creates TUN devices in both namespaces (both must exist) and starts forwarding."""
         self.one_way_s = one_way_s
         self.lock = threading.Lock()
-        self.log = []           # (forwarded_at, to_client, ip_bytes, leg)
+        self.log = []           # (forwarded_at, to_client, ip_bytes, leg, arrived_at)
         self.stopping = False
         self.fds = {}
         devices = {"client": f"tc{tag}"[:15], "server": f"ts{tag}"[:15]}
@@ -54,20 +54,20 @@ class DelayLine:
 
     def _run(self):
         client, server = self.fds["client"], self.fds["server"]
-        queues = {True: [], False: []}     # to_client -> [(due, packet, leg)], in arrival order
+        queues = {True: [], False: []}     # to_client -> [(due, packet, leg, arrived)], in arrival order
         delivered_leg = {True: 0, False: 0}
         while not self.stopping:
             now = time.monotonic()
             for to_client, queue in queues.items():
                 while queue and queue[0][0] <= now:
-                    _, packet, leg = queue.pop(0)
+                    _, packet, leg, arrived = queue.pop(0)
                     try:
                         os.write(client if to_client else server, packet)
                     except OSError:
                         continue
                     delivered_leg[to_client] = max(delivered_leg[to_client], leg)
                     with self.lock:
-                        self.log.append((now, to_client, len(packet), leg))
+                        self.log.append((now, to_client, len(packet), leg, arrived))
             dues = [q[0][0] for q in queues.values() if q]
             timeout = max(0.0, min(dues) - now) if dues else 0.02
             try:
@@ -86,20 +86,17 @@ class DelayLine:
                         return
                     # A packet from the client answers what was last delivered to the client, and so on.
                     leg = delivered_leg[not to_client] + 1
-                    queues[to_client].append((arrived + self.one_way_s, packet, leg))
-
-    def mark(self):
-        """A point in the log: `summary(since=mark)` looks only at what was forwarded after it."""
-        with self.lock:
-            return len(self.log)
+                    queues[to_client].append((arrived + self.one_way_s, packet, leg, arrived))
 
     def summary(self, since, until):
-        """Packets and IP bytes each way forwarded in [mark since, time until], and the one-way trips from
-        the client's first packet to the last packet delivered to the client by `until`."""
+        """Packets and IP bytes each way that reached the line from time `since` (time.monotonic()) on and
+        were forwarded by `until`, and the one-way trips from the client's first such packet to the last
+        packet delivered to the client by `until`. Packets of an earlier connection still in flight at
+        `since` are left out."""
         with self.lock:
-            entries = [e for e in self.log[since:] if e[0] <= until]
+            entries = [e for e in self.log if e[4] >= since and e[0] <= until]
         out = {"packets_to_server": 0, "bytes_to_server": 0, "packets_to_client": 0, "bytes_to_client": 0}
-        for _, to_client, size, _ in entries:
+        for _, to_client, size, _, _ in entries:
             side = "client" if to_client else "server"
             out[f"packets_to_{side}"] += 1
             out[f"bytes_to_{side}"] += size

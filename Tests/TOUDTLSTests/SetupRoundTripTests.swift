@@ -86,6 +86,13 @@ struct SetupRoundTripTests {
         return measurement
     }
 
+    static func listenerBehindRelay(_ configuration: TOUConfiguration) async throws -> (TOUListener, DelayRelay) {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: configuration)
+        let relay = try DelayRelay(listenerPort: UInt16(try #require(listener.localAddress.port)),
+                                   oneWayDelayMilliseconds: oneWayDelayMilliseconds)
+        return (listener, relay)
+    }
+
     /// A client without a session cache, so every handshake is a full one.
     static func fullHandshakeClient() -> TOUConfiguration {
         var configuration = E2E.clientConfiguration()
@@ -95,9 +102,7 @@ struct SetupRoundTripTests {
 
     @Test("full handshake without a cookie: at most 3 round trips to the first response byte (2 once the SYN carries data)")
     func cookieless() async throws {
-        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
-        let relay = try DelayRelay(listenerPort: UInt16(try #require(listener.localAddress.port)),
-                                   oneWayDelayMilliseconds: Self.oneWayDelayMilliseconds)
+        let (listener, relay) = try await Self.listenerBehindRelay(E2E.serverConfiguration())
         defer { relay.stop() }
         let measurement = try await Self.measure(listener, through: relay, client: Self.fullHandshakeClient())
         print("setup round trips, full handshake without cookie: \(measurement)")
@@ -112,9 +117,7 @@ struct SetupRoundTripTests {
     func alwaysCookie() async throws {
         var configuration = E2E.serverConfiguration()
         configuration.alwaysRequireCookie = true
-        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: configuration)
-        let relay = try DelayRelay(listenerPort: UInt16(try #require(listener.localAddress.port)),
-                                   oneWayDelayMilliseconds: Self.oneWayDelayMilliseconds)
+        let (listener, relay) = try await Self.listenerBehindRelay(configuration)
         defer { relay.stop() }
         let measurement = try await Self.measure(listener, through: relay, client: Self.fullHandshakeClient())
         print("setup round trips, full handshake with cookie: \(measurement)")
@@ -126,9 +129,7 @@ struct SetupRoundTripTests {
 
     @Test("resumed handshake: at most 3 round trips (2 once the SYN carries data)")
     func resumed() async throws {
-        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
-        let relay = try DelayRelay(listenerPort: UInt16(try #require(listener.localAddress.port)),
-                                   oneWayDelayMilliseconds: Self.oneWayDelayMilliseconds)
+        let (listener, relay) = try await Self.listenerBehindRelay(E2E.serverConfiguration())
         defer { relay.stop() }
         // The cache is keyed by the port connected to: prime it through the relay too.
         let client = E2E.clientConfiguration()
