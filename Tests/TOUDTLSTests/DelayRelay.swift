@@ -57,12 +57,11 @@ final class DelayRelay: @unchecked Sendable {
         return UInt64(spec.tv_sec) * 1_000_000_000 + UInt64(spec.tv_nsec)
     }
 
+    /// Ends the relay; its thread closes the sockets it polls as it leaves.
     func stop() {
         stopped.withLock { $0 = true }
         thread?.join()
         thread = nil
-        clientFacing.close()
-        serverFacing.close()
     }
 
     private func run() {
@@ -103,6 +102,8 @@ final class DelayRelay: @unchecked Sendable {
                 }
             }
         }
+        clientFacing.close()
+        serverFacing.close()
     }
 
     private func record(_ held: Held, toClient: Bool, at time: UInt64) {
