@@ -45,6 +45,8 @@ struct All: AsyncParsableCommand {
         // Request/response measures latency, not Nagle's coalescing.
         server.noDelay = true
         client.noDelay = true
+        // setup_ms times full handshakes: a shared session cache would resume all but the first.
+        client.sessionCache = nil
         return (server, client)
     }
 

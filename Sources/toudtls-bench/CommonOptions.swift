@@ -29,11 +29,14 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Client runs: fail if no connection makes progress for this many seconds.")
     var stallSeconds: Double = 30
 
+    /// No session cache: every connect makes a full handshake unless a subcommand says otherwise
+    /// (`handshakes --resume`), so that figures do not silently mix full and resumed handshakes.
     var clientConfiguration: TOUConfiguration {
         var configuration: TOUConfiguration = plain
             ? .plain
             : .client(trustRoots: .pemFile("\(certs)/ca.pem"), serverName: "localhost")
         applyCommon(to: &configuration)
+        configuration.sessionCache = nil
         return configuration
     }
 

@@ -4,10 +4,17 @@ import Foundation
 import NIOCore
 import TOUDTLS
 
-/// Connection setup rate and latency: connect, one echoed byte, orderly close, again and again.
+/// Connection setup rate, latency and cost: connect, one echoed byte, orderly close, again and again.
+/// Full handshakes by default (no session cache); with --resume every connect resumes a session.
 struct Handshakes: AsyncParsableCommand, ArgumentChecking {
     static let configuration = CommandConfiguration(
-        abstract: "Repeated connect + 1-byte echo + close against `serve`: setup rate and latency."
+        abstract: "Repeated connect + 1-byte echo + close against `serve`: setup rate, latency and CPU.",
+        discussion: """
+            Each iteration is connect, one byte there and back, half-close, drain, close. CPU per handshake is
+            this process's (getrusage) over the timed window divided by the handshakes in it, and with
+            --server-pid the server's too (/proc/PID/stat). After the window, --counter-samples more
+            connections read the library's endpoint counters: datagrams per set-up and per connection.
+            """
     )
 
     @OptionGroup var options: CommonOptions
@@ -21,16 +28,34 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
     @Option(help: "1-byte round trips measured on one connection first, for rtt_us.")
     var rttSamples: Int = 500
 
+    @Flag(help: "Resume every handshake from a session saved by the first connection (default: full handshakes, no session cache).")
+    var resume = false
+
+    @Option(help: "The server's process id: also report its CPU per handshake over the timed window (Linux /proc).")
+    var serverPid: Int32?
+
+    @Option(help: "Connections after the timed window whose endpoint counters give datagrams per set-up.")
+    var counterSamples: Int = 20
+
     func checkArguments() throws {
         try options.requirePort()
-        guard seconds > 0, concurrency > 0, rttSamples > 0 else {
-            throw ValidationError("--seconds, --concurrency and --rtt-samples must be positive")
+        guard seconds > 0, concurrency > 0, rttSamples > 0, counterSamples > 0 else {
+            throw ValidationError("--seconds, --concurrency, --rtt-samples and --counter-samples must be positive")
         }
     }
 
     struct Sample: Sendable {
         var connect: UInt64
         var firstByte: UInt64
+        var resumed: Bool
+    }
+
+    /// What the client's own endpoint had sent and received when connect returned, and at the end.
+    struct DatagramSample: Sendable {
+        var setupSent: Int
+        var setupReceived: Int
+        var totalSent: Int
+        var totalReceived: Int
     }
 
     func run() async throws {
@@ -41,14 +66,23 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
             terminate(3)
         }
         let options = self.options
-        let configuration = options.clientConfiguration
+        var resumable = options.clientConfiguration
+        // One cache for all loops: the round-trip connection below fills it, every later connect resumes.
+        if resume { resumable.sessionCache = TOUSessionCache() }
+        let configuration = resumable
 
         watchdog.enter("measuring the round-trip time on one connection")
-        let (rtt, datagrams) = try await Self.roundTrip(options: options, configuration: configuration,
-                                                        samples: rttSamples, watchdog: watchdog)
-        Output.log("handshakes: rtt \(round2(Double(rtt) / 1e3)) us, \(datagrams) datagrams per connect")
+        let rtt = try await Self.roundTrip(options: options, configuration: configuration,
+                                           samples: rttSamples, watchdog: watchdog)
+        Output.log("handshakes: rtt \(round2(Double(rtt) / 1e3)) us")
+        if resume, configuration.sessionCache?.count == 0 {
+            throw BenchError.failed("the server issued no session ticket: nothing to resume")
+        }
 
         watchdog.enter("repeating handshakes")
+        let serverPid = self.serverPid
+        let serverBefore = serverPid.flatMap(CPUTime.ofProcess)
+        let clientBefore = CPUTime.ofThisProcess()
         let start = nowNanos()
         let until = start + UInt64(seconds * 1e9)
         let samples = await withTaskGroup(of: [Sample].self) { group in
@@ -72,6 +106,15 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
             return all
         }
         let elapsed = elapsedSeconds(since: start)
+        let clientCPU = CPUTime.ofThisProcess() - clientBefore
+        let serverCPU = serverPid.flatMap(CPUTime.ofProcess).flatMap { after in serverBefore.map { after - $0 } }
+
+        watchdog.enter("reading endpoint counters of \(counterSamples) more connections")
+        var datagrams: [DatagramSample] = []
+        for _ in 0..<counterSamples {
+            datagrams.append(try await Self.countDatagrams(options: options, configuration: configuration))
+            watchdog.progress()
+        }
         watchdog.stop()
 
         let connect = samples.map { Double($0.connect) / 1e6 }.sorted()
@@ -80,9 +123,17 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
         let connectP50 = percentile(connect, 0.5)
         let firstByteP50 = percentile(firstByte, 0.5)
         let failures = tally["failures"]
+        let count = Double(max(samples.count, 1))
+        func mean(_ value: (DatagramSample) -> Int) -> Double {
+            Double(datagrams.map(value).reduce(0, +)) / Double(max(datagrams.count, 1))
+        }
+        let setupSent = mean(\.setupSent)
+        let setupReceived = mean(\.setupReceived)
         var fields: [(String, JSONValue)] = [
             ("test", .string("handshakes")),
+            ("mode", .string(resume ? "resumed" : "full")),
             ("handshakes", .int(samples.count)),
+            ("resumed_handshakes", .int(samples.filter(\.resumed).count)),
             ("handshakes_per_s", .double(Double(samples.count) / elapsed)),
             ("connect_ms_p50", .double(connectP50)),
             ("connect_ms_p99", .double(percentile(connect, 0.99))),
@@ -91,7 +142,24 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
             ("rtt_us", .double(Double(rtt) / 1e3)),
             ("connect_rtts", .double(connectP50 / rttMilliseconds)),
             ("first_byte_rtts", .double(firstByteP50 / rttMilliseconds)),
-            ("datagrams_per_connect", .int(datagrams)),
+            ("client_cpu_us_per_handshake", .double(clientCPU.totalMicroseconds / count)),
+            ("client_user_us_per_handshake", .double(clientCPU.userMicroseconds / count)),
+            ("client_sys_us_per_handshake", .double(clientCPU.systemMicroseconds / count)),
+        ]
+        if let serverCPU {
+            fields += [
+                ("server_cpu_us_per_handshake", .double(serverCPU.totalMicroseconds / count)),
+                ("server_user_us_per_handshake", .double(serverCPU.userMicroseconds / count)),
+                ("server_sys_us_per_handshake", .double(serverCPU.systemMicroseconds / count)),
+            ]
+        }
+        fields += [
+            ("setup_datagrams_sent", .double(setupSent)),
+            ("setup_datagrams_received", .double(setupReceived)),
+            ("datagrams_per_connect", .double(setupSent + setupReceived)),
+            ("connection_datagrams_sent", .double(mean(\.totalSent))),
+            ("connection_datagrams_received", .double(mean(\.totalReceived))),
+            ("counter_samples", .int(datagrams.count)),
             ("concurrency", .int(concurrency)),
         ]
         if failures > 0 { fields.append(("failures", .int(failures))) }
@@ -105,30 +173,44 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
         let connection = try await TOUConnection.connect(host: options.host, port: options.port,
                                                          configuration: configuration)
         let t1 = nowNanos()
+        let t2 = try await exchangeAndClose(connection)
+        watchdog.progress()
+        return Sample(connect: t1 - t0, firstByte: t2 - t0, resumed: connection.isResumed)
+    }
+
+    /// An iteration as in `once`, reading the client endpoint's counters when connect returns and
+    /// after the close (each client connection has an endpoint of its own).
+    static func countDatagrams(options: CommonOptions, configuration: TOUConfiguration) async throws -> DatagramSample {
+        let connection = try await TOUConnection.connect(host: options.host, port: options.port,
+                                                         configuration: configuration)
+        let setup = await connection.endpointCounters
+        _ = try await exchangeAndClose(connection)
+        let total = await connection.endpointCounters
+        return DatagramSample(setupSent: setup.datagramsSent, setupReceived: setup.datagramsReceived,
+                              totalSent: total.datagramsSent, totalReceived: total.datagramsReceived)
+    }
+
+    /// One byte there and back, half-close, drain, close (abort on failure); returns when the echo arrived.
+    static func exchangeAndClose(_ connection: TOUConnection) async throws -> UInt64 {
         do {
             var inbound = connection.inbound.makeAsyncIterator()
             try await OnConnectionLoop.exchangeOneByte(connection, inbound: &inbound)
-            let t2 = nowNanos()
-            watchdog.progress(at: t2)
+            let echoed = nowNanos()
             try await connection.finishWriting()
             while try await inbound.next() != nil {}
             try await connection.close()
-            watchdog.progress()
-            return Sample(connect: t1 - t0, firstByte: t2 - t0)
+            return echoed
         } catch {
             await connection.abort()
             throw error
         }
     }
 
-    /// The median 1-byte round trip on one established connection (nanoseconds), and the datagrams its
-    /// endpoint had sent and received when connect returned.
+    /// The median 1-byte round trip on one established connection (nanoseconds).
     static func roundTrip(options: CommonOptions, configuration: TOUConfiguration, samples: Int,
-                          watchdog: Watchdog) async throws -> (rtt: UInt64, datagrams: Int) {
+                          watchdog: Watchdog) async throws -> UInt64 {
         let connection = try await TOUConnection.connect(host: options.host, port: options.port,
                                                          configuration: configuration)
-        let counters = await connection.endpointCounters
-        let datagrams = counters.datagramsSent + counters.datagramsReceived
         var inbound = connection.inbound.makeAsyncIterator()
         var times: [UInt64] = []
         let warmup = min(50, samples)
@@ -143,6 +225,6 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
         while try await inbound.next() != nil {}
         try await connection.close()
         times.sort()
-        return (times[times.count / 2], datagrams)
+        return times[times.count / 2]
     }
 }

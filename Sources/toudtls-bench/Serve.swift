@@ -7,7 +7,12 @@ import TOUDTLS
 /// it arrives; at the peer's end of stream it finishes writing and closes.
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Echo server (prints {\"listening\":PORT,\"pid\":PID}); runs until SIGTERM/SIGINT."
+        abstract: "Echo server (prints {\"listening\":PORT,\"pid\":PID}); runs until SIGTERM/SIGINT.",
+        discussion: """
+            On SIGTERM or SIGINT it prints the listener's counters as one more JSON line (sessions_accepted,
+            datagrams_received, datagrams_sent, cookieless_admissions, hello_verify_requests_sent,
+            largest_amplification, ...) and exits 0.
+            """
     )
 
     @OptionGroup var options: CommonOptions
@@ -15,12 +20,17 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Also exit (0) when standard input reaches end of file.")
     var untilStdinEOF = false
 
+    @Flag(help: "Ask every new client for a cookie first (a round trip more), even when not under load.")
+    var alwaysCookie = false
+
     func run() async throws {
         raiseFileLimit()
+        var configuration = options.serverConfiguration
+        configuration.alwaysRequireCookie = alwaysCookie
         let listener = try await TOUListener.bind(host: options.host, port: options.port,
-                                                  configuration: options.serverConfiguration)
+                                                  configuration: configuration)
         guard let port = listener.localAddress.port else { throw BenchError.failed("the listener has no port") }
-        let signals = Self.exitOnSignals()
+        let signals = Self.exitOnSignals { Output.json(Self.counterFields(await listener.counters)) }
         Output.json([("listening", .int(port)), ("pid", .int(Int(getpid())))])
         Output.log("echo server on \(listener.localAddress.ipAndPort) (\(options.plain ? "plain" : "dtls"), mtu \(options.mtu))")
         if untilStdinEOF {
@@ -69,13 +79,38 @@ struct Serve: AsyncParsableCommand {
         }
     }
 
-    /// SIGTERM and SIGINT end the server with status 0 (the harness stops it that way).
-    static func exitOnSignals() -> [DispatchSourceSignal] {
+    /// The listener's counters as the last JSON line (largest_amplification: the most any attempt
+    /// was sent, as a multiple of what it had sent, before its address was proven).
+    static func counterFields(_ counters: TOUEndpointCounters) -> [(String, JSONValue)] {
+        [("sessions_accepted", .int(counters.sessionsAccepted)),
+         ("datagrams_received", .int(counters.datagramsReceived)),
+         ("datagrams_sent", .int(counters.datagramsSent)),
+         ("cookieless_admissions", .int(counters.cookielessAdmissions)),
+         ("hello_verify_requests_sent", .int(counters.helloVerifyRequestsSent)),
+         ("replayed_attempts", .int(counters.replayedAttempts)),
+         ("largest_amplification", .double(counters.largestAmplification)),
+         ("dropped", .int(counters.totalDropped)),
+         ("dropped_malformed", .int(counters.droppedMalformed)),
+         ("dropped_unknown_session", .int(counters.droppedUnknownSession)),
+         ("dropped_bad_attempt", .int(counters.droppedBadAttempt)),
+         ("dropped_over_limit", .int(counters.droppedOverLimit)),
+         ("dropped_by_session", .int(counters.droppedBySession))]
+    }
+
+    /// SIGTERM and SIGINT end the server with status 0 (the harness stops it that way), after
+    /// `report` has run (or 2 s have passed).
+    static func exitOnSignals(report: @escaping @Sendable () async -> Void) -> [DispatchSourceSignal] {
         [SIGTERM, SIGINT].map { number in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: DispatchQueue.global())
             source.setEventHandler {
                 Output.log("signal \(number): exiting")
+                let reported = DispatchSemaphore(value: 0)
+                Task {
+                    await report()
+                    reported.signal()
+                }
+                _ = reported.wait(timeout: .now() + 2)
                 terminate(0)
             }
             source.resume()

@@ -42,8 +42,8 @@ struct UsageTests {
 
     static let unknownOptions: [(tool: String, arguments: [String], option: String)] = [
         ("toudtls-cat", ["--bogus", "127.0.0.1", "5"], "--bogus"),
-        // Its value must not be taken for HOST.
-        ("toudtls-cat", ["--session-file", "x", "127.0.0.1", "5"], "--session-file"),
+        // Its value must not be taken for HOST (--session-file exists now: an option that does not).
+        ("toudtls-cat", ["--session-dir", "x", "127.0.0.1", "5"], "--session-dir"),
         // A mistyped option must not start a server without client authentication.
         ("toudtls-cat", ["-l", "--require-client-certs", "--cert", "\(CLIProcess.certs)/server.pem",
                          "--key", "\(CLIProcess.certs)/server.key", "--ca", "\(CLIProcess.certs)/ca.pem", "127.0.0.1", "0"],

@@ -1,0 +1,65 @@
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `toudtls-bench handshakes` against `toudtls-bench serve`, as bench/compare runs them.
+@Suite("toudtls-bench handshakes", .serialized)
+struct BenchHandshakesTests {
+    static func lastJSON(_ text: String) throws -> [String: Any] {
+        let line = try #require(text.split(separator: "\n").last(where: { $0.hasPrefix("{") }), "no JSON in \(text)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "\(line)")
+    }
+
+    static func handshakes(port: Int, serverPid: Int, extra: [String]) throws -> [String: Any] {
+        let client = try CLIProcess(["handshakes", "--port", String(port), "--certs", CLIProcess.certs,
+                                     "--seconds", "0.5", "--rtt-samples", "5", "--counter-samples", "2",
+                                     "--server-pid", String(serverPid)] + extra, tool: "toudtls-bench")
+        #expect(client.wait(timeout: 120) == 0, "stderr: \(client.errorOutput)")
+        return try lastJSON(client.outputText)
+    }
+
+    /// One configuration used to serve every connect, so after the first each handshake resumed
+    /// unseen; now full handshakes are the default and --resume asks for resumed ones.
+    @Test("full handshakes by default, every one resumed with --resume; CPU and counters reported; serve prints its counters at SIGTERM")
+    func fullAndResumed() throws {
+        let server = try CLIProcess(["serve", "--port", "0", "--certs", CLIProcess.certs], tool: "toudtls-bench")
+        defer { server.terminate() }
+        var hello: [String: Any] = [:]
+        for _ in 0..<1500 where hello.isEmpty {
+            if let line = server.outputText.split(separator: "\n").first,
+               let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
+                hello = object
+            }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        let port = try #require(hello["listening"] as? Int, "serve said: \(server.outputText) \(server.errorOutput)")
+        let pid = try #require(hello["pid"] as? Int)
+
+        let full = try Self.handshakes(port: port, serverPid: pid, extra: [])
+        let fullCount = try #require(full["handshakes"] as? Int, "\(full)")
+        #expect(full["mode"] as? String == "full")
+        #expect(fullCount > 0)
+        #expect(full["resumed_handshakes"] as? Int == 0, "\(full)")
+        #expect((full["client_cpu_us_per_handshake"] as? Double ?? 0) > 0, "\(full)")
+        #expect(full["server_cpu_us_per_handshake"] is Double, "\(full)")
+        #expect((full["setup_datagrams_sent"] as? Double ?? 0) >= 2, "\(full)")
+        #expect((full["setup_datagrams_received"] as? Double ?? 0) >= 2, "\(full)")
+
+        let resumed = try Self.handshakes(port: port, serverPid: pid, extra: ["--resume"])
+        let resumedCount = try #require(resumed["handshakes"] as? Int, "\(resumed)")
+        #expect(resumed["mode"] as? String == "resumed")
+        #expect(resumedCount > 0)
+        #expect(resumed["resumed_handshakes"] as? Int == resumedCount, "\(resumed)")
+
+        kill(server.process.processIdentifier, SIGTERM)
+        #expect(server.wait(timeout: 30) == 0, "stderr: \(server.errorOutput)")
+        let counters = try Self.lastJSON(server.outputText)
+        // Each run adds a round-trip connection and the counter samples to the timed handshakes.
+        #expect(counters["sessions_accepted"] as? Int == fullCount + resumedCount + 2 * 3, "\(counters)")
+        #expect(counters["hello_verify_requests_sent"] as? Int == 0, "\(counters)")
+        let amplification = try #require(counters["largest_amplification"] as? Double, "\(counters)")
+        #expect(amplification > 0 && amplification <= 3, "\(counters)")
+    }
+}
