@@ -1,0 +1,289 @@
+import NIOCore
+import TOUWire
+
+/// How losses are found (gVisor's recovery strategies): chosen once, from SACK-permitted, when
+/// the peer's SYN arrives.
+enum LossRecovery {
+    /// RFC 6582 NewReno with RFC 3042 limited transmit: duplicate ACKs, one hole per round trip.
+    case newReno
+    /// RFC 8985 RACK-TLP over the SACK scoreboard (RFC 6675 pipe).
+    case rack
+}
+
+/// Undo state of one window reduction (a fast recovery, or the first RTO of an episode): what
+/// restores the window if the retransmissions prove unnecessary (Eifel RFC 3522, D-SACK RFC 3708).
+struct RecoveryEpisode {
+    /// The congestion controller before the reduction.
+    var controllerBefore: AnyCongestionController
+    /// Timestamp of the episode's first retransmission (Eifel), and its end: only an ACK
+    /// covering it can judge it.
+    var firstRetransmitTimestamp: UInt32?
+    var firstRetransmitEnd: UInt32 = 0
+    /// The Eifel judgement is still to be made.
+    var eifelPending: Bool
+    var retransmissions = 0
+    var dsacks = 0
+    /// SND.UNA and SND.NXT when it began: D-SACKs inside judge its retransmissions.
+    var start: UInt32
+    var end: UInt32
+}
+
+// Loss recovery: detection (RACK or duplicate ACKs), the tail loss probe, the response to
+// losses and timeouts, and undoing a reduction that proves spurious.
+extension TCPConnection {
+    // MARK: Per-ACK detection
+
+    /// RACK-TLP's share of an acceptable ACK: apply SACK blocks, look for losses, re-arm the probe.
+    mutating func rackProcessACK(_ segment: TCPSegment, ack: UInt32, advanced: Bool, now: NIODeadline) {
+        var sacked = 0
+        if !segment.options.sackBlocks.isEmpty {
+            sacked = processSACKBlocks(segment.options.sackBlocks, ack: ack, now: now)
+        }
+        if sacked > 0 || advanced || inRecovery { detectLosses(now: now) }
+        if advanced || sacked > 0 { armTailLossProbe(now: now) }
+    }
+
+    /// RFC 5681 duplicate ACK (nothing new, no data, same window, data outstanding) for NewReno.
+    mutating func newRenoDuplicateACK(_ segment: TCPSegment, ack: UInt32, windowChanged: Bool, now: NIODeadline) {
+        guard segment.payload.readableBytes == 0, !segment.flags.contains(.fin), !windowChanged,
+            flightSize > 0, sndWnd > 0
+        else { return }
+        duplicateACKs += 1
+        if inRecovery {
+            inflation += sendMSS
+        } else if duplicateACKs < 3 {
+            // RFC 3042 limited transmit: a new segment for each of the first two.
+            inflation = duplicateACKs * sendMSS
+        } else if duplicateACKs == 3, ack.seqGE(recoveryPoint) {
+            inflation = 0
+            scoreboard.markLost(at: 0)
+            enterRecovery(now: now)
+            inflation = 3 * sendMSS
+        }
+    }
+
+    /// Applies SACK blocks to the scoreboard; returns bytes newly SACKed.
+    private mutating func processSACKBlocks(_ blocks: [TCPSACKBlock], ack: UInt32, now: NIODeadline) -> Int {
+        counters.sackBlocksReceived += blocks.count
+        var newly = 0
+        for (index, block) in blocks.enumerated() {
+            guard block.left.seqLT(block.right) else { continue }
+            if index == 0 {
+                let belowACK = block.right.seqLE(ack)
+                let insideSecond = blocks.count > 1 && block.left.seqGE(blocks[1].left)
+                    && block.right.seqLE(blocks[1].right)
+                if belowACK || insideSecond {
+                    receivedDSACK(block, now: now)
+                    continue
+                }
+            }
+            // Only blocks about data in flight mean anything; anything else is ignored.
+            guard block.left.seqGE(sndUna), block.right.seqLE(sndMax) else { continue }
+            newly += scoreboard.applySACK(left: block.left, right: block.right, now: now, minimumRTT: minimumRTT)
+        }
+        return newly
+    }
+
+    /// A D-SACK: the peer got something twice. Inside a recovery episode that means one of our
+    /// retransmissions was unnecessary; once all of them are, the reduction is undone (RFC 3708).
+    private mutating func receivedDSACK(_ block: TCPSACKBlock, now: NIODeadline) {
+        reorderingMultiplier = min(reorderingMultiplier + 1, 8)
+        guard var current = episode, current.retransmissions > 0, block.left.seqGE(current.start),
+            block.right.seqLE(current.end)
+        else { return }
+        current.dsacks += 1
+        episode = current
+        counters.spuriousRetransmissions += 1
+        if current.dsacks >= current.retransmissions { undoReduction(countRetransmissions: false) }
+    }
+
+    /// RACK (RFC 8985 6.2): marks what is lost, arms the reordering timer, starts recovery.
+    mutating func detectLosses(now: NIODeadline) {
+        guard lossRecovery == .rack, !scoreboard.isEmpty else {
+            timers[.reordering] = nil
+            return
+        }
+        let (newlyLost, timeout) = scoreboard.detectLosses(now: now, reorderingWindow: reorderingWindow)
+        timers[.reordering] = timeout
+        if newlyLost > 0, !inRecovery, sndUna.seqGE(recoveryPoint) || consecutiveTimeouts == 0 {
+            enterRecovery(now: now)
+        }
+    }
+
+    private var reorderingWindow: TimeAmount {
+        if !scoreboard.reorderingSeen, inRecovery || scoreboard.sackedSegments >= 3 { return .zero }
+        guard let minimumRTT else { return .zero }
+        let window = TimeAmount.nanoseconds(minimumRTT.nanoseconds / 4 * Int64(reorderingMultiplier))
+        return min(window, rtt.smoothed ?? window)
+    }
+
+    // MARK: Responses
+
+    private mutating func enterRecovery(now: NIODeadline) {
+        beginEpisode()
+        inRecovery = true
+        recoveryPoint = sndMax
+        congestion.onCongestionEvent(now: now, bytesInFlight: flightSize)
+        counters.fastRetransmits += 1
+        forceRetransmit = true
+        cancelTailLossProbe()
+    }
+
+    /// The RTO fired with data outstanding (and the retry limit not reached).
+    mutating func enterTimeoutRecovery(now: NIODeadline) {
+        // The first timeout of an episode can be undone if it proves spurious; later ones extend it.
+        if consecutiveTimeouts == 1, !inRecovery { beginEpisode() }
+        // RFC 5681 (4) / RFC 8985 6.3: loss window of one segment, everything unSACKed is lost,
+        // and (RFC 6582) no fast recovery for losses from before the timeout.
+        congestion.onRetransmissionTimeout(now: now, bytesInFlight: flightSize)
+        scoreboard.markAllLost()
+        inRecovery = false
+        recoveryPoint = sndMax
+        duplicateACKs = 0
+        inflation = 0
+        forceRetransmit = true
+        cancelTailLossProbe()
+        timers[.reordering] = nil
+    }
+
+    /// Recovery's share of an ACK that advanced SND.UNA: its end, or NewReno's partial ACK.
+    mutating func recoveryAcknowledged(ack: UInt32, acked: Int, now: NIODeadline) {
+        if ack.seqGE(recoveryPoint) {
+            inRecovery = false
+            inflation = 0
+            congestion.onRecoveryExit(now: now, bytesInFlight: flightSize)
+        } else if lossRecovery == .newReno {
+            // RFC 6582 partial ACK: resend the next hole, deflate by what was acked.
+            if !scoreboard.isEmpty {
+                scoreboard.markLost(at: 0)
+                forceRetransmit = true
+            }
+            inflation = max(0, inflation - acked) + (acked >= sendMSS ? sendMSS : 0)
+        }
+    }
+
+    // MARK: Undo
+
+    private mutating func beginEpisode() {
+        episode = RecoveryEpisode(
+            controllerBefore: congestion, eifelPending: timestampsEnabled, start: sndUna, end: sndMax)
+    }
+
+    /// Counts a retransmission toward the episode (the first one is what Eifel judges).
+    mutating func noteEpisodeRetransmission(end: UInt32, now: NIODeadline) {
+        guard var current = episode else { return }
+        current.retransmissions += 1
+        if current.firstRetransmitTimestamp == nil {
+            current.firstRetransmitTimestamp = timestampNow(now)
+            current.firstRetransmitEnd = end
+        }
+        episode = current
+    }
+
+    /// Eifel (RFC 3522): the first ACK past the episode's first retransmission echoes the original
+    /// transmission's timestamp if the retransmission was unnecessary.
+    mutating func judgeByTimestamp(ack: UInt32, segment: TCPSegment) {
+        guard var current = episode, current.eifelPending, let retransmitted = current.firstRetransmitTimestamp,
+            ack.seqGE(current.firstRetransmitEnd)
+        else { return }
+        current.eifelPending = false
+        episode = current
+        if let echo = segment.options.timestamps?.echoReply, echo != 0, echo.seqLT(retransmitted) {
+            undoReduction(countRetransmissions: true)
+        }
+    }
+
+    /// The last reduction was for nothing: restore the window it cut and stop resending.
+    private mutating func undoReduction(countRetransmissions: Bool) {
+        guard let current = episode else { return }
+        let previous = current.controllerBefore
+        if previous.congestionWindow > congestion.congestionWindow { congestion = previous }
+        if countRetransmissions { counters.spuriousRetransmissions += current.retransmissions }
+        counters.recoveryUndos += 1
+        episode = nil
+        inRecovery = false
+        inflation = 0
+        scoreboard.clearLost()
+        scoreboard.noteReordering()
+    }
+
+    // MARK: Tail loss probe (RFC 8985 7)
+
+    /// RFC 8985 7.3: send one new segment if the window allows, else resend the last one, so
+    /// that a loss at the tail shows up as a SACK instead of waiting for the RTO.
+    mutating func probeTimerExpired(now: NIODeadline) {
+        guard !scoreboard.isEmpty, !inRecovery, probeEnd == nil else { return }
+        probePending = true
+        timers[.retransmission] = now + rtt.rto
+    }
+
+    mutating func armTailLossProbe(now: NIODeadline) {
+        guard lossRecovery == .rack, !inRecovery, probeEnd == nil, consecutiveTimeouts == 0,
+            let srtt = rtt.smoothed, let last = scoreboard.last
+        else {
+            timers[.tailLossProbe] = nil
+            return
+        }
+        switch state {
+        case .established, .closeWait, .finWait1, .closing, .lastAck: break
+        default:
+            timers[.tailLossProbe] = nil
+            return
+        }
+        var timeout = srtt + srtt
+        if scoreboard.segments.count == 1 || last.start == sndUna { timeout = timeout + Self.worstCaseDelayedACK }
+        timeout = max(timeout, Self.minimumProbeTimeout)
+        let deadline = now + timeout
+        if let rto = timers[.retransmission], deadline >= rto {
+            timers[.tailLossProbe] = nil
+        } else {
+            timers[.tailLossProbe] = deadline
+        }
+    }
+
+    mutating func sendProbe(now: NIODeadline) -> TCPSegment? {
+        probePending = false
+        guard !scoreboard.isEmpty else { return nil }
+        let segment: TCPSegment?
+        if let fresh = sendNewData(now: now, probe: true) {
+            segment = fresh
+        } else if let index = scoreboard.lastUnsackedIndex() {
+            segment = retransmit(at: index, now: now)
+            if timestampsEnabled { probeTimestamp = timestampNow(now) }
+        } else {
+            segment = nil
+        }
+        if segment != nil {
+            counters.tailLossProbes += 1
+            probeEnd = sndMax
+            timers[.tailLossProbe] = nil
+        }
+        return segment
+    }
+
+    private mutating func cancelTailLossProbe() {
+        timers[.tailLossProbe] = nil
+        probePending = false
+        probeEnd = nil
+        probeTimestamp = nil
+    }
+
+    /// An ACK reached the probe's end. RFC 8985 7.4: if the probe's own copy was what arrived
+    /// (the echo names it), the original was lost and the probe repaired it.
+    mutating func tailLossProbeAcknowledged(ack: UInt32, segment: TCPSegment) -> Bool {
+        guard let end = probeEnd, ack.seqGE(end) else { return false }
+        var repaired = false
+        if let probed = probeTimestamp, let echo = segment.options.timestamps?.echoReply, echo.seqGE(probed) {
+            repaired = !inRecovery
+        }
+        probeEnd = nil
+        probeTimestamp = nil
+        return repaired
+    }
+
+    /// A probe repaired a loss: respond as to any loss, without a recovery episode.
+    mutating func respondToProbeRepair(flightBefore: Int, now: NIODeadline) {
+        congestion.onCongestionEvent(now: now, bytesInFlight: flightBefore)
+        congestion.onRecoveryExit(now: now, bytesInFlight: flightSize)
+    }
+}
