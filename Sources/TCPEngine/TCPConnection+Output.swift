@@ -117,7 +117,10 @@ extension TCPConnection {
         sndMax = end
         if timers[.retransmission] == nil { timers[.retransmission] = now + rtt.rto }
         timers[.persist] = nil
-        if timers[.tailLossProbe] == nil { armTailLossProbe(now: now) }
+        // A probe clamped to the RTO may come sooner now that more than one segment is out.
+        if timers[.tailLossProbe] == nil || timers[.tailLossProbe] == timers[.retransmission] {
+            armTailLossProbe(now: now)
+        }
         return segment
     }
 

@@ -233,9 +233,11 @@ extension TCPConnection {
         var timeout = srtt + srtt
         if scoreboard.segments.count == 1 || last.start == sndUna { timeout = timeout + Self.worstCaseDelayedACK }
         timeout = max(timeout, Self.minimumProbeTimeout)
+        // A probe due after the RTO goes at the RTO's time instead (RFC 8985 7.2, as Linux), and
+        // fires first (see TCPTimer): a lone segment's tail loss then costs a probe, not a timeout.
         let deadline = now + timeout
-        if let rto = timers[.retransmission], deadline >= rto {
-            timers[.tailLossProbe] = nil
+        if let rto = timers[.retransmission], deadline > rto {
+            timers[.tailLossProbe] = rto
         } else {
             timers[.tailLossProbe] = deadline
         }

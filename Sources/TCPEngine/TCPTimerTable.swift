@@ -9,10 +9,11 @@ enum TCPTimer: CaseIterable {
     case delayedACK
     /// The pacer's next release.
     case pacing
+    /// RFC 8985 7 tail loss probe. Before the RTO: a probe clamped to the RTO's time stands in
+    /// for it (and re-arms it).
+    case tailLossProbe
     /// RFC 6298 RTO (also the SYN's retransmission timer).
     case retransmission
-    /// RFC 8985 7 tail loss probe.
-    case tailLossProbe
     /// RACK's reordering window (RFC 8985 6.2).
     case reordering
     /// Zero-window probe.
