@@ -236,13 +236,16 @@ extension TCPConnection {
             timers[.persist] = nil
         }
         let advanced = ack.seqGT(sndUna)
+        let flightBefore = flightSize
         if advanced {
             acknowledge(upTo: ack, segment: segment, now: now)
             if state == .closed { return }
         }
         switch lossRecovery {
         case .rack:
-            rackProcessACK(segment, ack: ack, advanced: advanced, now: now)
+            rackProcessACK(
+                segment, ack: ack, advanced: advanced, windowChanged: windowChanged, flightBefore: flightBefore,
+                now: now)
         case .newReno:
             if !advanced { newRenoDuplicateACK(segment, ack: ack, windowChanged: windowChanged, now: now) }
         }
@@ -283,7 +286,6 @@ extension TCPConnection {
         rtt.resetBackoff()
         consecutiveTimeouts = 0
         timers[.retransmission] = scoreboard.isEmpty ? nil : now + rtt.rto
-        let probeRepairedLoss = tailLossProbeAcknowledged(ack: ack, segment: segment)
         judgeByTimestamp(ack: ack, segment: segment)
 
         if inRecovery {
@@ -301,7 +303,6 @@ extension TCPConnection {
                     now: now))
         }
         duplicateACKs = 0
-        if probeRepairedLoss { respondToProbeRepair(flightBefore: flightBefore, now: now) }
 
         if writeBlocked, sendBufferFreeSpace >= writableThreshold {
             writeBlocked = false

@@ -33,11 +33,20 @@ struct RecoveryEpisode {
 extension TCPConnection {
     // MARK: Per-ACK detection
 
-    /// RACK-TLP's share of an acceptable ACK: apply SACK blocks, look for losses, re-arm the probe.
-    mutating func rackProcessACK(_ segment: TCPSegment, ack: UInt32, advanced: Bool, now: NIODeadline) {
+    /// RACK-TLP's share of an acceptable ACK: apply SACK blocks, judge an outstanding probe,
+    /// look for losses, re-arm the probe.
+    mutating func rackProcessACK(
+        _ segment: TCPSegment, ack: UInt32, advanced: Bool, windowChanged: Bool, flightBefore: Int,
+        now: NIODeadline
+    ) {
         var sacked = 0
+        var dsack: TCPSACKBlock?
         if !segment.options.sackBlocks.isEmpty {
-            sacked = processSACKBlocks(segment.options.sackBlocks, ack: ack, now: now)
+            (sacked, dsack) = processSACKBlocks(segment.options.sackBlocks, ack: ack, now: now)
+        }
+        if probeEnd != nil {
+            let pureDuplicate = !advanced && sacked == 0 && !windowChanged && segment.sequenceLength == 0
+            judgeTailLossProbe(ack: ack, dsack: dsack, pureDuplicate: pureDuplicate, flightBefore: flightBefore, now: now)
         }
         if sacked > 0 || advanced || inRecovery { detectLosses(now: now) }
         if advanced || sacked > 0 { armTailLossProbe(now: now) }
@@ -62,10 +71,13 @@ extension TCPConnection {
         }
     }
 
-    /// Applies SACK blocks to the scoreboard; returns bytes newly SACKed.
-    private mutating func processSACKBlocks(_ blocks: [TCPSACKBlock], ack: UInt32, now: NIODeadline) -> Int {
+    /// Applies SACK blocks to the scoreboard; returns bytes newly SACKed and the D-SACK block.
+    private mutating func processSACKBlocks(
+        _ blocks: [TCPSACKBlock], ack: UInt32, now: NIODeadline
+    ) -> (newly: Int, dsack: TCPSACKBlock?) {
         counters.sackBlocksReceived += blocks.count
         var newly = 0
+        var dsack: TCPSACKBlock?
         for (index, block) in blocks.enumerated() {
             guard block.left.seqLT(block.right) else { continue }
             if index == 0 {
@@ -73,6 +85,7 @@ extension TCPConnection {
                 let insideSecond = blocks.count > 1 && block.left.seqGE(blocks[1].left)
                     && block.right.seqLE(blocks[1].right)
                 if belowACK || insideSecond {
+                    dsack = block
                     receivedDSACK(block, now: now)
                     continue
                 }
@@ -81,7 +94,7 @@ extension TCPConnection {
             guard block.left.seqGE(sndUna), block.right.seqLE(sndMax) else { continue }
             newly += scoreboard.applySACK(left: block.left, right: block.right, now: now, minimumRTT: minimumRTT)
         }
-        return newly
+        return (newly, dsack)
     }
 
     /// A D-SACK: the peer got something twice. Inside a recovery episode that means one of our
@@ -251,7 +264,7 @@ extension TCPConnection {
             segment = fresh
         } else if let index = scoreboard.lastUnsackedIndex() {
             segment = retransmit(at: index, now: now)
-            if timestampsEnabled { probeTimestamp = timestampNow(now) }
+            probeRetransmitted = true
         } else {
             segment = nil
         }
@@ -267,24 +280,30 @@ extension TCPConnection {
         timers[.tailLossProbe] = nil
         probePending = false
         probeEnd = nil
-        probeTimestamp = nil
+        probeRetransmitted = false
     }
 
-    /// An ACK reached the probe's end. RFC 8985 7.4: if the probe's own copy was what arrived
-    /// (the echo names it), the original was lost and the probe repaired it.
-    mutating func tailLossProbeAcknowledged(ack: UInt32, segment: TCPSegment) -> Bool {
-        guard let end = probeEnd, ack.seqGE(end) else { return false }
-        var repaired = false
-        if let probed = probeTimestamp, let echo = segment.options.timestamps?.echoReply, echo.seqGE(probed) {
-            repaired = !inRecovery
+    /// RFC 8985 7.4 (Linux's tcp_process_tlp_ack): once the ACKs reach the probe's end, a
+    /// resent probe was redundant if it is D-SACKed or met by a pure duplicate ACK (both copies
+    /// arrived); if the ACKs go past it with neither, its copy repaired a loss, which is answered
+    /// like any other. An ACK exactly at the end may yet be followed by the D-SACK: wait.
+    private mutating func judgeTailLossProbe(
+        ack: UInt32, dsack: TCPSACKBlock?, pureDuplicate: Bool, flightBefore: Int, now: NIODeadline
+    ) {
+        guard let end = probeEnd, ack.seqGE(end) else { return }
+        if !probeRetransmitted || dsack?.right == end {
+            probeEnd = nil
+        } else if ack.seqGT(end) {
+            probeEnd = nil
+            if !inRecovery { respondToProbeRepair(flightBefore: flightBefore, now: now) }
+        } else if pureDuplicate {
+            probeEnd = nil
         }
-        probeEnd = nil
-        probeTimestamp = nil
-        return repaired
+        if probeEnd == nil { probeRetransmitted = false }
     }
 
     /// A probe repaired a loss: respond as to any loss, without a recovery episode.
-    mutating func respondToProbeRepair(flightBefore: Int, now: NIODeadline) {
+    private mutating func respondToProbeRepair(flightBefore: Int, now: NIODeadline) {
         congestion.onCongestionEvent(now: now, bytesInFlight: flightBefore)
         congestion.onRecoveryExit(now: now, bytesInFlight: flightSize)
     }

@@ -103,9 +103,11 @@ public struct TCPConnection {
     var unansweredProbes = 0
     var consecutiveTimeouts = 0
     var synRetransmissions = 0
-    /// Tail loss probe (RFC 8985 7): whether one is due, and the SND.NXT it covered.
+    /// Tail loss probe (RFC 8985 7): whether one is due; the SND.NXT it covered until it is
+    /// judged, and whether it resent data (only then can it have repaired a loss).
     var probePending = false
     var probeEnd: UInt32?
+    var probeRetransmitted = false
     var pacer = Pacer()
     var lastHeardAt: NIODeadline
     var keepAliveProbesSent = 0
@@ -130,8 +132,6 @@ public struct TCPConnection {
     var reorderingMultiplier = 1
     /// Undo state of the last window reduction; nil once undone or judged.
     var episode: RecoveryEpisode?
-    /// Timestamp of a tail loss probe that resent data (RFC 8985 7.4 loss detection).
-    var probeTimestamp: UInt32?
 
     var controlQueue: Deque<TCPSegment> = []
     var events: Deque<TCPEvent> = []
