@@ -50,8 +50,10 @@ public protocol CongestionController: Sendable {
     mutating func onCongestionEvent(now: NIODeadline, bytesInFlight: Int)
     /// Recovery ended (everything outstanding at its start is acknowledged).
     mutating func onRecoveryExit(now: NIODeadline, bytesInFlight: Int)
-    /// The retransmission timer expired: collapse to the loss window.
-    mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int)
+    /// The retransmission timer expired: collapse to the loss window. `newCongestionEvent` is
+    /// false when the timeout extends an event already answered (fast recovery's, or an earlier
+    /// timeout's with no progress since): ssthresh is then held (RFC 5681 4.2).
+    mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int, newCongestionEvent: Bool)
     /// Bytes per second to pace at, given the smoothed RTT.
     func pacingRate(smoothedRTT: TimeAmount) -> Double
 }
@@ -128,9 +130,9 @@ enum AnyCongestionController: CongestionController {
             { $0.onRecoveryExit(now: now, bytesInFlight: bytesInFlight) })
     }
 
-    mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int) {
+    mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int, newCongestionEvent: Bool) {
         apply(
-            { $0.onRetransmissionTimeout(now: now, bytesInFlight: bytesInFlight) },
-            { $0.onRetransmissionTimeout(now: now, bytesInFlight: bytesInFlight) })
+            { $0.onRetransmissionTimeout(now: now, bytesInFlight: bytesInFlight, newCongestionEvent: newCongestionEvent) },
+            { $0.onRetransmissionTimeout(now: now, bytesInFlight: bytesInFlight, newCongestionEvent: newCongestionEvent) })
     }
 }

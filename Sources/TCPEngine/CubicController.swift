@@ -98,8 +98,13 @@ public struct CubicController: CongestionController {
         window = Double(slowStartThreshold)
     }
 
-    public mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int) {
-        reduce()
+    public mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int, newCongestionEvent: Bool) {
+        if newCongestionEvent { slowStartThreshold = max(Int(window * Self.beta), 2 * mss) }
+        // RFC 9438 4.8: the first congestion avoidance after a timeout starts its curve at the
+        // window it then has (K = 0, W_max = that window), not at the maximum before the timeout.
+        windowMax = 0
+        epochStart = nil
+        hyStart.reset()
         window = Double(mss)
     }
 }

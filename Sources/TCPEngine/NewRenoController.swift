@@ -48,8 +48,8 @@ public struct NewRenoController: CongestionController {
         congestionWindow = slowStartThreshold
     }
 
-    public mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int) {
-        slowStartThreshold = max(bytesInFlight / 2, 2 * mss)
+    public mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int, newCongestionEvent: Bool) {
+        if newCongestionEvent { slowStartThreshold = max(bytesInFlight / 2, 2 * mss) }
         congestionWindow = mss
         bytesAckedInAvoidance = 0
         hyStart.reset()

@@ -288,9 +288,10 @@ extension TCPConnection {
         timers[.retransmission] = scoreboard.isEmpty ? nil : now + rtt.rto
         judgeByTimestamp(ack: ack, segment: segment)
 
-        if inRecovery {
-            recoveryAcknowledged(ack: ack, acked: acked, now: now)
+        if recoveryPhase == .fast {
+            fastRecoveryAcknowledged(ack: ack, acked: acked, now: now)
         } else if acked > 0 {
+            if recoveryPhase == .timeout, ack.seqGE(recoveryPoint) { recoveryPhase = .open }
             inflation = 0
             let limited = congestion.isInSlowStart
                 ? 2 * flightBefore < congestion.congestionWindow

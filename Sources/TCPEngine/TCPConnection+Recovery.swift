@@ -10,6 +10,16 @@ enum LossRecovery {
     case rack
 }
 
+/// Where the sender is in loss recovery (Linux's Open, Recovery and Loss states).
+enum RecoveryPhase {
+    case open
+    /// Fast recovery (RFC 6675, RFC 6582) until SND.UNA reaches `recover`.
+    case fast
+    /// After an RTO until SND.UNA reaches `recover`: losses found meanwhile belong to the same
+    /// congestion event and start no fast recovery (RFC 6582 3.2, RFC 6675 5.1).
+    case timeout
+}
+
 /// Undo state of one window reduction (a fast recovery, or the first RTO of an episode): what
 /// restores the window if the retransmissions prove unnecessary (Eifel RFC 3522, D-SACK RFC 3708).
 struct RecoveryEpisode {
@@ -63,7 +73,7 @@ extension TCPConnection {
         } else if duplicateACKs < 3 {
             // RFC 3042 limited transmit: a new segment for each of the first two.
             inflation = duplicateACKs * sendMSS
-        } else if duplicateACKs == 3, ack.seqGE(recoveryPoint) {
+        } else if duplicateACKs == 3, recoveryPhase == .open {
             inflation = 0
             scoreboard.markLost(at: 0)
             enterRecovery(now: now)
@@ -118,9 +128,7 @@ extension TCPConnection {
         }
         let (newlyLost, timeout) = scoreboard.detectLosses(now: now, reorderingWindow: reorderingWindow)
         timers[.reordering] = timeout
-        if newlyLost > 0, !inRecovery, sndUna.seqGE(recoveryPoint) || consecutiveTimeouts == 0 {
-            enterRecovery(now: now)
-        }
+        if newlyLost > 0, recoveryPhase == .open { enterRecovery(now: now) }
     }
 
     private var reorderingWindow: TimeAmount {
@@ -134,7 +142,7 @@ extension TCPConnection {
 
     private mutating func enterRecovery(now: NIODeadline) {
         beginEpisode()
-        inRecovery = true
+        recoveryPhase = .fast
         recoveryPoint = sndMax
         congestion.onCongestionEvent(now: now, bytesInFlight: flightSize)
         counters.fastRetransmits += 1
@@ -144,13 +152,16 @@ extension TCPConnection {
 
     /// The RTO fired with data outstanding (and the retry limit not reached).
     mutating func enterTimeoutRecovery(now: NIODeadline) {
-        // The first timeout of an episode can be undone if it proves spurious; later ones extend it.
-        if consecutiveTimeouts == 1, !inRecovery { beginEpisode() }
+        // A new congestion event unless this RTO extends one already answered: fast recovery's,
+        // or an earlier RTO's with no progress since (RFC 5681 4.2 holds ssthresh then, as Linux).
+        // Only a new event's reduction can be undone if it proves spurious.
+        let newEvent = recoveryPhase == .open || (recoveryPhase == .timeout && consecutiveTimeouts == 1)
+        if newEvent { beginEpisode() }
         // RFC 5681 (4) / RFC 8985 6.3: loss window of one segment, everything unSACKed is lost,
         // and (RFC 6582) no fast recovery for losses from before the timeout.
-        congestion.onRetransmissionTimeout(now: now, bytesInFlight: flightSize)
+        congestion.onRetransmissionTimeout(now: now, bytesInFlight: flightSize, newCongestionEvent: newEvent)
         scoreboard.markAllLost()
-        inRecovery = false
+        recoveryPhase = .timeout
         recoveryPoint = sndMax
         duplicateACKs = 0
         inflation = 0
@@ -159,10 +170,10 @@ extension TCPConnection {
         timers[.reordering] = nil
     }
 
-    /// Recovery's share of an ACK that advanced SND.UNA: its end, or NewReno's partial ACK.
-    mutating func recoveryAcknowledged(ack: UInt32, acked: Int, now: NIODeadline) {
+    /// Fast recovery's share of an ACK that advanced SND.UNA: its end, or NewReno's partial ACK.
+    mutating func fastRecoveryAcknowledged(ack: UInt32, acked: Int, now: NIODeadline) {
         if ack.seqGE(recoveryPoint) {
-            inRecovery = false
+            recoveryPhase = .open
             inflation = 0
             congestion.onRecoveryExit(now: now, bytesInFlight: flightSize)
         } else if lossRecovery == .newReno {
@@ -214,7 +225,7 @@ extension TCPConnection {
         if countRetransmissions { counters.spuriousRetransmissions += current.retransmissions }
         counters.recoveryUndos += 1
         episode = nil
-        inRecovery = false
+        recoveryPhase = .open
         inflation = 0
         scoreboard.clearLost()
         scoreboard.noteReordering()

@@ -120,8 +120,10 @@ public struct TCPConnection {
     var congestion: AnyCongestionController
     /// How losses are found: chosen from SACK-permitted when the peer's SYN arrives.
     var lossRecovery = LossRecovery.newReno
-    var inRecovery = false
-    /// RFC 6582 "recover": SND.NXT when recovery (or the last RTO) began.
+    var recoveryPhase = RecoveryPhase.open
+    var inRecovery: Bool { recoveryPhase == .fast }
+    /// RFC 6582 "recover": SND.NXT when recovery (or the last RTO) began; meaningful only
+    /// outside `.open` (so it never lags SND.UNA by half the sequence space).
     var recoveryPoint: UInt32
     var duplicateACKs = 0
     /// NewReno's window inflation by duplicate ACKs (and RFC 3042 limited transmit).
@@ -322,7 +324,7 @@ public struct TCPConnection {
     /// Internal state for tests and diagnostics.
     var debugSummary: String {
         "una=\(sndUna &- iss) max=\(sndMax &- iss) pipe=\(scoreboard.pipe) lost=\(scoreboard.lostSegments) "
-            + "sacked=\(scoreboard.sackedSegments)/\(scoreboard.segments.count) rec=\(inRecovery) "
+            + "sacked=\(scoreboard.sackedSegments)/\(scoreboard.segments.count) rec=\(recoveryPhase) "
             + "reo=\(scoreboard.reorderingSeen) rackEnd=\(scoreboard.rackEnd &- iss) wnd=\(sndWnd) "
             + "rto=\(String(describing: timers[.retransmission])) reoT=\(String(describing: timers[.reordering]))"
     }
