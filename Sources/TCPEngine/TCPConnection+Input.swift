@@ -291,7 +291,7 @@ extension TCPConnection {
         if recoveryPhase == .fast {
             fastRecoveryAcknowledged(ack: ack, acked: acked, now: now)
         } else if acked > 0 {
-            if recoveryPhase == .timeout, ack.seqGE(recoveryPoint) { recoveryPhase = .open }
+            if recoveryPhase == .timeout, ack.seqGE(recoveryPoint) { recoveryEnded() }
             inflation = 0
             let limited = congestion.isInSlowStart
                 ? 2 * flightBefore < congestion.congestionWindow

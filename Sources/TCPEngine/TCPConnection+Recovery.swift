@@ -54,6 +54,7 @@ extension TCPConnection {
         if !segment.options.sackBlocks.isEmpty {
             (sacked, dsack) = processSACKBlocks(segment.options.sackBlocks, ack: ack, now: now)
         }
+        adaptReorderingWindow(dsack: dsack)
         if probeEnd != nil {
             let pureDuplicate = !advanced && sacked == 0 && !windowChanged && segment.sequenceLength == 0
             judgeTailLossProbe(ack: ack, dsack: dsack, pureDuplicate: pureDuplicate, flightBefore: flightBefore, now: now)
@@ -81,43 +82,88 @@ extension TCPConnection {
         }
     }
 
-    /// Applies SACK blocks to the scoreboard; returns bytes newly SACKed and the D-SACK block.
+    /// Applies SACK blocks to the scoreboard; returns bytes newly SACKed and the D-SACK block, if
+    /// it tells of one of our retransmissions. The blocks go lowest first (RFC 8985 6.2 step 3):
+    /// the receiver lists its latest arrival first, and applied in that order a lower block
+    /// would look delivered out of order.
     private mutating func processSACKBlocks(
         _ blocks: [TCPSACKBlock], ack: UInt32, now: NIODeadline
     ) -> (newly: Int, dsack: TCPSACKBlock?) {
         counters.sackBlocksReceived += blocks.count
         var newly = 0
         var dsack: TCPSACKBlock?
-        for (index, block) in blocks.enumerated() {
-            guard block.left.seqLT(block.right) else { continue }
-            if index == 0 {
-                let belowACK = block.right.seqLE(ack)
-                let insideSecond = blocks.count > 1 && block.left.seqGE(blocks[1].left)
-                    && block.right.seqLE(blocks[1].right)
-                if belowACK || insideSecond {
-                    dsack = block
-                    receivedDSACK(block, now: now)
-                    continue
-                }
+        var first = 0
+        if let block = blocks.first, block.left.seqLT(block.right) {
+            let belowACK = block.right.seqLE(ack)
+            let insideSecond = blocks.count > 1 && block.left.seqGE(blocks[1].left) && block.right.seqLE(blocks[1].right)
+            if belowACK || insideSecond {
+                first = 1
+                if receivedDSACK(block, now: now) { dsack = block }
             }
+        }
+        // At most four blocks fit in the options: ordering them by selection allocates nothing.
+        var previous: Int?
+        for _ in first..<blocks.count {
+            var next: Int?
+            for index in first..<blocks.count where Self.precedes(blocks, previous, index, from: sndUna) {
+                if let candidate = next, !Self.precedes(blocks, index, candidate, from: sndUna) { continue }
+                next = index
+            }
+            guard let index = next else { break }
+            previous = index
+            let block = blocks[index]
             // Only blocks about data in flight mean anything; anything else is ignored.
-            guard block.left.seqGE(sndUna), block.right.seqLE(sndMax) else { continue }
+            guard block.left.seqLT(block.right), block.left.seqGE(sndUna), block.right.seqLE(sndMax) else { continue }
             newly += scoreboard.applySACK(left: block.left, right: block.right, now: now, minimumRTT: minimumRTT)
         }
         return (newly, dsack)
     }
 
+    /// Whether block `a` comes before block `b` (by left edge from `base`, then by position);
+    /// nil comes before everything.
+    private static func precedes(_ blocks: [TCPSACKBlock], _ a: Int?, _ b: Int, from base: UInt32) -> Bool {
+        guard let a else { return true }
+        let left = blocks[a].left.seqDistance(from: base)
+        let right = blocks[b].left.seqDistance(from: base)
+        return left < right || (left == right && a < b)
+    }
+
     /// A D-SACK: the peer got something twice. Inside a recovery episode that means one of our
     /// retransmissions was unnecessary; once all of them are, the reduction is undone (RFC 3708).
-    private mutating func receivedDSACK(_ block: TCPSACKBlock, now: NIODeadline) {
-        reorderingMultiplier = min(reorderingMultiplier + 1, 8)
+    /// Returns whether it tells of one of our retransmissions (what RACK's reordering window
+    /// learns from): as Linux, more D-SACKed segments than we ever resent mean the network
+    /// duplicated some, and one that matches a tail loss probe says only the probe was early.
+    private mutating func receivedDSACK(_ block: TCPSACKBlock, now: NIODeadline) -> Bool {
+        let length = block.right.seqDistance(from: block.left)
+        guard length <= max(maxSndWnd, sendMSS) else { return false }  // larger than any window: bogus
+        dsackedSegments += max(1, (length + sendMSS - 1) / sendMSS)
+        guard dsackedSegments <= counters.retransmissions else { return false }
+        let fromProbe = probeRetransmitted && probeEnd == block.right
         guard var current = episode, current.retransmissions > 0, block.left.seqGE(current.start),
             block.right.seqLE(current.end)
-        else { return }
+        else { return !fromProbe }
         current.dsacks += 1
         episode = current
         counters.spuriousRetransmissions += 1
         if current.dsacks >= current.retransmissions { undoReduction(countRetransmissions: false) }
+        return !fromProbe
+    }
+
+    /// RFC 8985 6.2 step 4: the reordering window grows by a step for each round trip that
+    /// brings a D-SACK, and returns to one step after 16 recoveries without one.
+    private mutating func adaptReorderingWindow(dsack: TCPSACKBlock?) {
+        if let round = dsackRound, sndUna.seqGE(round) { dsackRound = nil }
+        guard dsack != nil, dsackRound == nil else { return }
+        dsackRound = sndMax
+        reorderingMultiplier = min(reorderingMultiplier + 1, Self.maximumReorderingMultiplier)
+        reorderingPersistence = Self.reorderingPersistence
+    }
+
+    /// Fast or timeout recovery is over (SND.UNA reached `recover`).
+    mutating func recoveryEnded() {
+        recoveryPhase = .open
+        reorderingPersistence = max(0, reorderingPersistence - 1)
+        if reorderingPersistence == 0 { reorderingMultiplier = 1 }
     }
 
     /// RACK (RFC 8985 6.2): marks what is lost, arms the reordering timer, starts recovery.
@@ -173,7 +219,7 @@ extension TCPConnection {
     /// Fast recovery's share of an ACK that advanced SND.UNA: its end, or NewReno's partial ACK.
     mutating func fastRecoveryAcknowledged(ack: UInt32, acked: Int, now: NIODeadline) {
         if ack.seqGE(recoveryPoint) {
-            recoveryPhase = .open
+            recoveryEnded()
             inflation = 0
             congestion.onRecoveryExit(now: now, bytesInFlight: flightSize)
         } else if lossRecovery == .newReno {

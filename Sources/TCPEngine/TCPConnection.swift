@@ -130,8 +130,14 @@ public struct TCPConnection {
     var inflation = 0
     /// The first retransmission of a recovery goes out whatever the pipe says.
     var forceRetransmit = false
-    /// RACK's reordering window multiplier, raised by D-SACKs (RFC 8985 6.2).
+    /// RACK's reordering window multiplier (RFC 8985 6.2 step 4): raised once per round trip
+    /// that brings a D-SACK (`dsackRound` is SND.NXT when that round began), back to 1 after
+    /// `reorderingPersistence` recoveries without one.
     var reorderingMultiplier = 1
+    var reorderingPersistence = 0
+    var dsackRound: UInt32?
+    /// Segments D-SACKed so far; more than were ever resent means the network duplicates.
+    var dsackedSegments = 0
     /// Undo state of the last window reduction; nil once undone or judged.
     var episode: RecoveryEpisode?
 
@@ -154,6 +160,9 @@ public struct TCPConnection {
     static let minimumProbeTimeout = TimeAmount.milliseconds(10)
     /// RFC 5961 7: challenge ACKs per connection per second.
     static let challengeACKLimit = 10
+    static let maximumReorderingMultiplier = 8
+    /// RFC 8985 6.2: recoveries without a D-SACK before the reordering window shrinks back.
+    static let reorderingPersistence = 16
 
     private init(
         state: TCPState, localPort: UInt16, remotePort: UInt16, configuration: TCPConfiguration,

@@ -1,0 +1,99 @@
+import NIOCore
+import Testing
+import TOUWire
+
+@testable import TCPEngine
+
+/// RACK's view of reordering (RFC 8985 6.2): what counts as reordering, how the reordering
+/// window grows and shrinks, and the minimum RTT it is measured in.
+@Suite struct ReorderingTests {
+    let s = { (n: Int) in ourSegmentStart(n) }
+
+    func loaded(_ setup: Setup) -> TCPConnection {
+        var c = modernConnection(configuration: setup.configuration)
+        #expect(c.write(bytes(count: 40 * modernMSS)) == 40 * modernMSS)
+        #expect(c.drainPaced(at: at(100)).count == 10)
+        return c
+    }
+
+    /// RFC 8985 6.2 step 3: newly SACKed data is taken in ascending order. The receiver lists the
+    /// block of its latest arrival first; applied in that order the lower block looked
+    /// reordered, and the reordering window then delayed every loss for the connection's life.
+    @Test(arguments: [Setup.modern, .shippedDefaults])
+    func blocksAreAppliedLowestFirst(_ setup: Setup) {
+        var c = loaded(setup)
+        c.receive(peerACK(s(1), echo: c.timestampValue(at: at(100)), sack: [block(s(5), s(7)), block(s(2), s(4))]), now: at(113))
+        // Four SACKed segments above both holes and no reordering: both are lost at once.
+        let resent = c.drainPaced(at: at(113)).map(\.sequenceNumber)
+        #expect(resent.first == s(1))
+        #expect(resent.contains(s(4)) || c.scoreboard.lostSegments == 1)  // 4 waits for room in the pipe
+        #expect(c.stats.fastRetransmits == 1)
+        #expect(!c.scoreboard.reorderingSeen)
+    }
+
+    /// Spurious retransmissions of 0 and 1, each D-SACKed: the multiplier grows once for the
+    /// round trip that saw D-SACKs, not once per D-SACK.
+    @Test(arguments: [Setup.modern, .shippedDefaults])
+    func reorderingWindowGrowsOncePerRoundTrip(_ setup: Setup) {
+        var c = loaded(setup)
+        let echo = c.timestampValue(at: at(100))
+        c.receive(peerACK(s(0), echo: echo, sack: [block(s(2), s(8))]), now: at(113))
+        #expect(c.drainPaced(at: at(113)).map(\.sequenceNumber).prefix(2) == [s(0), s(1)])
+        // The originals were only late; the copies arrive after them and are D-SACKed.
+        let late = c.timestampValue(at: at(113))
+        c.receive(peerACK(s(10), tsOffset: 2, echo: late), now: at(120))
+        c.receive(peerACK(s(10), tsOffset: 3, echo: late, sack: [block(s(0), s(1))]), now: at(124))
+        c.receive(peerACK(s(10), tsOffset: 4, echo: late, sack: [block(s(1), s(2))]), now: at(125))
+        #expect(c.reorderingMultiplier == 2)
+    }
+
+    /// A D-SACK for a tail loss probe (the probe is timer-driven, not a RACK decision) and one
+    /// for data never retransmitted (the network duplicated it) say nothing about reordering.
+    @Test(arguments: [Setup.modern, .shippedDefaults])
+    func probeAndNetworkDuplicatesDoNotWidenTheWindow(_ setup: Setup) {
+        var c = modernConnection(configuration: setup.configuration)
+        #expect(c.write(bytes(count: 3 * modernMSS)) == 3 * modernMSS)
+        _ = c.drainPaced(at: at(100))
+        c.handleTimeout(now: at(120))
+        #expect(c.drain(at: at(120)).map(\.sequenceNumber) == [s(2)])
+        c.receive(peerACK(s(3), echo: c.timestampValue(at: at(100)), sack: [block(s(2), s(3))]), now: at(135))
+        #expect(c.reorderingMultiplier == 1)
+
+        var d = loaded(setup)
+        d.receive(peerACK(s(5), echo: d.timestampValue(at: at(100)), sack: [block(s(2), s(3))]), now: at(113))
+        #expect(d.reorderingMultiplier == 1)
+    }
+
+    /// RFC 8985 6.2 step 4: after 16 recoveries without a D-SACK the multiplier returns to 1.
+    @Test func reorderingWindowResetsAfterSixteenRecoveriesWithoutDSACK() {
+        var c = loaded(.modern)
+        let echo = c.timestampValue(at: at(100))
+        c.receive(peerACK(s(0), echo: echo, sack: [block(s(2), s(5))]), now: at(113))
+        _ = c.drain(at: at(113))
+        let late = c.timestampValue(at: at(113))
+        c.receive(peerACK(s(10), tsOffset: 2, echo: late), now: at(120))
+        c.receive(peerACK(s(10), tsOffset: 3, echo: late, sack: [block(s(0), s(1))]), now: at(124))
+        #expect(c.reorderingMultiplier == 2)
+        var now: Int64 = 200
+        for episode in 1...16 {
+            // Whatever is in flight is acknowledged; then a fresh flight loses its first segment.
+            c.receive(peerACK(c.sndMax, tsOffset: UInt32(10 * episode), echo: c.timestampValue(at: at(now - 10))), now: at(now))
+            var sent = c.drain(at: at(now))
+            #expect(c.write(bytes(count: 4 * modernMSS)) > 0)
+            sent += c.drain(at: at(now))
+            let flight = sent.filter { $0.payload.readableBytes > 0 }.map(\.sequenceNumber)
+            #expect(flight.count >= 2)
+            guard flight.count >= 2 else { return }
+            c.receive(
+                peerACK(flight[0], tsOffset: UInt32(10 * episode + 1), echo: c.timestampValue(at: at(now)),
+                        sack: [block(flight[1], flight[1] &+ UInt32(modernMSS))]),
+                now: at(now + 12))
+            let resent = c.drain(at: at(now + 12)) + c.runTimers(until: at(now + 40))
+            #expect(resent.contains { $0.sequenceNumber == flight[0] })
+            c.receive(peerACK(c.sndMax, tsOffset: UInt32(10 * episode + 2), echo: c.timestampValue(at: at(now + 40))), now: at(now + 50))
+            #expect(c.stats.fastRetransmits == 1 + episode)
+            #expect(c.reorderingMultiplier == (episode < 16 ? 2 : 1))
+            now += 100
+        }
+    }
+}
