@@ -145,7 +145,9 @@ extension TCPConnection {
         current.dsacks += 1
         episode = current
         counters.spuriousRetransmissions += 1
-        if current.dsacks >= current.retransmissions { undoReduction(countRetransmissions: false) }
+        if current.dsacks >= current.retransmissions, scoreboard.retransmissionsOutstanding == 0 {
+            undoReduction(countRetransmissions: false)
+        }
         return !fromProbe
     }
 
@@ -251,16 +253,19 @@ extension TCPConnection {
     }
 
     /// Eifel (RFC 3522): the first ACK past the episode's first retransmission echoes the original
-    /// transmission's timestamp if the retransmission was unnecessary.
+    /// transmission's timestamp if the retransmission was unnecessary. Only with none of the
+    /// episode's retransmissions outstanding is the reduction undone (as Linux): another may have
+    /// repaired a real loss. Until then each ACK is judged the same way.
     mutating func judgeByTimestamp(ack: UInt32, segment: TCPSegment) {
         guard var current = episode, current.eifelPending, let retransmitted = current.firstRetransmitTimestamp,
             ack.seqGE(current.firstRetransmitEnd)
         else { return }
-        current.eifelPending = false
-        episode = current
-        if let echo = segment.options.timestamps?.echoReply, echo != 0, echo.seqLT(retransmitted) {
-            undoReduction(countRetransmissions: true)
+        guard let echo = segment.options.timestamps?.echoReply, echo != 0, echo.seqLT(retransmitted) else {
+            current.eifelPending = false
+            episode = current
+            return
         }
+        if scoreboard.retransmissionsOutstanding == 0 { undoReduction(countRetransmissions: true) }
     }
 
     /// The last reduction was for nothing: restore the window it cut and stop resending.

@@ -48,6 +48,9 @@ struct TCPScoreboard {
     private(set) var sackedBytes = 0
     private(set) var lostSegments = 0
     private(set) var sackedSegments = 0
+    /// Entries resent and neither SACKed nor acknowledged since (Linux's retrans_out, with the
+    /// lost ones): while any is, a reduction cannot be shown spurious.
+    private(set) var retransmissionsOutstanding = 0
     /// Entries looked at by SACK processing, loss detection and the search for lost segments
     /// (for tests: per-ACK work must follow what the ACK changes).
     private(set) var entriesVisited = 0
@@ -94,6 +97,7 @@ struct TCPScoreboard {
             // copy too (RFC 6675 would) could never be undone when one ACK covers both.
             removeFromSent(index)
         }
+        if !segments[index].retransmitted { retransmissionsOutstanding += 1 }
         segments[index].retransmitted = true
         segments[index].sentAt = now
         // In flight again, newest: RACK must watch it (a retransmission can be lost too).
@@ -161,6 +165,7 @@ struct TCPScoreboard {
         while let first = segments.first, first.start.seqLT(ack) {
             if first.end.seqLE(ack) {
                 if first.inPipe { removeFromSent(0) }
+                if first.retransmitted, !first.sacked { retransmissionsOutstanding -= 1 }
                 segments.removeFirst()
                 firstSerial += 1
                 if first.sacked {
@@ -196,6 +201,7 @@ struct TCPScoreboard {
             let entry = segments[index]
             if entry.start.seqGE(left), entry.end.seqLE(right) {
                 if entry.inPipe { removeFromSent(index) }
+                if entry.retransmitted { retransmissionsOutstanding -= 1 }
                 segments[index].sacked = true
                 segments[index].sackedThrough = firstSerial + index + 1
                 sackedSegments += 1
@@ -329,6 +335,7 @@ struct TCPScoreboard {
         var sackedCount = 0
         var lost = 0
         var inPipe = 0
+        var retransmitted = 0
         var cursor = segments.first?.start ?? end
         if cursor != start && cursor != start &+ 1 { return "first entry \(cursor) is not at SND.UNA \(start)" }
         for (index, entry) in segments.enumerated() {
@@ -345,12 +352,14 @@ struct TCPScoreboard {
                 sackedCount += 1
             }
             if entry.lost { lost += 1 }
+            if entry.retransmitted, !entry.sacked { retransmitted += 1 }
             cursor = entry.end
         }
         if !segments.isEmpty, cursor != end { return "entries end at \(cursor), SND.MAX is \(end)" }
         if pipe != self.pipe { return "pipe \(self.pipe) != \(pipe)" }
         if sacked != sackedBytes || sackedCount != sackedSegments { return "SACKed bytes or count off" }
         if lost != lostSegments { return "lost count \(lostSegments) != \(lost)" }
+        if retransmitted != retransmissionsOutstanding { return "retransmissions outstanding off" }
         var listed = 0
         var serial = oldestSent
         var previous: NIODeadline?

@@ -64,4 +64,24 @@ import TOUWire
         #expect(c.stats.fastRetransmits == 0)
         #expect(c.stats.slowStartThreshold == threshold)
     }
+
+    /// Eifel shows the first retransmission was unnecessary, but the episode's other
+    /// retransmission is still unacknowledged: no undo (Linux requires none outstanding), and
+    /// the window stays reduced once that retransmission proves needed.
+    @Test(arguments: Setup.allCases)
+    func noUndoWhileAnotherRetransmissionIsOutstanding(_ setup: Setup) {
+        var c = loaded(setup)
+        let echo = c.timestampValue(at: at(100))
+        c.receive(peerACK(s(0), echo: echo, sack: [block(s(1), s(3)), block(s(4), s(8))]), now: at(113))
+        let resent = c.drainPaced(at: at(113)).map(\.sequenceNumber)
+        #expect(resent.prefix(2) == [s(0), s(3)])
+        let reduced = c.stats.congestionWindow
+        // The original 0 was only delayed: its ACK echoes its first transmission.
+        c.receive(peerACK(s(3), tsOffset: 2, echo: echo, sack: [block(s(4), s(8))]), now: at(115))
+        #expect(c.stats.recoveryUndos == 0)
+        // 3 really was lost: its retransmission completes the data.
+        c.receive(peerACK(s(10), tsOffset: 3, echo: c.timestampValue(at: at(113))), now: at(126))
+        #expect(c.stats.recoveryUndos == 0)
+        #expect(c.stats.congestionWindow <= reduced)
+    }
 }
