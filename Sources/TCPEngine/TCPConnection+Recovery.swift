@@ -208,7 +208,9 @@ extension TCPConnection {
         // RFC 5681 (4) / RFC 8985 6.3: loss window of one segment, everything unSACKed is lost,
         // and (RFC 6582) no fast recovery for losses from before the timeout.
         congestion.onRetransmissionTimeout(now: now, bytesInFlight: flightSize, newCongestionEvent: newEvent)
-        scoreboard.markAllLost()
+        // The segment at SND.UNA SACKed yet never acknowledged: the receiver reneged on what it
+        // SACKed, so none of it can be trusted and everything goes again (RFC 2018 8, as Linux).
+        scoreboard.markAllLost(forgettingSACKs: scoreboard.segments.first?.sacked == true)
         recoveryPhase = .timeout
         recoveryPoint = sndMax
         duplicateACKs = 0

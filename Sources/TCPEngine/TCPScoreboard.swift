@@ -113,9 +113,22 @@ struct TCPScoreboard {
         lower(&lostHint, to: segments[index].start)
     }
 
-    /// RTO (RFC 6675 5.1, RFC 8985 6.3): everything not SACKed is presumed lost.
-    mutating func markAllLost() {
-        for index in segments.indices where segments[index].inPipe { markLost(at: index) }
+    /// RTO (RFC 6675 5.1, RFC 8985 6.3): everything not SACKed is presumed lost. With
+    /// `forgettingSACKs` the SACKed entries are too: the receiver may have dropped them (RFC 2018 8).
+    mutating func markAllLost(forgettingSACKs: Bool) {
+        for index in segments.indices {
+            if segments[index].inPipe {
+                markLost(at: index)
+            } else if forgettingSACKs, segments[index].sacked {
+                segments[index].sacked = false
+                sackedSegments -= 1
+                sackedBytes -= segments[index].length
+                if segments[index].retransmitted { retransmissionsOutstanding += 1 }
+                segments[index].lost = true
+                lostSegments += 1
+                lower(&lostHint, to: segments[index].start)
+            }
+        }
     }
 
     /// Clears every loss mark (a spurious timeout or recovery was undone).

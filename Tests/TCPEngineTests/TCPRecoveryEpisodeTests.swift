@@ -84,4 +84,28 @@ import TOUWire
         #expect(c.stats.recoveryUndos == 0)
         #expect(c.stats.congestionWindow <= reduced)
     }
+
+    /// RFC 2018 8: the receiver dropped data it had SACKed (reneging). The RTO finds the head of
+    /// the scoreboard SACKed, forgets every SACK mark and resends from SND.UNA; the old scoreboard
+    /// never resent the head and timed out.
+    @Test(arguments: [Setup.modern, .shippedDefaults])
+    func timeoutWithTheHeadSACKedForgetsSACKMarks(_ setup: Setup) {
+        var c = loaded(setup)
+        let echo = c.timestampValue(at: at(100))
+        c.receive(peerACK(s(0), echo: echo, sack: [block(s(1), s(4))]), now: at(113))
+        #expect(c.drainPaced(at: at(113)).first?.sequenceNumber == s(0))
+        // The retransmission arrives, but the receiver has thrown 1-3 away.
+        c.receive(peerACK(s(1), tsOffset: 2, echo: c.timestampValue(at: at(113))), now: at(125))
+        var afterTimeout: [TCPSegment] = []
+        while let deadline = c.nextDeadline, deadline < at(3000) {
+            c.handleTimeout(now: deadline)
+            let out = c.drain(at: deadline)
+            if c.stats.rtoExpiries > 0 {
+                afterTimeout += out
+                break
+            }
+        }
+        #expect(c.stats.rtoExpiries == 1)
+        #expect(afterTimeout.first?.sequenceNumber == s(1))
+    }
 }
