@@ -6,12 +6,14 @@ public struct NewRenoController: CongestionController {
     public private(set) var congestionWindow: Int
     public private(set) var slowStartThreshold = Int(Int32.max)
     private let mss: Int
+    private let initialWindow: Int
     private var bytesAckedInAvoidance = 0
     private var hyStart = HyStartPlusPlus()
     static let congestionWindowCap = 1 << 30
 
     public init(mss: Int, initialWindow: Int) {
         self.mss = max(1, mss)
+        self.initialWindow = initialWindow
         self.congestionWindow = initialWindow
     }
 
@@ -46,6 +48,16 @@ public struct NewRenoController: CongestionController {
     public mutating func onRecoveryExit(now: NIODeadline, bytesInFlight: Int) {
         // RFC 6582 3.2 (5), option 2 (as Linux): pacing keeps a drained pipe from bursting.
         congestionWindow = slowStartThreshold
+    }
+
+    public mutating func onSendResumed(now: NIODeadline, idle: TimeAmount, retransmissionTimeout: TimeAmount) {
+        guard
+            let restart = restartAfterIdle(
+                window: congestionWindow, slowStartThreshold: slowStartThreshold, initialWindow: initialWindow,
+                idle: idle, retransmissionTimeout: retransmissionTimeout)
+        else { return }
+        (congestionWindow, slowStartThreshold) = restart
+        bytesAckedInAvoidance = 0
     }
 
     public mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int, newCongestionEvent: Bool) {

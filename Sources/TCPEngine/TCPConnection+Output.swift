@@ -110,6 +110,10 @@ extension TCPConnection {
         if length > 0, length == unsent { flags.insert(.psh) }
         let start = sndMax
         let end = start.seqAdvanced(by: length + (fin ? 1 : 0))
+        if scoreboard.isEmpty, let last = lastDataSentAt {
+            congestion.onSendResumed(now: now, idle: now - last, retransmissionTimeout: rtt.rto)
+        }
+        lastDataSentAt = now
         counters.bytesSent += length
         scoreboard.recordTransmission(start: start, end: end, fin: fin, now: now)
         consumePacing(length)
@@ -151,6 +155,7 @@ extension TCPConnection {
             flags.insert(.psh)
         }
         scoreboard.recordRetransmission(at: index, now: now)
+        lastDataSentAt = now
         counters.retransmissions += 1
         noteEpisodeRetransmission(end: entry.end, now: now)
         if timers[.retransmission] == nil { timers[.retransmission] = now + rtt.rto }

@@ -109,6 +109,8 @@ public struct TCPConnection {
     var probeEnd: UInt32?
     var probeRetransmitted = false
     var pacer = Pacer()
+    /// When the last data segment (new or resent) went: what idle is measured from.
+    var lastDataSentAt: NIODeadline?
     var lastHeardAt: NIODeadline
     var keepAliveProbesSent = 0
     var lastKeepAliveAt: NIODeadline?

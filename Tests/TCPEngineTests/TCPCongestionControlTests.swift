@@ -108,6 +108,27 @@ private func sample(
         #expect(c.congestionWindow - start <= 16 * mss)
     }
 
+    /// RFC 9438 5.8 (Linux's CA_EVENT_TX_START): a pause in sending shifts the epoch, so the
+    /// curve continues where it stopped instead of jumping by the time spent idle.
+    @Test func idleTimeIsNotCountedOnTheCurve() {
+        func window(pausing pause: TimeAmount) -> Int {
+            var c = CubicController(mss: mss, initialWindow: 1000 * mss)
+            c.onCongestionEvent(now: t0, bytesInFlight: 1000 * mss)
+            c.onRecoveryExit(now: t0, bytesInFlight: 700 * mss)
+            var now = t0
+            for round in 0..<20 {
+                if round == 10, pause > .zero {
+                    now = now + pause
+                    c.onSendResumed(now: now, idle: pause, retransmissionTimeout: .seconds(1))
+                }
+                now = now + .milliseconds(40)
+                c.onAcknowledged(sample(acked: c.congestionWindow, now: now))
+            }
+            return c.congestionWindow
+        }
+        #expect(window(pausing: .milliseconds(900)) == window(pausing: .zero))
+    }
+
     @Test func renoFriendlyRegionKeepsUpWithReno() {
         // Small window, short RTT: the cubic curve is flat and the Reno estimate leads.
         var c = CubicController(mss: mss, initialWindow: 10 * mss)
