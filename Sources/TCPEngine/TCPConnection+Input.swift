@@ -25,7 +25,9 @@ extension TCPConnection {
         irs = syn.sequenceNumber
         rcvNxt = irs &+ 1
         lastACKSent = rcvNxt
-        let peerMSS = syn.options.maximumSegmentSize.map(Int.init) ?? Self.defaultPeerMSS
+        // A floor as Linux's (CVE-2019-11479): a tiny MSS would cut the stream into a segment,
+        // a scoreboard entry and a header per byte or so.
+        let peerMSS = max(syn.options.maximumSegmentSize.map(Int.init) ?? Self.defaultPeerMSS, Self.minimumPeerMSS)
         if offersWindowScale, let shift = syn.options.windowScale {
             sendShift = Int(min(shift, 14))
             receiveShift = Int(configuration.receiveWindowShift)

@@ -155,6 +155,7 @@ public struct TCPConnection {
     public var receiveWindowCap: Int = .max
 
     static let defaultPeerMSS = 536
+    static let minimumPeerMSS = 48
     static let controlQueueLimit = 8
     static let timestampsOptionLength = 12
     /// RFC 8985 7.2 WCDelAckT: the longest a peer may delay the ACK of a lone segment.
