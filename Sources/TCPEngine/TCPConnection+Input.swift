@@ -116,13 +116,13 @@ extension TCPConnection {
             timestamps.value.seqLT(timestampRecent)
         {
             counters.pawsRejected += 1
-            ackNow = true
+            answerUnacceptable(segment, now: now)
             return
         }
 
         guard isAcceptable(segment) else {
             if !flags.contains(.rst) {
-                ackNow = true
+                answerUnacceptable(segment, now: now)
                 if sackEnabled, segment.payload.readableBytes > 0,
                     sequence.seqAdvanced(by: segment.payload.readableBytes).seqLE(rcvNxt)
                 {
@@ -200,6 +200,18 @@ extension TCPConnection {
                 break  // the peer's FIN already arrived: nothing more may follow it
             }
         }
+    }
+
+    /// An unacceptable or PAWS-rejected segment earns an ACK, but (Linux's tcp_invalid_ratelimit)
+    /// a bare one at most every half second: two ends that disagree about the window would
+    /// otherwise answer each other's ACKs forever. Data and FINs are answered at once: their
+    /// D-SACK or re-ACK matters, and they cannot ping-pong.
+    private mutating func answerUnacceptable(_ segment: TCPSegment, now: NIODeadline) {
+        if segment.sequenceLength == 0 || segment.flags.contains(.syn) {
+            if let last = lastUnacceptableACKAt, now - last < Self.unacceptableACKInterval { return }
+            lastUnacceptableACKAt = now
+        }
+        ackNow = true
     }
 
     /// RFC 9293 3.10.7.4 acceptability, against the window we advertised.
@@ -287,6 +299,7 @@ extension TCPConnection {
         }
         rtt.resetBackoff()
         consecutiveTimeouts = 0
+        countedTimeouts = 0
         timers[.retransmission] = scoreboard.isEmpty ? nil : now + rtt.rto
         judgeByTimestamp(ack: ack, segment: segment)
 

@@ -53,9 +53,20 @@ extension TCPConnection {
         }
         guard !scoreboard.isEmpty else { return }
         consecutiveTimeouts += 1
-        if consecutiveTimeouts > configuration.maximumRetransmissions {
-            close(.timedOut)
-            return
+        if sndWnd == 0 {
+            // The receiver closed its window and drops what we resend: these RTOs are window
+            // probes and do not count while it answers; silence for the longest RTO ends it (as
+            // Linux, which waits TCP_RTO_MAX).
+            if now - lastHeardAt > configuration.maximumRTO {
+                close(.timedOut)
+                return
+            }
+        } else {
+            countedTimeouts += 1
+            if countedTimeouts > configuration.maximumRetransmissions {
+                close(.timedOut)
+                return
+            }
         }
         enterTimeoutRecovery(now: now)
     }

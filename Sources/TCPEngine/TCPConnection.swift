@@ -102,6 +102,8 @@ public struct TCPConnection {
     var persistBackoff = 0
     var unansweredProbes = 0
     var consecutiveTimeouts = 0
+    /// The RTOs that count toward the retry limit: not those into a closed window.
+    var countedTimeouts = 0
     var synRetransmissions = 0
     /// Tail loss probe (RFC 8985 7): whether one is due; the SND.NXT it covered until it is
     /// judged, and whether it resent data (only then can it have repaired a loss).
@@ -116,6 +118,7 @@ public struct TCPConnection {
     var lastKeepAliveAt: NIODeadline?
     var challengeWindowStart: NIODeadline?
     var challengeACKsInWindow = 0
+    var lastUnacceptableACKAt: NIODeadline?
 
     // MARK: Loss recovery and congestion control
     var scoreboard = TCPScoreboard()
@@ -161,6 +164,8 @@ public struct TCPConnection {
     /// RFC 8985 7.2 WCDelAckT: the longest a peer may delay the ACK of a lone segment.
     static let worstCaseDelayedACK = TimeAmount.milliseconds(200)
     static let minimumProbeTimeout = TimeAmount.milliseconds(10)
+    /// Linux's tcp_invalid_ratelimit: bare ACKs to unacceptable segments at most this often.
+    static let unacceptableACKInterval = TimeAmount.milliseconds(500)
     /// RFC 5961 7: challenge ACKs per connection per second.
     static let challengeACKLimit = 10
     static let maximumReorderingMultiplier = 8

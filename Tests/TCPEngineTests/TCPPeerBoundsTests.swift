@@ -17,4 +17,61 @@ import TOUWire
         let sent = c.drainPaced(at: at(100))
         #expect(sent.first?.payload.readableBytes == 48 - 12)
     }
+
+    /// Linux's tcp_invalid_ratelimit: a segment outside the window or failing PAWS is answered
+    /// with an ACK at most every 500 ms (data and FINs are answered at once: their D-SACK or
+    /// re-ACK matters). Two ends that disagree would otherwise ACK each other's ACKs forever.
+    @Test(arguments: [Setup.modern, .shippedDefaults])
+    func acksToUnacceptableSegmentsAreRateLimited(_ setup: Setup) {
+        var c = modernConnection(configuration: setup.configuration)
+        func junk(_ step: UInt32, paws: Bool) -> TCPSegment {
+            let timestamps = paws ? peerTS(0, echo: 0) : peerTS(100 + step, echo: 0)
+            let sequence = paws ? remoteISS &+ 1 : remoteISS &+ 1 &+ 100_000_000
+            return fromPeer(seq: sequence, options: TCPOptions(timestamps: timestamps))
+        }
+        // TS.Recent moves up so that the PAWS probes below are older.
+        c.receive(fromPeer(options: TCPOptions(timestamps: peerTS(50, echo: 0))), now: at(90))
+        var answers = 0
+        for step in 0..<6 {
+            c.receive(junk(UInt32(step), paws: step % 2 == 1), now: at(100 + Int64(step)))
+            answers += c.drain(at: at(100 + Int64(step))).count
+        }
+        #expect(answers == 1)
+        c.receive(junk(10, paws: false), now: at(600))
+        #expect(c.drain(at: at(600)).count == 1)
+        // A duplicate carrying data is not held back: its D-SACK tells the sender it was spurious.
+        c.receive(fromPeer(options: TCPOptions(timestamps: peerTS(60, echo: 0)), payload: bytes("ab")), now: at(601))
+        _ = c.drain(at: at(601))
+        c.receive(fromPeer(options: TCPOptions(timestamps: peerTS(61, echo: 0)), payload: bytes("ab")), now: at(602))
+        #expect(c.drain(at: at(602)).first?.options.sackBlocks == [block(remoteISS &+ 1, remoteISS &+ 3)])
+    }
+
+    /// A receiver that closes its window drops what we resend, but answers each retransmission:
+    /// those RTOs do not count toward the retry limit (as Linux); only a peer silent for the
+    /// longest RTO times the connection out.
+    @Test(arguments: [Setup.modern, .shippedDefaults])
+    func timeoutsIntoAClosedWindowDoNotExhaustRetriesWhileThePeerAnswers(_ setup: Setup) {
+        var configuration = setup.configuration
+        configuration.maximumRetransmissions = 3
+        configuration.maximumRTO = .seconds(4)
+        var c = modernConnection(configuration: configuration)
+        #expect(c.write(bytes(count: 100)) == 100)
+        _ = c.drain(at: at(100))
+        c.receive(peerACK(ourSegmentStart(0), echo: c.timestampValue(at: at(100)), window: 0), now: at(110))
+        var now = at(110)
+        for step in 0..<12 where c.stats.rtoExpiries < 8 {
+            guard let deadline = c.nextDeadline else { break }
+            now = deadline
+            c.handleTimeout(now: now)
+            _ = c.drain(at: now)
+            c.receive(peerACK(ourSegmentStart(0), tsOffset: UInt32(step + 2), echo: c.timestampValue(at: now), window: 0), now: now + .milliseconds(10))
+            _ = c.drain(at: now + .milliseconds(10))
+        }
+        #expect(c.stats.rtoExpiries >= 8)
+        #expect(c.state == .established)
+        // Silence: the connection gives up.
+        _ = c.runTimers(until: now + .seconds(60))
+        #expect(c.state == .closed)
+        #expect(c.drainEvents().last == .closed(.timedOut))
+    }
 }
