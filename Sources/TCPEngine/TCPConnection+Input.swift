@@ -96,8 +96,9 @@ extension TCPConnection {
             if flags.contains(.ack), segment.acknowledgmentNumber.seqGT(sndUna),
                 segment.acknowledgmentNumber.seqLE(sndMax)
             {
-                // Simultaneous open: the peer's SYN-ACK answers our SYN.
-                sndWnd = Int(segment.window) << sendShift
+                // Simultaneous open: the peer's SYN-ACK answers our SYN. Its window, as in any
+                // segment with SYN set, is not scaled (RFC 7323 2.2).
+                sndWnd = Int(segment.window)
                 maxSndWnd = max(maxSndWnd, sndWnd)
                 sndWl1 = sequence
                 sndWl2 = segment.acknowledgmentNumber

@@ -74,4 +74,22 @@ import TOUWire
         #expect(c.state == .closed)
         #expect(c.drainEvents().last == .closed(.timedOut))
     }
+
+    /// RFC 7323 2.2: the window in a SYN-ACK is never scaled, in a simultaneous open too.
+    @Test(arguments: [Setup.modern, .shippedDefaults])
+    func simultaneousOpenSYNACKWindowIsNotScaled(_ setup: Setup) {
+        var c = TCPConnection.connect(
+            localPort: localPort, remotePort: remotePort, configuration: setup.configuration,
+            initialSequenceNumber: localISS, now: t0)
+        _ = c.drain(at: t0)
+        let options = TCPOptions(maximumSegmentSize: 1460, windowScale: 7, sackPermitted: true, timestamps: peerTS(0, echo: 0))
+        c.receive(fromPeer(seq: remoteISS, ack: nil, flags: .syn, window: 1000, options: options), now: at(5))
+        #expect(c.state == .synReceived)
+        _ = c.drain(at: at(5))
+        var synACKOptions = options
+        synACKOptions.timestamps = peerTS(1, echo: c.timestampValue(at: at(5)))
+        c.receive(fromPeer(seq: remoteISS, flags: .syn, window: 1000, options: synACKOptions), now: at(10))
+        #expect(c.state == .established)
+        #expect(c.stats.sendWindow == 1000)
+    }
 }
