@@ -268,7 +268,10 @@ extension TCPConnection {
 
     /// New data (or our SYN or FIN) acknowledged up to `ack`.
     mutating func acknowledge(upTo ack: UInt32, segment: TCPSegment, now: NIODeadline) {
-        let synAcknowledged = sndUna == iss
+        // The first acknowledgment covers our SYN. Not "SND.UNA == ISS": after 2^32 bytes SND.UNA
+        // is there again, and that ACK would time the SYN anew (an RTT of the connection's age).
+        let synAcknowledged = !synWasAcknowledged
+        synWasAcknowledged = true
         // The SYN's sequence number carries no data and does not grow the congestion window.
         let acked = ack.seqDistance(from: sndUna) - (synAcknowledged ? 1 : 0)
         let dataAcked = min(max(0, ack.seqDistance(from: sendBufferSequence)), sendBuffer.count)

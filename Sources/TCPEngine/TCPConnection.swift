@@ -46,6 +46,7 @@ public struct TCPConnection {
     /// The SYN (or SYN-ACK) is due.
     var synPending = true
     var synSentAt: NIODeadline?
+    var synWasAcknowledged = false
     /// The peer's window, scaled, in bytes, and the largest it has offered.
     var sndWnd = 0
     var maxSndWnd = 0

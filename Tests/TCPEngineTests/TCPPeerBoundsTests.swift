@@ -92,4 +92,48 @@ import TOUWire
         #expect(c.state == .established)
         #expect(c.stats.sendWindow == 1000)
     }
+
+    /// After 2^32 bytes SND.UNA is back at the ISS. The ACK that moves on from there is not the
+    /// SYN's: it must neither time the SYN again (an RTT of the connection's age) nor take a
+    /// byte off what it acknowledges.
+    @Test(arguments: [Setup.modern, .shippedDefaults])
+    func ackAfterFourGiBAtTheISSIsNotTheSYNs(_ setup: Setup) {
+        var configuration = setup.configuration
+        configuration.maximumSegmentSize = 65535
+        configuration.sendBufferSize = 8 << 20
+        configuration.timestamps = false
+        var c = TCPConnection.connect(
+            localPort: localPort, remotePort: remotePort, configuration: configuration,
+            initialSequenceNumber: localISS, now: t0)
+        _ = c.drain(at: t0)
+        c.receive(
+            fromPeer(seq: remoteISS, flags: .syn, window: 65535, options: TCPOptions(maximumSegmentSize: 65535, windowScale: 14)),
+            now: at(1))
+        _ = c.drain(at: at(1))
+        c.receive(fromPeer(window: 65535), now: at(2))  // 1 GiB, scaled
+        let chunk = bytes(count: 4 << 20)
+        var remaining = Int(UInt32.max)  // with the SYN, SND.UNA returns to the ISS
+        var now = at(10)
+        var highest = localISS &+ 1
+        while c.sndUna != localISS, now < at(600_000) {
+            while remaining > 0, c.sendBufferFreeSpace > 0 {
+                let piece = chunk.getSlice(at: 0, length: min(remaining, chunk.readableBytes))!
+                let accepted = c.write(piece)
+                remaining -= accepted
+                if accepted < piece.readableBytes { break }
+            }
+            for segment in c.drain(at: now) where segment.payload.readableBytes > 0 {
+                highest = segment.sequenceNumber &+ UInt32(segment.payload.readableBytes)
+            }
+            now = now + .milliseconds(1)
+            c.receive(fromPeer(ack: highest, window: 65535), now: now)
+        }
+        #expect(c.sndUna == localISS)
+        let smoothed = c.stats.smoothedRTT
+        #expect(c.write(bytes(count: 1000)) == 1000)
+        #expect(c.drain(at: now).count == 1)
+        c.receive(fromPeer(ack: localISS &+ 1000, window: 65535), now: now + .milliseconds(1))
+        #expect(c.stats.smoothedRTT == smoothed)
+        #expect(c.stats.smoothedRTT.map { $0 < .milliseconds(5) } == true)
+    }
 }
