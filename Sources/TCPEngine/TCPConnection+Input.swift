@@ -292,14 +292,16 @@ extension TCPConnection {
             sample = now - newest.sentAt
         }
         if sample == nil, timestampsEnabled, let echo = segment.options.timestamps?.echoReply, echo != 0 {
-            // An echo from the future or from before the connection is not a measurement.
+            // An echo from the future or from before the connection is not a measurement. The
+            // echo counts whole milliseconds: less than one is one (as Linux), or a fast path
+            // would measure 0 and take RACK's minimum RTT down with it.
             let milliseconds = Int64(Int32(bitPattern: timestampNow(now) &- echo))
             let age = (now - createdAt).nanoseconds / 1_000_000
-            if milliseconds >= 0, milliseconds <= age { sample = .milliseconds(milliseconds) }
+            if milliseconds >= 0, milliseconds <= age { sample = .milliseconds(max(milliseconds, 1)) }
         }
         if let sample {
             rtt.sample(sample)
-            minimumRTT = min(minimumRTT ?? sample, sample)
+            minimumRTTFilter.update(sample, at: now)
         }
         rtt.resetBackoff()
         consecutiveTimeouts = 0

@@ -99,7 +99,10 @@ public struct TCPConnection {
     // MARK: Timers
     var timers = TCPTimerTable()
     var rtt: RTTEstimator
-    var minimumRTT: TimeAmount?
+    /// RACK's and HyStart's minimum RTT: windowed (Linux: 300 s) and restarted when the path
+    /// changes, so a path that got slower or a new one is seen.
+    var minimumRTTFilter = WindowedMinimum(window: .seconds(300))
+    var minimumRTT: TimeAmount? { minimumRTTFilter.value }
     var persistBackoff = 0
     var unansweredProbes = 0
     var consecutiveTimeouts = 0
@@ -286,6 +289,12 @@ public struct TCPConnection {
         }
         finQueued = true
         finSequence = sendBufferSequence.seqAdvanced(by: sendBuffer.count)
+    }
+
+    /// The peer's address changed (migration or NAT rebinding): the minimum RTT measured on the
+    /// old path says nothing about this one, so it restarts from the next sample.
+    public mutating func pathChanged() {
+        minimumRTTFilter.reset()
     }
 
     /// Resets the connection: a RST goes out (if the peer knows of us) and the state is CLOSED.

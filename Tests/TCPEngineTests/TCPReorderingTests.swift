@@ -96,4 +96,57 @@ import TOUWire
             now += 100
         }
     }
+
+    /// Timestamp echoes time in whole milliseconds: on a path faster than that, a retransmission
+    /// timed by its echo measures 0 ms. The minimum RTT (RACK's reordering window and its
+    /// spurious-retransmission check) must not drop to it.
+    @Test(arguments: [Setup.modern, .shippedDefaults])
+    func timestampSamplesDoNotDragTheMinimumRTTToZero(_ setup: Setup) {
+        var c = TCPConnection.connect(
+            localPort: localPort, remotePort: remotePort, configuration: setup.configuration,
+            initialSequenceNumber: localISS, now: t0)
+        _ = c.drain(at: t0)
+        let options = TCPOptions(
+            maximumSegmentSize: 1460, windowScale: 0, sackPermitted: true,
+            timestamps: peerTS(0, echo: c.timestampValue(at: t0)))
+        c.receive(fromPeer(seq: remoteISS, flags: .syn, options: options), now: t0 + .microseconds(300))
+        _ = c.drain(at: t0 + .microseconds(300))
+        #expect(c.stats.minimumRTT == .microseconds(300))
+        #expect(c.write(bytes(count: 100)) == 100)
+        _ = c.drain(at: at(100))
+        // Nothing comes back: the segment is sent again (by the RTO or a probe in its place).
+        let again = c.runTimers(until: at(400))
+        #expect(again.first?.sequenceNumber == ourSegmentStart(0))
+        c.receive(peerACK(ourSegmentStart(0) &+ 100, echo: c.timestampValue(at: at(300))), now: at(300) + .microseconds(300))
+        #expect(c.stats.minimumRTT == .microseconds(300))
+    }
+
+    /// The minimum RTT is a windowed minimum (Linux: 300 s): a path that got slower is seen.
+    @Test(arguments: [Setup.modern, .shippedDefaults])
+    func minimumRTTForgetsSamplesOlderThanItsWindow(_ setup: Setup) {
+        var c = modernConnection(configuration: setup.configuration)
+        #expect(c.stats.minimumRTT == .milliseconds(10))
+        var sequence = ourSegmentStart(0)
+        for step in 0..<32 {
+            let sent = at(1000 + Int64(step) * 10_000)
+            #expect(c.write(bytes(count: 100)) == 100)
+            #expect(c.drain(at: sent).count == 1)
+            sequence = sequence &+ 100
+            c.receive(peerACK(sequence, tsOffset: UInt32(step + 1), echo: c.timestampValue(at: sent)), now: sent + .milliseconds(50))
+            _ = c.drain(at: sent + .milliseconds(50))
+        }
+        #expect(c.stats.minimumRTT == .milliseconds(50))
+    }
+
+    /// The minimum RTT belongs to a path: after the peer moves, the next sample sets it.
+    @Test(arguments: [Setup.modern, .shippedDefaults])
+    func pathChangeRestartsTheMinimumRTT(_ setup: Setup) {
+        var c = modernConnection(configuration: setup.configuration)
+        #expect(c.stats.minimumRTT == .milliseconds(10))
+        c.pathChanged()
+        #expect(c.write(bytes(count: 100)) == 100)
+        #expect(c.drain(at: at(1000)).count == 1)
+        c.receive(peerACK(ourSegmentStart(0) &+ 100, echo: c.timestampValue(at: at(1000))), now: at(1050))
+        #expect(c.stats.minimumRTT == .milliseconds(50))
+    }
 }
