@@ -54,7 +54,10 @@ extension TCPConnection {
         if !segment.options.sackBlocks.isEmpty {
             (sacked, dsack) = processSACKBlocks(segment.options.sackBlocks, ack: ack, now: now)
         }
-        adaptReorderingWindow(dsack: dsack)
+        // A D-SACK of the tail loss probe says only that the probe was early, not that RACK was
+        // hasty: it judges the probe but leaves the reordering window alone.
+        let probeDSACK = probeRetransmitted && dsack != nil && dsack?.right == probeEnd
+        adaptReorderingWindow(dsackSeen: dsack != nil && !probeDSACK)
         if probeEnd != nil {
             let pureDuplicate = !advanced && sacked == 0 && !windowChanged && segment.sequenceLength == 0
             judgeTailLossProbe(ack: ack, dsack: dsack, pureDuplicate: pureDuplicate, flightBefore: flightBefore, now: now)
@@ -83,7 +86,7 @@ extension TCPConnection {
     }
 
     /// Applies SACK blocks to the scoreboard; returns bytes newly SACKed and the D-SACK block, if
-    /// it tells of one of our retransmissions. The blocks go lowest first (RFC 8985 6.2 step 3):
+    /// it may tell of one of our retransmissions. The blocks go lowest first (RFC 8985 6.2 step 3):
     /// the receiver lists its latest arrival first, and applied in that order a lower block
     /// would look delivered out of order.
     private mutating func processSACKBlocks(
@@ -130,32 +133,31 @@ extension TCPConnection {
 
     /// A D-SACK: the peer got something twice. Inside a recovery episode that means one of our
     /// retransmissions was unnecessary; once all of them are, the reduction is undone (RFC 3708).
-    /// Returns whether it tells of one of our retransmissions (what RACK's reordering window
-    /// learns from): as Linux, more D-SACKed segments than we ever resent mean the network
-    /// duplicated some, and one that matches a tail loss probe says only the probe was early.
+    /// Returns whether it may tell of one of our retransmissions: as Linux, one larger than any
+    /// window is bogus, and more D-SACKed segments than we ever resent mean the network
+    /// duplicated some.
     private mutating func receivedDSACK(_ block: TCPSACKBlock, now: NIODeadline) -> Bool {
         let length = block.right.seqDistance(from: block.left)
-        guard length <= max(maxSndWnd, sendMSS) else { return false }  // larger than any window: bogus
+        guard length <= max(maxSndWnd, sendMSS) else { return false }
         dsackedSegments += max(1, (length + sendMSS - 1) / sendMSS)
         guard dsackedSegments <= counters.retransmissions else { return false }
-        let fromProbe = probeRetransmitted && probeEnd == block.right
         guard var current = episode, current.retransmissions > 0, block.left.seqGE(current.start),
             block.right.seqLE(current.end)
-        else { return !fromProbe }
+        else { return true }
         current.dsacks += 1
         episode = current
         counters.spuriousRetransmissions += 1
         if current.dsacks >= current.retransmissions, scoreboard.retransmissionsOutstanding == 0 {
             undoReduction(countRetransmissions: false)
         }
-        return !fromProbe
+        return true
     }
 
     /// RFC 8985 6.2 step 4: the reordering window grows by a step for each round trip that
     /// brings a D-SACK, and returns to one step after 16 recoveries without one.
-    private mutating func adaptReorderingWindow(dsack: TCPSACKBlock?) {
+    private mutating func adaptReorderingWindow(dsackSeen: Bool) {
         if let round = dsackRound, sndUna.seqGE(round) { dsackRound = nil }
-        guard dsack != nil, dsackRound == nil else { return }
+        guard dsackSeen, dsackRound == nil else { return }
         dsackRound = sndMax
         reorderingMultiplier = min(reorderingMultiplier + 1, Self.maximumReorderingMultiplier)
         reorderingPersistence = Self.reorderingPersistence

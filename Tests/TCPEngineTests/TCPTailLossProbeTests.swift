@@ -40,7 +40,12 @@ import TOUWire
         let before = c.stats.congestionWindow
         c.receive(peerACK(s(3), echo: c.timestampValue(at: at(120)), sack: [block(s(2), s(3))]), now: at(135))
         #expect(c.stats.congestionWindow >= before)
+        // The episode is over: ACKs for later data do not find a repaired loss in it either.
+        #expect(c.write(bytes(count: modernMSS)) == modernMSS)
+        #expect(c.drainPaced(at: at(136)).map(\.sequenceNumber) == [s(3)])
+        c.receive(peerACK(s(4), tsOffset: 2, echo: c.timestampValue(at: at(136))), now: at(146))
         #expect(c.stats.slowStartThreshold > 1 << 30)  // still in the first slow start
+        #expect(c.reorderingMultiplier == 1)
     }
 
     /// RFC 8985 7.4: the probe's copy filled the hole (no D-SACK follows): once an ACK goes past
