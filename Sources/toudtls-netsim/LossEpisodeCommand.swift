@@ -31,12 +31,7 @@ struct LossEpisodeCommand: ParsableCommand {
             }
             return value
         }
-        let choices = try algorithms.split(separator: ",").map { text -> CongestionChoice in
-            guard let choice = CongestionChoice(rawValue: text.lowercased()) else {
-                throw ValidationError("unknown congestion controller \"\(text)\" (newreno, cubic)")
-            }
-            return choice
-        }
+        let choices = try CongestionChoice.list(algorithms)
         standardError("RTT \(rttMilliseconds) ms, MSS \(mss), fastest of \(replays) replays, thread CPU time\n")
         standardError(
             pad("cc", 8) + pad("segments", 9) + pad("loss", 6) + pad("peak", 7) + pad("sender", 11)

@@ -62,12 +62,7 @@ struct Goodput: ParsableCommand {
             }
             return value
         }
-        let choices = try algorithms.split(separator: ",").map { text -> CongestionChoice in
-            guard let choice = CongestionChoice(rawValue: text.lowercased()) else {
-                throw ValidationError("unknown congestion controller \"\(text)\" (newreno, cubic)")
-            }
-            return choice
-        }
+        let choices = try CongestionChoice.list(algorithms)
         var outcomes: [GoodputBenchmark.Outcome] = []
         var unavailable: [String] = []
         let bandwidth = Int(megabits * 1_000_000)

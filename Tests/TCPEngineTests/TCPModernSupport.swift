@@ -79,6 +79,34 @@ enum Setup: String, CaseIterable, CustomTestStringConvertible, Sendable {
     var testDescription: String { rawValue }
 }
 
+/// An active open under `setup`, its SYN sent at t0 (SYN-SENT).
+func synSentConnection(_ setup: Setup) -> TCPConnection {
+    var connection = TCPConnection.connect(
+        localPort: localPort, remotePort: remotePort, configuration: setup.configuration,
+        initialSequenceNumber: localISS, now: t0)
+    _ = connection.drain(at: t0)
+    return connection
+}
+
+/// Forty segments written and the first ten in flight from 100 ms (paced, within a few ms).
+func tenSegmentsInFlight(_ setup: Setup) -> TCPConnection {
+    var connection = modernConnection(configuration: setup.configuration)
+    #expect(connection.write(bytes(count: 40 * modernMSS)) == 40 * modernMSS)
+    #expect(connection.drainPaced(at: at(100)).count == 10)
+    return connection
+}
+
+/// Ten segments in flight; at 113 ms 1-3 are SACKed, so RACK finds 0 lost and fast recovery
+/// resends it.
+func recoveringFirstSegment(_ setup: Setup) -> TCPConnection {
+    var connection = tenSegmentsInFlight(setup)
+    let echo = connection.timestampValue(at: at(100))
+    connection.receive(
+        peerACK(ourSegmentStart(0), echo: echo, sack: [block(ourSegmentStart(1), ourSegmentStart(4))]), now: at(113))
+    #expect(connection.drainPaced(at: at(113)).first?.sequenceNumber == ourSegmentStart(0))
+    return connection
+}
+
 extension TCPConnection {
     /// Everything sent from `now` while only the pacer holds segments back: its wakeups are
     /// taken as they come, up to `limit` later; other timers are left alone.

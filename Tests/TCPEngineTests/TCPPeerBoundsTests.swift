@@ -78,10 +78,7 @@ import TOUWire
     /// RFC 7323 2.2: the window in a SYN-ACK is never scaled, in a simultaneous open too.
     @Test(arguments: [Setup.modern, .shippedDefaults])
     func simultaneousOpenSYNACKWindowIsNotScaled(_ setup: Setup) {
-        var c = TCPConnection.connect(
-            localPort: localPort, remotePort: remotePort, configuration: setup.configuration,
-            initialSequenceNumber: localISS, now: t0)
-        _ = c.drain(at: t0)
+        var c = synSentConnection(setup)
         let options = TCPOptions(maximumSegmentSize: 1460, windowScale: 7, sackPermitted: true, timestamps: peerTS(0, echo: 0))
         c.receive(fromPeer(seq: remoteISS, ack: nil, flags: .syn, window: 1000, options: options), now: at(5))
         #expect(c.state == .synReceived)

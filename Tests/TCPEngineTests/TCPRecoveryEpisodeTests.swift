@@ -8,23 +8,12 @@ import TOUWire
 @Suite struct RecoveryEpisodeTests {
     let s = { (n: Int) in ourSegmentStart(n) }
 
-    /// Ten full segments in flight from 100 ms (with pacing, within a few milliseconds).
-    func loaded(_ setup: Setup) -> TCPConnection {
-        var c = modernConnection(configuration: setup.configuration)
-        #expect(c.write(bytes(count: 40 * modernMSS)) == 40 * modernMSS)
-        #expect(c.drainPaced(at: at(100)).count == 10)
-        return c
-    }
-
     /// An RTO during fast recovery is the same congestion event: ssthresh stays where recovery
     /// put it, however many RTOs follow (RFC 5681 4.2 "held constant", as Linux). CUBIC used to
     /// take 0.7 of the already reduced window on each, reaching 2 MSS after two.
     @Test(arguments: [Setup.modernCubic, .shippedDefaults])
     func timeoutsDuringRecoveryDoNotReduceAgain(_ setup: Setup) {
-        var c = loaded(setup)
-        let echo = c.timestampValue(at: at(100))
-        c.receive(peerACK(s(0), echo: echo, sack: [block(s(1), s(4))]), now: at(113))
-        #expect(c.drainPaced(at: at(113)).first?.sequenceNumber == s(0))
+        var c = recoveringFirstSegment(setup)
         let threshold = c.stats.slowStartThreshold
         #expect(threshold == 7 * modernMSS)  // 0.7 of ten segments
         // The retransmission is lost and the peer falls silent: two RTOs.
@@ -42,7 +31,7 @@ import TOUWire
     /// starts and ssthresh stays.
     @Test(arguments: [Setup.modern, .modernCubic, .shippedDefaults])
     func lostRetransmissionAfterATimeoutStartsNoNewRecovery(_ setup: Setup) {
-        var c = loaded(setup)
+        var c = tenSegmentsInFlight(setup)
         // Nothing comes back: a tail loss probe, then the RTO resends the first segment.
         var timeout = at(100)
         var resent: [TCPSegment] = []
@@ -70,7 +59,7 @@ import TOUWire
     /// the window stays reduced once that retransmission proves needed.
     @Test(arguments: Setup.allCases)
     func noUndoWhileAnotherRetransmissionIsOutstanding(_ setup: Setup) {
-        var c = loaded(setup)
+        var c = tenSegmentsInFlight(setup)
         let echo = c.timestampValue(at: at(100))
         c.receive(peerACK(s(0), echo: echo, sack: [block(s(1), s(3)), block(s(4), s(8))]), now: at(113))
         let resent = c.drainPaced(at: at(113)).map(\.sequenceNumber)
@@ -90,10 +79,7 @@ import TOUWire
     /// never resent the head and timed out.
     @Test(arguments: [Setup.modern, .shippedDefaults])
     func timeoutWithTheHeadSACKedForgetsSACKMarks(_ setup: Setup) {
-        var c = loaded(setup)
-        let echo = c.timestampValue(at: at(100))
-        c.receive(peerACK(s(0), echo: echo, sack: [block(s(1), s(4))]), now: at(113))
-        #expect(c.drainPaced(at: at(113)).first?.sequenceNumber == s(0))
+        var c = recoveringFirstSegment(setup)
         // The retransmission arrives, but the receiver has thrown 1-3 away.
         c.receive(peerACK(s(1), tsOffset: 2, echo: c.timestampValue(at: at(113))), now: at(125))
         var afterTimeout: [TCPSegment] = []

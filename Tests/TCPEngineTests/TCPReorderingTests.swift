@@ -9,19 +9,12 @@ import TOUWire
 @Suite struct ReorderingTests {
     let s = { (n: Int) in ourSegmentStart(n) }
 
-    func loaded(_ setup: Setup) -> TCPConnection {
-        var c = modernConnection(configuration: setup.configuration)
-        #expect(c.write(bytes(count: 40 * modernMSS)) == 40 * modernMSS)
-        #expect(c.drainPaced(at: at(100)).count == 10)
-        return c
-    }
-
     /// RFC 8985 6.2 step 3: newly SACKed data is taken in ascending order. The receiver lists the
     /// block of its latest arrival first; applied in that order the lower block looked
     /// reordered, and the reordering window then delayed every loss for the connection's life.
     @Test(arguments: [Setup.modern, .shippedDefaults])
     func blocksAreAppliedLowestFirst(_ setup: Setup) {
-        var c = loaded(setup)
+        var c = tenSegmentsInFlight(setup)
         c.receive(peerACK(s(1), echo: c.timestampValue(at: at(100)), sack: [block(s(5), s(7)), block(s(2), s(4))]), now: at(113))
         // Four SACKed segments above both holes and no reordering: both are lost at once.
         let resent = c.drainPaced(at: at(113)).map(\.sequenceNumber)
@@ -35,7 +28,7 @@ import TOUWire
     /// round trip that saw D-SACKs, not once per D-SACK.
     @Test(arguments: [Setup.modern, .shippedDefaults])
     func reorderingWindowGrowsOncePerRoundTrip(_ setup: Setup) {
-        var c = loaded(setup)
+        var c = tenSegmentsInFlight(setup)
         let echo = c.timestampValue(at: at(100))
         c.receive(peerACK(s(0), echo: echo, sack: [block(s(2), s(8))]), now: at(113))
         #expect(c.drainPaced(at: at(113)).map(\.sequenceNumber).prefix(2) == [s(0), s(1)])
@@ -59,14 +52,14 @@ import TOUWire
         c.receive(peerACK(s(3), echo: c.timestampValue(at: at(100)), sack: [block(s(2), s(3))]), now: at(135))
         #expect(c.reorderingMultiplier == 1)
 
-        var d = loaded(setup)
+        var d = tenSegmentsInFlight(setup)
         d.receive(peerACK(s(5), echo: d.timestampValue(at: at(100)), sack: [block(s(2), s(3))]), now: at(113))
         #expect(d.reorderingMultiplier == 1)
     }
 
     /// RFC 8985 6.2 step 4: after 16 recoveries without a D-SACK the multiplier returns to 1.
     @Test func reorderingWindowResetsAfterSixteenRecoveriesWithoutDSACK() {
-        var c = loaded(.modern)
+        var c = tenSegmentsInFlight(.modern)
         let echo = c.timestampValue(at: at(100))
         c.receive(peerACK(s(0), echo: echo, sack: [block(s(2), s(5))]), now: at(113))
         _ = c.drain(at: at(113))
@@ -102,10 +95,7 @@ import TOUWire
     /// spurious-retransmission check) must not drop to it.
     @Test(arguments: [Setup.modern, .shippedDefaults])
     func timestampSamplesDoNotDragTheMinimumRTTToZero(_ setup: Setup) {
-        var c = TCPConnection.connect(
-            localPort: localPort, remotePort: remotePort, configuration: setup.configuration,
-            initialSequenceNumber: localISS, now: t0)
-        _ = c.drain(at: t0)
+        var c = synSentConnection(setup)
         let options = TCPOptions(
             maximumSegmentSize: 1460, windowScale: 0, sackPermitted: true,
             timestamps: peerTS(0, echo: c.timestampValue(at: t0)))
