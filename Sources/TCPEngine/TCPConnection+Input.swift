@@ -291,17 +291,21 @@ extension TCPConnection {
         } else if let newest, !newest.retransmitted {
             sample = now - newest.sentAt
         }
+        var coarse = false
         if sample == nil, timestampsEnabled, let echo = segment.options.timestamps?.echoReply, echo != 0 {
-            // An echo from the future or from before the connection is not a measurement. The
-            // echo counts whole milliseconds: less than one is one (as Linux), or a fast path
-            // would measure 0 and take RACK's minimum RTT down with it.
+            // An echo from the future or from before the connection is not a measurement.
             let milliseconds = Int64(Int32(bitPattern: timestampNow(now) &- echo))
             let age = (now - createdAt).nanoseconds / 1_000_000
-            if milliseconds >= 0, milliseconds <= age { sample = .milliseconds(max(milliseconds, 1)) }
+            if milliseconds >= 0, milliseconds <= age {
+                sample = .milliseconds(milliseconds)
+                coarse = true
+            }
         }
         if let sample {
             rtt.sample(sample)
-            minimumRTTFilter.update(sample, at: now)
+            // An echo counts whole milliseconds: for the minimum, less than one is one (as Linux),
+            // or a fast path would measure 0 and take RACK's minimum RTT down with it.
+            minimumRTTFilter.update(coarse ? max(sample, .milliseconds(1)) : sample, at: now)
         }
         rtt.resetBackoff()
         consecutiveTimeouts = 0
