@@ -50,10 +50,31 @@ public protocol CongestionController: Sendable {
     mutating func onCongestionEvent(now: NIODeadline, bytesInFlight: Int)
     /// Recovery ended (everything outstanding at its start is acknowledged).
     mutating func onRecoveryExit(now: NIODeadline, bytesInFlight: Int)
-    /// The retransmission timer expired: collapse to the loss window.
-    mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int)
+    /// The retransmission timer expired: collapse to the loss window. `newCongestionEvent` is
+    /// false when the timeout extends an event already answered (fast recovery's, or an earlier
+    /// timeout's with no progress since): ssthresh is then held (RFC 5681 4.2).
+    mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int, newCongestionEvent: Bool)
+    /// Sending resumes with nothing in flight, `idle` after the last data segment went.
+    mutating func onSendResumed(now: NIODeadline, idle: TimeAmount, retransmissionTimeout: TimeAmount)
     /// Bytes per second to pace at, given the smoothed RTT.
     func pacingRate(smoothedRTT: TimeAmount) -> Double
+}
+
+/// RFC 5681 4.1 restart (Linux's tcp_cwnd_restart): after more than an RTO without sending, the
+/// window is halved per RTO idle, down to the restart window min(IW, cwnd), and ssthresh keeps
+/// three quarters of the old window so slow start climbs back quickly. Nil when not idle that long.
+func restartAfterIdle(
+    window: Int, slowStartThreshold: Int, initialWindow: Int, idle: TimeAmount, retransmissionTimeout: TimeAmount
+) -> (window: Int, slowStartThreshold: Int)? {
+    guard idle > retransmissionTimeout, retransmissionTimeout > .zero else { return nil }
+    let floor = min(initialWindow, window)
+    var restarted = window
+    var remaining = idle - retransmissionTimeout
+    while remaining > .zero, restarted > floor {
+        restarted /= 2
+        remaining = remaining - retransmissionTimeout
+    }
+    return (max(restarted, floor), max(slowStartThreshold, window / 2 + window / 4))
 }
 
 extension CongestionController {
@@ -128,9 +149,15 @@ enum AnyCongestionController: CongestionController {
             { $0.onRecoveryExit(now: now, bytesInFlight: bytesInFlight) })
     }
 
-    mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int) {
+    mutating func onSendResumed(now: NIODeadline, idle: TimeAmount, retransmissionTimeout: TimeAmount) {
         apply(
-            { $0.onRetransmissionTimeout(now: now, bytesInFlight: bytesInFlight) },
-            { $0.onRetransmissionTimeout(now: now, bytesInFlight: bytesInFlight) })
+            { $0.onSendResumed(now: now, idle: idle, retransmissionTimeout: retransmissionTimeout) },
+            { $0.onSendResumed(now: now, idle: idle, retransmissionTimeout: retransmissionTimeout) })
+    }
+
+    mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int, newCongestionEvent: Bool) {
+        apply(
+            { $0.onRetransmissionTimeout(now: now, bytesInFlight: bytesInFlight, newCongestionEvent: newCongestionEvent) },
+            { $0.onRetransmissionTimeout(now: now, bytesInFlight: bytesInFlight, newCongestionEvent: newCongestionEvent) })
     }
 }

@@ -17,6 +17,7 @@ public struct CubicController: CongestionController {
     private static let alpha = 3 * (1 - beta) / (1 + beta)
 
     private let mss: Int
+    private let initialWindow: Int
     private var window: Double
     public private(set) var slowStartThreshold = Int(Int32.max)
     private var hyStart = HyStartPlusPlus()
@@ -31,6 +32,7 @@ public struct CubicController: CongestionController {
 
     public init(mss: Int, initialWindow: Int) {
         self.mss = max(1, mss)
+        self.initialWindow = initialWindow
         self.window = Double(initialWindow)
     }
 
@@ -98,8 +100,26 @@ public struct CubicController: CongestionController {
         window = Double(slowStartThreshold)
     }
 
-    public mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int) {
-        reduce()
+    public mutating func onSendResumed(now: NIODeadline, idle: TimeAmount, retransmissionTimeout: TimeAmount) {
+        // RFC 9438 5.8 (Linux's CA_EVENT_TX_START): time without sending is not time on the
+        // curve, or the first ACK after a pause would jump the window toward a target far ahead.
+        if let start = epochStart { epochStart = min(start + idle, now) }
+        guard
+            let restart = restartAfterIdle(
+                window: congestionWindow, slowStartThreshold: slowStartThreshold, initialWindow: initialWindow,
+                idle: idle, retransmissionTimeout: retransmissionTimeout)
+        else { return }
+        window = Double(restart.window)
+        slowStartThreshold = restart.slowStartThreshold
+    }
+
+    public mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int, newCongestionEvent: Bool) {
+        if newCongestionEvent { slowStartThreshold = max(Int(window * Self.beta), 2 * mss) }
+        // RFC 9438 4.8: the first congestion avoidance after a timeout starts its curve at the
+        // window it then has (K = 0, W_max = that window), not at the maximum before the timeout.
+        windowMax = 0
+        epochStart = nil
+        hyStart.reset()
         window = Double(mss)
     }
 }

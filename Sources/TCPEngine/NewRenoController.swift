@@ -6,12 +6,14 @@ public struct NewRenoController: CongestionController {
     public private(set) var congestionWindow: Int
     public private(set) var slowStartThreshold = Int(Int32.max)
     private let mss: Int
+    private let initialWindow: Int
     private var bytesAckedInAvoidance = 0
     private var hyStart = HyStartPlusPlus()
     static let congestionWindowCap = 1 << 30
 
     public init(mss: Int, initialWindow: Int) {
         self.mss = max(1, mss)
+        self.initialWindow = initialWindow
         self.congestionWindow = initialWindow
     }
 
@@ -48,8 +50,18 @@ public struct NewRenoController: CongestionController {
         congestionWindow = slowStartThreshold
     }
 
-    public mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int) {
-        slowStartThreshold = max(bytesInFlight / 2, 2 * mss)
+    public mutating func onSendResumed(now: NIODeadline, idle: TimeAmount, retransmissionTimeout: TimeAmount) {
+        guard
+            let restart = restartAfterIdle(
+                window: congestionWindow, slowStartThreshold: slowStartThreshold, initialWindow: initialWindow,
+                idle: idle, retransmissionTimeout: retransmissionTimeout)
+        else { return }
+        (congestionWindow, slowStartThreshold) = restart
+        bytesAckedInAvoidance = 0
+    }
+
+    public mutating func onRetransmissionTimeout(now: NIODeadline, bytesInFlight: Int, newCongestionEvent: Bool) {
+        if newCongestionEvent { slowStartThreshold = max(bytesInFlight / 2, 2 * mss) }
         congestionWindow = mss
         bytesAckedInAvoidance = 0
         hyStart.reset()

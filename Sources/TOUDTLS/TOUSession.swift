@@ -268,6 +268,7 @@ final class TOUSession {
         if address != peerAddress, establishedReported, dtls?.lastDatagramAdvancedReceiveWindow == true {
             peerAddress = address
             addressChanges += 1
+            tcp?.pathChanged()
             unvalidatedPath = UnvalidatedPath(validationPoint: highestSequenceSent ?? 0, bytesReceived: 0)
         }
         if address == peerAddress, unvalidatedPath != nil {

@@ -3,20 +3,28 @@ import CommandLineSupport
 import Foundation
 import NIOCore
 
-/// The goodput benchmark on the simulator: a bulk sender over a bottleneck with a
-/// drop-tail queue, at several random loss rates, per congestion controller. A table goes to
-/// stderr and one JSON object to stdout.
+/// Benchmarks of the TCP engine on the simulator; `goodput` (the default) and `loss-episode`.
 @main
 struct NetSim: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "toudtls-netsim",
-        abstract: "Goodput of the TCP engine over a simulated bottleneck, beside loss-based predictions.",
-        version: toudtlsVersion)
+        abstract: "Benchmarks of the TCP engine over simulated links.",
+        version: toudtlsVersion,
+        subcommands: [Goodput.self, LossEpisodeCommand.self],
+        defaultSubcommand: Goodput.self)
 
     /// Usage errors exit 2 and name what is wrong; help and --version exit 0.
     static func main() async {
         await CommandLineTool.run(CommandLineTool.parse(NetSim.self), root: NetSim.self)
     }
+}
+
+/// The goodput benchmark on the simulator: a bulk sender over a bottleneck with a
+/// drop-tail queue, at several random loss rates, per congestion controller. A table goes to
+/// stderr and one JSON object to stdout.
+struct Goodput: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Goodput over a simulated bottleneck, beside loss-based predictions.")
 
     @Option(help: "Seconds of virtual time measured after slow start.")
     var duration: Double = 60
@@ -71,12 +79,7 @@ struct NetSim: ParsableCommand {
             }
             return value
         }
-        let choices = try algorithms.split(separator: ",").map { text -> CongestionChoice in
-            guard let choice = CongestionChoice(rawValue: text.lowercased()) else {
-                throw ValidationError("unknown congestion controller \"\(text)\" (newreno, cubic)")
-            }
-            return choice
-        }
+        let choices = try CongestionChoice.list(algorithms)
         var outcomes: [GoodputBenchmark.Outcome] = []
         var unavailable: [String] = []
         let bandwidth = Int(megabits * 1_000_000)
@@ -176,12 +179,13 @@ struct NetSim: ParsableCommand {
                 + (o.averageSmoothedRTTMilliseconds.map { String(format: "%.1fms", $0) } ?? "-")
                 + (o.bytesVerified ? "" : "  DATA MISMATCH") + "\n")
     }
+}
 
-    private func pad(_ text: String, _ width: Int) -> String {
-        text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
-    }
+/// Left-aligns `text` in a column of `width` characters (at least one space after it).
+func pad(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+}
 
-    private func standardError(_ text: String) {
-        FileHandle.standardError.write(Data(text.utf8))
-    }
+func standardError(_ text: String) {
+    FileHandle.standardError.write(Data(text.utf8))
 }

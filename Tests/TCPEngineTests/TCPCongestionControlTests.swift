@@ -28,7 +28,10 @@ private func sample(
         #expect(c.congestionWindow == 6 * mss)
         c.onAcknowledged(sample(acked: 3 * mss, now: at(20)))
         #expect(c.congestionWindow == 7 * mss)  // one MSS per window acknowledged
-        c.onRetransmissionTimeout(now: at(30), bytesInFlight: 7 * mss)
+        c.onRetransmissionTimeout(now: at(30), bytesInFlight: 7 * mss, newCongestionEvent: true)
+        #expect(c.congestionWindow == mss && c.slowStartThreshold == 3500)
+        // A second timeout with no progress between is the same event: ssthresh is held.
+        c.onRetransmissionTimeout(now: at(230), bytesInFlight: 7 * mss, newCongestionEvent: false)
         #expect(c.congestionWindow == mss && c.slowStartThreshold == 3500)
     }
 
@@ -76,8 +79,54 @@ private func sample(
         c.onCongestionEvent(now: t0, bytesInFlight: 100 * mss)  // W_max 100
         c.onCongestionEvent(now: at(10), bytesInFlight: 70 * mss)  // 70 < 100: W_max = 70 * 0.85
         #expect(c.congestionWindow == 49 * mss)
-        c.onRetransmissionTimeout(now: at(20), bytesInFlight: 49 * mss)
-        #expect(c.congestionWindow == mss && c.slowStartThreshold == 34_300)
+        // An RTO during that recovery is the same congestion event: ssthresh is held (RFC 5681
+        // 4.2); taking 0.7 of the reduced window again would reduce twice for one event.
+        c.onRetransmissionTimeout(now: at(20), bytesInFlight: 49 * mss, newCongestionEvent: false)
+        #expect(c.congestionWindow == mss && c.slowStartThreshold == 49 * mss)
+    }
+
+    /// RFC 9438 4.8: after a timeout the first congestion avoidance starts its curve at the window
+    /// it has then (K = 0, W_max = that window). Aiming at the maximum from before the timeout
+    /// (K = 9 s to return to 1000 segments) would grow the window by tens of segments per round.
+    @Test func timeoutRestartsTheCurveAtTheWindowOfCongestionAvoidance() {
+        var c = CubicController(mss: mss, initialWindow: 1000 * mss)
+        c.onRetransmissionTimeout(now: t0, bytesInFlight: 1000 * mss, newCongestionEvent: true)
+        #expect(c.congestionWindow == mss && c.slowStartThreshold == 700 * mss)
+        var now = t0
+        while c.isInSlowStart {
+            now = now + .milliseconds(1)
+            c.onAcknowledged(sample(acked: 2 * mss, now: now))
+        }
+        let start = c.congestionWindow
+        #expect(start >= 700 * mss && start <= 702 * mss)
+        // One second of congestion avoidance at a 40 ms RTT: W_cubic(1 s) = W + 0.4 segments;
+        // the Reno-friendly estimate (0.53 segments per RTT) leads with about 13 segments.
+        for _ in 0..<25 {
+            now = now + .milliseconds(40)
+            c.onAcknowledged(sample(acked: c.congestionWindow, now: now))
+        }
+        #expect(c.congestionWindow - start <= 16 * mss)
+    }
+
+    /// RFC 9438 5.8 (Linux's CA_EVENT_TX_START): a pause in sending shifts the epoch, so the
+    /// curve continues where it stopped instead of jumping by the time spent idle.
+    @Test func idleTimeIsNotCountedOnTheCurve() {
+        func window(pausing pause: TimeAmount) -> Int {
+            var c = CubicController(mss: mss, initialWindow: 1000 * mss)
+            c.onCongestionEvent(now: t0, bytesInFlight: 1000 * mss)
+            c.onRecoveryExit(now: t0, bytesInFlight: 700 * mss)
+            var now = t0
+            for round in 0..<20 {
+                if round == 10, pause > .zero {
+                    now = now + pause
+                    c.onSendResumed(now: now, idle: pause, retransmissionTimeout: .seconds(1))
+                }
+                now = now + .milliseconds(40)
+                c.onAcknowledged(sample(acked: c.congestionWindow, now: now))
+            }
+            return c.congestionWindow
+        }
+        #expect(window(pausing: .milliseconds(900)) == window(pausing: .zero))
     }
 
     @Test func renoFriendlyRegionKeepsUpWithReno() {

@@ -1,5 +1,6 @@
 import NIOCore
 @testable import TCPEngine
+import Testing
 import TOUWire
 
 // Templates for connections that negotiated SACK and timestamps.
@@ -23,13 +24,15 @@ func peerTS(_ offset: UInt32, echo: UInt32) -> TCPTimestamps {
 
 /// A connection that did an active open at t0 and got a SYN-ACK offering SACK and timestamps
 /// at 10 ms (srtt 10 ms, TS.Recent = peerTSBase).
-func modernConnection(configuration: TCPConfiguration = modernConfiguration(), peerWindow: UInt16 = 64000) -> TCPConnection {
+func modernConnection(
+    configuration: TCPConfiguration = modernConfiguration(), peerWindow: UInt16 = 64000, peerMSS: UInt16 = 1460
+) -> TCPConnection {
     var connection = TCPConnection.connect(
         localPort: localPort, remotePort: remotePort, configuration: configuration,
         initialSequenceNumber: localISS, now: t0)
     _ = connection.drain(at: t0)
     let options = TCPOptions(
-        maximumSegmentSize: 1460, windowScale: 0, sackPermitted: true,
+        maximumSegmentSize: peerMSS, windowScale: 0, sackPermitted: true,
         timestamps: peerTS(0, echo: connection.timestampValue(at: t0)))
     connection.receive(fromPeer(seq: remoteISS, flags: .syn, window: peerWindow, options: options), now: at(10))
     _ = connection.drain(at: at(10))
@@ -54,4 +57,75 @@ func peerACK(
     _ ack: UInt32, tsOffset: UInt32 = 1, echo: UInt32, sack: [TCPSACKBlock] = [], window: UInt16 = 64000
 ) -> TCPSegment {
     fromPeer(ack: ack, window: window, options: TCPOptions(sackBlocks: sack, timestamps: peerTS(tsOffset, echo: echo)))
+}
+
+/// The configurations a recovery test runs under: the isolated one the per-state tests use
+/// (SACK and timestamps, NewReno, no pacing, no Nagle, fixed buffers), the same with CUBIC, and
+/// the shipped defaults (CUBIC, pacing, Nagle, auto-tuning).
+enum Setup: String, CaseIterable, CustomTestStringConvertible, Sendable {
+    case modern, modernCubic, shippedDefaults
+
+    var configuration: TCPConfiguration {
+        switch self {
+        case .modern: return modernConfiguration()
+        case .modernCubic:
+            var configuration = modernConfiguration()
+            configuration.congestionControl = .cubic
+            return configuration
+        case .shippedDefaults: return TCPConfiguration()
+        }
+    }
+
+    var testDescription: String { rawValue }
+}
+
+/// An active open under `setup`, its SYN sent at t0 (SYN-SENT).
+func synSentConnection(_ setup: Setup) -> TCPConnection {
+    var connection = TCPConnection.connect(
+        localPort: localPort, remotePort: remotePort, configuration: setup.configuration,
+        initialSequenceNumber: localISS, now: t0)
+    _ = connection.drain(at: t0)
+    return connection
+}
+
+/// Forty segments written and the first ten in flight from 100 ms (paced, within a few ms).
+func tenSegmentsInFlight(_ setup: Setup) -> TCPConnection {
+    var connection = modernConnection(configuration: setup.configuration)
+    #expect(connection.write(bytes(count: 40 * modernMSS)) == 40 * modernMSS)
+    #expect(connection.drainPaced(at: at(100)).count == 10)
+    return connection
+}
+
+/// Ten segments in flight; at 113 ms 1-3 are SACKed, so RACK finds 0 lost and fast recovery
+/// resends it.
+func recoveringFirstSegment(_ setup: Setup) -> TCPConnection {
+    var connection = tenSegmentsInFlight(setup)
+    let echo = connection.timestampValue(at: at(100))
+    connection.receive(
+        peerACK(ourSegmentStart(0), echo: echo, sack: [block(ourSegmentStart(1), ourSegmentStart(4))]), now: at(113))
+    #expect(connection.drainPaced(at: at(113)).first?.sequenceNumber == ourSegmentStart(0))
+    return connection
+}
+
+extension TCPConnection {
+    /// Everything sent from `now` while only the pacer holds segments back: its wakeups are
+    /// taken as they come, up to `limit` later; other timers are left alone.
+    mutating func drainPaced(at now: NIODeadline, limit: TimeAmount = .milliseconds(20)) -> [TCPSegment] {
+        var out = drain(at: now)
+        while let wakeup = timers[.pacing], wakeup == nextDeadline, wakeup <= now + limit {
+            handleTimeout(now: wakeup)
+            out += drain(at: wakeup)
+        }
+        return out
+    }
+
+    /// Fires timers in order up to `end`, collecting what is sent.
+    mutating func runTimers(until end: NIODeadline) -> [TCPSegment] {
+        var out: [TCPSegment] = []
+        while let deadline = nextDeadline, deadline <= end {
+            handleTimeout(now: deadline)
+            out += drain(at: deadline)
+        }
+        return out
+    }
 }

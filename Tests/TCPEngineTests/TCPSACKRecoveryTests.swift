@@ -195,25 +195,6 @@ extension SACKReceiverTests {
         #expect(c.stats.rtoExpiries == 0)
     }
 
-    @Test func tailProbeThatRepairedALossReducesTheWindow() {
-        for probeArrivedAlone in [true, false] {
-            var c = modernConnection()
-            #expect(c.write(bytes(count: 3 * modernMSS)) == 3 * modernMSS)
-            _ = c.drain(at: at(100))
-            c.handleTimeout(now: at(120))
-            #expect(c.drain(at: at(120)).map(\.sequenceNumber) == [ourSegmentStart(2)])
-            // The echo tells which copy of the last segment completed the data.
-            let echo = c.timestampValue(at: probeArrivedAlone ? at(120) : at(100))
-            c.receive(peerACK(ourSegmentStart(3), echo: echo), now: at(135))
-            if probeArrivedAlone {
-                #expect(c.stats.congestionWindow == 2 * modernMSS)  // NewReno: half of 3 segments, at least 2
-            } else {
-                #expect(c.stats.congestionWindow == 10 * modernMSS)
-            }
-            #expect(c.stats.tailLossProbes == 1)
-        }
-    }
-
     @Test func tailLossProbeSendsNewDataWhenItHasSome() {
         var c = modernConnection()
         #expect(c.write(bytes(count: 12 * modernMSS)) == 12 * modernMSS)

@@ -1,0 +1,143 @@
+import NIOCore
+import TOUWire
+
+// Deadlines: the timer table, keepalive, and what each timer does when it fires (the loss
+// response to an RTO and the tail loss probe live in +Recovery).
+extension TCPConnection {
+    /// When `handleTimeout(now:)` is next due; complete only after `pollTransmit` returned nil.
+    public var nextDeadline: NIODeadline? {
+        guard let keepAlive = keepAliveDeadline else { return timers.earliest }
+        guard let stored = timers.earliest else { return keepAlive }
+        return min(stored, keepAlive)
+    }
+
+    /// Fires every timer due at `now`, in `TCPTimer`'s expiry order, keepalive last.
+    public mutating func handleTimeout(now: NIODeadline) {
+        for timer in TCPTimer.expiryOrder where timers.expire(timer, now: now) {
+            fire(timer, now: now)
+            if state == .closed { return }
+        }
+        if let deadline = keepAliveDeadline, deadline <= now {
+            keepAliveTimerExpired(now: now)
+        }
+    }
+
+    private mutating func fire(_ timer: TCPTimer, now: NIODeadline) {
+        switch timer {
+        case .timeWait: close(.normal)
+        case .delayedACK: ackNow = true
+        case .pacing: break  // sending resumes in the next pollTransmit
+        case .retransmission: retransmissionTimerExpired(now: now)
+        case .tailLossProbe: probeTimerExpired(now: now)
+        case .reordering: detectLosses(now: now)
+        case .persist: persistTimerExpired(now: now)
+        }
+    }
+
+    private mutating func retransmissionTimerExpired(now: NIODeadline) {
+        counters.rtoExpiries += 1
+        rtt.backOff()
+        switch state {
+        case .synSent, .synReceived:
+            synRetransmissions += 1
+            if synRetransmissions > configuration.synRetries {
+                close(.timedOut)
+            } else {
+                synPending = true
+            }
+            return
+        case .closed, .listen, .timeWait, .finWait2:
+            return
+        default:
+            break
+        }
+        guard !scoreboard.isEmpty else { return }
+        consecutiveTimeouts += 1
+        if sndWnd == 0 {
+            // The receiver closed its window and drops what we resend: these RTOs are window
+            // probes and do not count while it answers; silence for the longest RTO ends it (as
+            // Linux, which waits TCP_RTO_MAX).
+            if now - lastHeardAt > configuration.maximumRTO {
+                close(.timedOut)
+                return
+            }
+        } else {
+            countedTimeouts += 1
+            if countedTimeouts > configuration.maximumRetransmissions {
+                close(.timedOut)
+                return
+            }
+        }
+        enterTimeoutRecovery(now: now)
+    }
+
+    /// A zero-window probe: an ACK carrying SND.UNA-1, which the peer must answer with its
+    /// window without it consuming sequence space (as Linux does).
+    private mutating func persistTimerExpired(now: NIODeadline) {
+        unansweredProbes += 1
+        if unansweredProbes > configuration.maximumRetransmissions {
+            close(.timedOut)
+            return
+        }
+        persistBackoff += 1
+        enqueueControl(makeSegment(sequence: sndUna &- 1, flags: .ack, now: now))
+    }
+
+    private var persistInterval: TimeAmount {
+        var interval = rtt.rto
+        for _ in 0..<min(persistBackoff, 16) {
+            interval = interval + interval
+            if interval >= configuration.maximumRTO { return configuration.maximumRTO }
+        }
+        return interval
+    }
+
+    mutating func updatePersistTimer(now: NIODeadline) {
+        let waitingForWindow: Bool
+        switch state {
+        case .established, .closeWait, .finWait1, .closing, .lastAck:
+            waitingForWindow = sndWnd == 0 && sndMax == sndUna && sndMax.seqLT(sendLimit)
+        default:
+            waitingForWindow = false
+        }
+        if waitingForWindow {
+            if timers[.persist] == nil { timers[.persist] = now + persistInterval }
+        } else {
+            timers[.persist] = nil
+        }
+    }
+
+    /// Keepalive runs only on an idle, synchronized connection with nothing in flight.
+    private var keepAliveDeadline: NIODeadline? {
+        guard let keepAlive = configuration.keepAlive, scoreboard.isEmpty else { return nil }
+        switch state {
+        case .established, .closeWait, .finWait2: break
+        default: return nil
+        }
+        if keepAliveProbesSent == 0 { return lastHeardAt + keepAlive.idle }
+        return (lastKeepAliveAt ?? lastHeardAt) + keepAlive.interval
+    }
+
+    private mutating func keepAliveTimerExpired(now: NIODeadline) {
+        guard let keepAlive = configuration.keepAlive else { return }
+        if keepAliveProbesSent >= keepAlive.count {
+            close(.timedOut)
+            return
+        }
+        keepAliveProbesSent += 1
+        lastKeepAliveAt = now
+        // Like a zero-window probe: SND.UNA-1 forces an ACK without consuming sequence space.
+        enqueueControl(makeSegment(sequence: sndUna &- 1, flags: .ack, now: now))
+    }
+
+    /// Disarms everything that sends: retransmission, probes, reordering, pacing.
+    mutating func clearRetransmissionTimers() {
+        timers[.retransmission] = nil
+        timers[.persist] = nil
+        timers[.tailLossProbe] = nil
+        probePending = false
+        timers[.reordering] = nil
+        timers[.pacing] = nil
+        forceRetransmit = false
+    }
+}
