@@ -62,17 +62,7 @@ struct Goodput: ParsableCommand {
     @Flag(name: .customLong("loss-on-acks"), help: "Apply the random loss to the ACK direction too.")
     var lossOnACKs = false
 
-    @Flag(help: "Instead of goodput: the receiver's CPU per loss episode (first segment lost, the rest out of order).")
-    var receiverEpisode = false
-
-    @Option(help: "Comma-separated segments in flight for --receiver-episode.")
-    var episodeSegments = "4000,16000"
-
-    @Option(help: "Runs per size for --receiver-episode.")
-    var episodeRuns = 5
-
     func run() throws {
-        if receiverEpisode { return try runReceiverEpisodes() }
         let lossRates = try losses.split(separator: ",").map { text -> Double in
             guard let value = Double(text.trimmingCharacters(in: .whitespaces)), (0..<1).contains(value) else {
                 throw ValidationError("loss rate \"\(text)\" is not a fraction in [0, 1)")
@@ -129,26 +119,6 @@ struct Goodput: ParsableCommand {
         let json = try encoder.encode(report)
         FileHandle.standardOutput.write(json)
         FileHandle.standardOutput.write(Data("\n".utf8))
-    }
-
-    private func runReceiverEpisodes() throws {
-        let sizes = try episodeSegments.split(separator: ",").map { text -> Int in
-            guard let value = Int(text.trimmingCharacters(in: .whitespaces)), value > 1 else {
-                throw ValidationError("segment count \"\(text)\" is not an integer above 1")
-            }
-            return value
-        }
-        guard episodeRuns > 0 else { throw ValidationError("--episode-runs must be positive") }
-        print("receiver CPU per loss episode (first segment lost, the rest out of order, then the retransmission)")
-        print("segments  runs  min_ms  median_ms  us_per_segment(min)  acks")
-        for size in sizes {
-            let outcome = try ReceiverEpisodeBenchmark(segments: size, runs: episodeRuns).run()
-            let sorted = outcome.cpuSeconds.sorted()
-            let best = sorted[0]
-            let median = sorted[sorted.count / 2]
-            print(String(format: "%8d  %4d  %6.2f  %9.2f  %19.3f  %d", size, episodeRuns, best * 1e3, median * 1e3,
-                         best * 1e6 / Double(size), outcome.acknowledgments))
-        }
     }
 
     private func printTableHeader(_ shape: GoodputBenchmark) {
