@@ -69,29 +69,43 @@ struct DTLSRecordView {
     /// Handshake record whose first message is a ClientHello (msg_type 1).
     var isClientHello: Bool { type == 22 && epoch == 0 && body.first == 1 }
 
+    /// A ClientHello's cookie is empty (handshake header 12, version 2, random 32, session id 1 + n).
+    var isCookielessClientHello: Bool {
+        guard isClientHello, body.count > 12 + 2 + 32 else { return false }
+        let sessionIDLength = Int(body[body.startIndex + 46])
+        let cookieAt = body.startIndex + 47 + sessionIDLength
+        return cookieAt < body.endIndex && body[cookieAt] == 0
+    }
+
     /// Splits `payload` into whole records; a problem when the last one overruns or a header is cut.
-    static func tile(_ payload: ArraySlice<UInt8>) -> (records: [DTLSRecordView], problem: String?) {
+    /// A zero where a record type would be starts padding, which runs to the end (`padding` bytes).
+    static func tile(_ payload: ArraySlice<UInt8>) -> (records: [DTLSRecordView], padding: Int, problem: String?) {
         let bytes = Array(payload)
         let cursor = ByteCursor(bytes)
         var records: [DTLSRecordView] = []
         var position = 0
-        if bytes.isEmpty { return ([], "no DTLS record at all") }
+        if bytes.isEmpty { return ([], 0, "no DTLS record at all") }
         while position < bytes.count {
+            if bytes[position] == 0 {
+                let padding = bytes.count - position
+                let zeros = bytes[position...].allSatisfy { $0 == 0 }
+                return (records, padding, zeros ? nil : "padding of \(padding) bytes that are not all zero")
+            }
             guard let type = cursor.u8(at: position), let version = cursor.u16(at: position + 1),
                   let epoch = cursor.u16(at: position + 3), let sequenceHigh = cursor.u16(at: position + 5),
                   let sequenceLow = cursor.u32(at: position + 7), let length = cursor.u16(at: position + 11) else {
-                return (records, "record \(records.count) header cut short (\(bytes.count - position) bytes left)")
+                return (records, 0, "record \(records.count) header cut short (\(bytes.count - position) bytes left)")
             }
             let bodyStart = position + 13
             guard cursor.has(Int(length), at: bodyStart) else {
-                return (records, "record \(records.count) length \(length) overruns the datagram")
+                return (records, 0, "record \(records.count) length \(length) overruns the datagram")
             }
             records.append(DTLSRecordView(type: type, version: version, epoch: epoch,
                                           sequence: UInt64(sequenceHigh) << 32 | UInt64(sequenceLow),
                                           body: bytes[bodyStart..<bodyStart + Int(length)]))
             position = bodyStart + Int(length)
         }
-        return (records, nil)
+        return (records, 0, nil)
     }
 }
 
@@ -286,8 +300,14 @@ struct WireAudit {
             fail(datagram, "transform \(gue.transformType ?? 0)/\(gue.transformPayloadType ?? 0)/"
                  + "\(gue.transformInfo ?? 0), expected 1/6/0")
         }
-        let (records, problem) = DTLSRecordView.tile(gue.payload)
+        let (records, padding, problem) = DTLSRecordView.tile(gue.payload)
         if let problem { fail(datagram, "payload does not tile into DTLS records: \(problem)") }
+        // Only a ClientHello may be padded, and one without a cookie must be, to 1,200 bytes of UDP payload.
+        let lonelyClientHello = records.count == 1 && records[0].isClientHello
+        if padding > 0, !lonelyClientHello { fail(datagram, "\(padding) bytes of padding after records that are no ClientHello") }
+        if fromClient, lonelyClientHello, records[0].isCookielessClientHello, datagram.payload.count < 1200 {
+            fail(datagram, "a ClientHello without a cookie in \(datagram.payload.count) bytes, not padded to 1,200")
+        }
         var needsS = false
         for record in records {
             recordTypeCounts[record.type, default: 0] += 1

@@ -303,6 +303,8 @@ extension CapturedDatagram {
             while end + 13 <= payload.count, (20...23).contains(payload[end]), payload[end + 1] == 0xFE {
                 end += 13 + (Int(payload[end + 11]) << 8 | Int(payload[end + 12]))
             }
+            // Zeros after the records are a padded ClientHello's padding, not a second datagram.
+            if end < payload.count, payload[end...].allSatisfy({ $0 == 0 }) { return nil }
             return end > headerLength ? end : nil
         }
         // Plain: the next datagram of the run repeats this one's GUE header (same flags and SIDs).

@@ -272,5 +272,10 @@ struct PcapReaderTests {
         let flight = B.gue(proto: 59, t: true, source: 0x51, destination: 0xC1)
             + B.record(type: 22, body: [2, 0, 0, 1]) + B.record(type: 22, body: [11, 0, 0, 1])
         #expect(datagram(flight, fromClient: false).segmentationRun(secure: true).count == 1)
+
+        // A padded ClientHello is one datagram: its zeros are padding, not the next datagram of a run.
+        let hello = B.gue(proto: 59, t: true, source: 0xC1, destination: nil) + B.record(type: 22, body: [1, 0, 0, 1])
+        let padded = hello + [UInt8](repeating: 0, count: 1200 - hello.count)
+        #expect(datagram(padded, fromClient: true).segmentationRun(secure: true).count == 1)
     }
 }
