@@ -59,6 +59,12 @@ public struct TCPConfiguration: Sendable {
     public var noDelay: Bool
     /// Keepalive probes; nil (the default) sends none.
     public var keepAlive: TCPKeepAlive?
+    /// Data on the SYN, as TCP Fast Open (RFC 7413) does but without its cookie: what is written
+    /// before the SYN leaves rides on it (as much as one segment holds), a SYN's data is taken at
+    /// once, and the listening side may answer from SYN-RECEIVED, before the handshake's last
+    /// ACK. Without a cookie this is only safe where every segment is authenticated and cannot be
+    /// replayed (TCP inside DTLS); off by default.
+    public var fastOpen: Bool
 
     public init(maximumSegmentSize: Int = 1399) {
         self.maximumSegmentSize = maximumSegmentSize
@@ -78,6 +84,7 @@ public struct TCPConfiguration: Sendable {
         self.pacing = true
         self.noDelay = false
         self.keepAlive = nil
+        self.fastOpen = false
     }
 
     /// MSL; TIME-WAIT lasts twice this. Stored as `timeWaitDuration` so the two never disagree.

@@ -72,6 +72,10 @@ extension TCPConnection {
         raiseAdvertisedEdge(to: rcvNxt.seqAdvanced(by: min(offerableReceiveSpace, Int(UInt16.max))))
         if flags.contains(.ack) {
             sndWl2 = ack
+            // Data on our SYN counts as sent once the SYN-ACK covers it; what it does not cover (a
+            // peer without fast open) goes again as ordinary data.
+            counters.bytesSent += max(0, ack.seqDistance(from: iss &+ 1))
+            if ack.seqLT(sndMax) { sndMax = ack }
             acknowledge(upTo: ack, segment: segment, now: now)
             ackNow = true
             enterEstablished()

@@ -20,6 +20,10 @@ extension TCPConnection {
             return synPending ? sendSYN(now: now) : nil
         case .synReceived:
             if synPending { return sendSYN(now: now) }
+            // Fast open: the answer may follow the SYN-ACK before the handshake's last ACK.
+            if configuration.fastOpen, synSentAt != nil, let segment = sendNewData(now: now, probe: false) {
+                return segment
+            }
             return ackNow ? makeSegment(sequence: sndMax, flags: .ack, now: now) : nil
         case .timeWait, .finWait2:
             // Nothing left to send but acknowledgments (a retransmitted FIN in TIME-WAIT).
@@ -71,8 +75,17 @@ extension TCPConnection {
             options.sackPermitted = sackEnabled  // timestamps are added by makeSegment
         }
         let flags: TCPFlags = state == .synSent ? .syn : [.syn, .ack]
-        let segment = makeSegment(sequence: iss, flags: flags, options: options, now: now)
-        sndMax = iss &+ 1
+        // Fast open: what the application has written rides on the SYN, and a resent SYN carries
+        // it again (it is unacknowledged until the SYN-ACK covers it).
+        var payload = ByteBuffer()
+        if state == .synSent, configuration.fastOpen, !sendBuffer.isEmpty {
+            let room = max(0, configuration.advertisedMSS - options.encodedLength)
+            payload = sendBuffer.slice(offset: 0, length: min(room, sendBuffer.count))
+        }
+        let segment = makeSegment(sequence: iss, flags: flags, options: options, payload: payload, now: now)
+        // A resent SYN-ACK leaves alone what was sent after it (fast open, SYN-RECEIVED).
+        let end = iss &+ 1 &+ UInt32(payload.readableBytes)
+        if sndMax.seqLT(end) { sndMax = end }
         if timers[.retransmission] == nil { timers[.retransmission] = now + rtt.rto }
         return segment
     }
@@ -94,8 +107,10 @@ extension TCPConnection {
             guard windowRoom > 0, outstanding == 0 || 2 * windowRoom >= maxSndWnd else { return nil }
             length = windowRoom
         }
-        // Nagle: one small segment in flight at a time, unless a FIN follows it anyway.
-        if !configuration.noDelay, !probe, length < sendMSS, length == unsent, outstanding > 0,
+        // Nagle: one small segment in flight at a time, unless a FIN follows it anyway. Our SYN
+        // is no data: a fast-open answer in SYN-RECEIVED does not wait for it to be acknowledged.
+        let dataOutstanding = synWasAcknowledged ? outstanding : max(0, outstanding - 1)
+        if !configuration.noDelay, !probe, length < sendMSS, length == unsent, dataOutstanding > 0,
             !finQueued, length > 0
         {
             return nil

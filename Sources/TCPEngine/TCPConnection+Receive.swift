@@ -132,7 +132,7 @@ extension TCPConnection {
         autotuneMark = counters.bytesReceived
     }
 
-    private mutating func signalReadable() {
+    mutating func signalReadable() {
         guard !readableEventPending else { return }
         readableEventPending = true
         events.append(.readable)

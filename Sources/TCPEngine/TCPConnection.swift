@@ -234,6 +234,19 @@ public struct TCPConnection {
             offersWindowScale: syn.options.windowScale != nil, now: now)
         connection.counters.segmentsReceived = 1
         connection.learnPeerSYN(syn)
+        // Fast open: the SYN's data is the stream's first bytes, readable at once; the SYN-ACK
+        // acknowledges it. Otherwise it is ignored, and the peer sends it again.
+        if configuration.fastOpen, syn.payload.readableBytes > 0 {
+            let data = syn.payload.getSlice(at: syn.payload.readerIndex,
+                                            length: min(syn.payload.readableBytes, configuration.receiveBufferSize))
+                ?? ByteBuffer()
+            connection.receiveBuffer.appendInOrder(data)
+            connection.rcvNxt = connection.rcvNxt.seqAdvanced(by: data.readableBytes)
+            connection.lastACKSent = connection.rcvNxt
+            connection.advertisedEdge = connection.rcvNxt
+            connection.counters.bytesReceived += data.readableBytes
+            connection.signalReadable()
+        }
         return connection
     }
 

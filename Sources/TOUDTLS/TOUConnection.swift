@@ -44,11 +44,21 @@ public final class TOUConnection: Sendable {
 
     /// Connects to `host`:`port` over UDP and completes the DTLS and TCP handshakes. `host` is a
     /// name or an IP address; an IPv6 address may be in brackets (`[::1]`).
+    ///
+    /// `initialData` (say, a request) is sent first: with DTLS, as much of it as one segment holds
+    /// rides on the TCP SYN, which leaves with the client's DTLS Finished, so a server that
+    /// answers at once gets its answer here two round trips after `connect` starts (three if the
+    /// listener asks for a cookie). The rest follows as ordinary data. At most `sendBufferSize` bytes.
     /// - Throws: `TOUError` (configuration, unreachable, handshake or certificate failures, timeout).
-    public static func connect(host: String, port: Int, configuration: TOUConfiguration) async throws -> TOUConnection {
+    public static func connect(host: String, port: Int, configuration: TOUConfiguration,
+                               initialData: ByteBuffer? = nil) async throws -> TOUConnection {
         try configuration.validate()
         guard (1...65_535).contains(port) else {
             throw TOUError.invalidConfiguration("port \(port) is outside 1...65535")
+        }
+        if let initialData, initialData.readableBytes > configuration.sendBufferSize {
+            throw TOUError.invalidConfiguration("initial data of \(initialData.readableBytes) bytes exceeds the "
+                                                + "\(configuration.sendBufferSize)-byte send buffer")
         }
         let context: DTLSContext? = configuration.security == .dtls ? try configuration.makeClientContext() : nil
         let loop = MultiThreadedEventLoopGroup.singleton.next()
@@ -73,7 +83,7 @@ public final class TOUConnection: Sendable {
         let saved = cache?.session(serverName: serverName, port: port)
         loop.execute {
             endpoint.startClientSession(serverName: serverName, peer: remote, innerRemotePort: UInt16(port),
-                                        resuming: saved, promise: promise)
+                                        resuming: saved, initialData: initialData, promise: promise)
         }
         do {
             let connection = try await promise.futureResult.get()

@@ -83,13 +83,14 @@ final class TOUEndpoint: @unchecked Sendable {
 
     /// Starts the one session of a client endpoint; the promise completes once TCP is established.
     func startClientSession(serverName: String, peer: SocketAddress, innerRemotePort: UInt16,
-                            resuming saved: TOUSavedSession? = nil, promise: EventLoopPromise<TOUConnection>) {
+                            resuming saved: TOUSavedSession? = nil, initialData: ByteBuffer? = nil,
+                            promise: EventLoopPromise<TOUConnection>) {
         let now = NIODeadline.now()
         let session: TOUSession
         do {
             session = try TOUSession.initiate(context: dtlsContext, serverName: serverName, peer: peer,
                                               parameters: parameters, innerRemotePort: innerRemotePort,
-                                              resuming: saved?.saved, now: now)
+                                              resuming: saved?.saved, initialData: initialData, now: now)
         } catch {
             promise.fail(error)
             closeSocket()

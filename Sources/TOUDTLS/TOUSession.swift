@@ -60,6 +60,8 @@ final class TOUSession {
     private let innerRemotePort: UInt16
 
     @exclusivity(unchecked) private var dtls: DTLSConnection?
+    /// Initiator: what the application gave `connect` to send first, until TCP starts.
+    private var initialData: ByteBuffer?
     @exclusivity(unchecked) private(set) var tcp: TCPConnection?
 
     @exclusivity(unchecked) private var outbound = OutboundQueue()
@@ -123,9 +125,11 @@ final class TOUSession {
     /// A new connection attempt with a fresh SID (secure: starts the DTLS handshake; plain: sends the SYN).
     static func initiate(context: DTLSContext?, serverName: String, peer: SocketAddress,
                          parameters: SessionParameters, innerRemotePort: UInt16,
-                         resuming saved: DTLSSavedSession? = nil, now: NIODeadline) throws(TOUError) -> TOUSession {
+                         resuming saved: DTLSSavedSession? = nil, initialData: ByteBuffer? = nil,
+                         now: NIODeadline) throws(TOUError) -> TOUSession {
         let session = TOUSession(role: .initiator, localSID: SessionID.random(), remoteSID: nil, peer: peer,
                                  parameters: parameters, innerRemotePort: innerRemotePort, now: now)
+        if let initialData, initialData.readableBytes > 0 { session.initialData = initialData }
         switch parameters.security {
         case .dtls:
             guard let context else { throw .invalidConfiguration("DTLS session without a DTLS context") }
@@ -193,6 +197,8 @@ final class TOUSession {
         configuration.sendBufferSize = parameters.sendBufferSize
         configuration.noDelay = parameters.noDelay
         configuration.congestionControl = parameters.congestionControl
+        // Data on the SYN needs no cookie here: every segment is authenticated and replay-protected.
+        configuration.fastOpen = parameters.security == .dtls
         return configuration
     }
 
@@ -200,6 +206,11 @@ final class TOUSession {
         tcp = TCPConnection.connect(localPort: SessionID.randomEphemeralPort(), remotePort: innerRemotePort,
                                     configuration: tcpConfiguration(),
                                     initialSequenceNumber: SessionID.randomISN(), now: now)
+        // The application's first bytes ride on the SYN (as much as it holds; the rest follows).
+        if let data = initialData {
+            initialData = nil
+            _ = tcp?.write(data)
+        }
     }
 
     // MARK: Network side
@@ -497,6 +508,12 @@ final class TOUSession {
             if let connection = TCPConnection.accept(syn: segment, configuration: tcpConfiguration(),
                                                      initialSequenceNumber: SessionID.randomISN(), now: now) {
                 tcp = connection
+                // Both DTLS Finished messages have verified: the application gets the connection
+                // now, reads the SYN's data and may answer before TCP's last ACK (fast open).
+                if parameters.security == .dtls, !establishedReported {
+                    establishedReported = true
+                    events.append(.established)
+                }
             } else {
                 malformedSegments += 1
             }
@@ -508,9 +525,9 @@ final class TOUSession {
         while let event = tcp?.pollEvent() {
             switch event {
             case .connected:
+                handshakeDeadline = nil
                 if !establishedReported {
                     establishedReported = true
-                    handshakeDeadline = nil
                     events.append(.established)
                 }
             case .readable:

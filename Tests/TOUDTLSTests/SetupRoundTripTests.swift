@@ -13,15 +13,13 @@ struct SetupRoundTripTests {
 
     static let oneWayDelayMilliseconds = 100
 
-    /// Today's values, asserted as upper bounds. The initiator's SYN follows its Finished without
-    /// data, and the target answers only from ESTABLISHED, so the request leaves after the SYN-ACK:
-    /// 3 round trips, one more for a cookie exchange. Once the SYN carries the first bytes and the
-    /// target answers in SYN-RECEIVED (wire-format.md, "Fast setup"), tighten to 2 / 3 / 2 (and, if
-    /// the request must then reach the library before connect returns, write it that way below).
+    /// The wire format's "Fast setup": the request rides on the SYN, which follows the client's
+    /// Finished, and the listener answers from SYN-RECEIVED, right behind its own Finished and
+    /// SYN-ACK: 2 round trips, one more for a cookie exchange.
     enum Bound {
-        static let cookieless = 3.0
-        static let alwaysCookie = 4.0
-        static let resumed = 3.0
+        static let cookieless = 2.0
+        static let alwaysCookie = 3.0
+        static let resumed = 2.0
     }
 
     struct Measurement: CustomStringConvertible {
@@ -42,7 +40,7 @@ struct SetupRoundTripTests {
         }
     }
 
-    /// Connects through `relay`, writes one byte right after connect, and waits for the listener's echo.
+    /// Connects through `relay` with one byte to send first (on the SYN), and waits for the echo.
     static func measure(_ listener: TOUListener, through relay: DelayRelay,
                         client: TOUConfiguration) async throws -> Measurement {
         let server = Task {
@@ -55,8 +53,8 @@ struct SetupRoundTripTests {
             }
         }
         let start = DelayRelay.now()
-        let connection = try await TOUConnection.connect(host: "127.0.0.1", port: Int(relay.port), configuration: client)
-        try await connection.write(ByteBuffer(string: "x"))
+        let connection = try await TOUConnection.connect(host: "127.0.0.1", port: Int(relay.port), configuration: client,
+                                                         initialData: ByteBuffer(string: "x"))
         var inbound = connection.inbound.makeAsyncIterator()
         let answer = try await inbound.next()
         let answered = DelayRelay.now()
@@ -100,7 +98,7 @@ struct SetupRoundTripTests {
         return configuration
     }
 
-    @Test("full handshake without a cookie: at most 3 round trips to the first response byte (2 once the SYN carries data)")
+    @Test("full handshake without a cookie: at most 2 round trips to the first response byte")
     func cookieless() async throws {
         let (listener, relay) = try await Self.listenerBehindRelay(E2E.serverConfiguration())
         defer { relay.stop() }
@@ -113,7 +111,7 @@ struct SetupRoundTripTests {
         try await listener.close()
     }
 
-    @Test("full handshake with a cookie exchange (alwaysRequireCookie): at most 4 round trips (3 once the SYN carries data)")
+    @Test("full handshake with a cookie exchange (alwaysRequireCookie): at most 3 round trips")
     func alwaysCookie() async throws {
         var configuration = E2E.serverConfiguration()
         configuration.alwaysRequireCookie = true
@@ -127,7 +125,7 @@ struct SetupRoundTripTests {
         try await listener.close()
     }
 
-    @Test("resumed handshake: at most 3 round trips (2 once the SYN carries data)")
+    @Test("resumed handshake: at most 2 round trips")
     func resumed() async throws {
         let (listener, relay) = try await Self.listenerBehindRelay(E2E.serverConfiguration())
         defer { relay.stop() }
