@@ -40,7 +40,10 @@ struct CatRunner: Sendable {
         if let path = command.sessionFile, let saved = SessionFile.load(path, serverName: serverName, warn: warn) {
             configuration.sessionCache?.insert(saved, port: command.port)
         }
-        let connection = try await TOUConnection.connect(host: host, port: command.port, configuration: configuration)
+        // What stdin already holds goes first: as much of it as fits rides on the TCP SYN.
+        let first = await streams.readAvailableNow(maximum: 64 << 10)
+        let connection = try await TOUConnection.connect(host: host, port: command.port, configuration: configuration,
+                                                         initialData: first)
         if let path = command.sessionFile {
             if let refusal = connection.resumptionRefusal { warn("not resuming the session in \(path): \(refusal)") }
             if let fresh = connection.resumableSession { SessionFile.save(fresh, to: path, warn: warn) }

@@ -57,6 +57,28 @@ final class StandardStreams: Sendable {
         }
     }
 
+    /// What stdin holds right now, without waiting (at most `maximum` bytes): nil when nothing is
+    /// there yet. End of file is remembered for the next `read`.
+    func readAvailableNow(maximum: Int) async -> ByteBuffer? {
+        await withCheckedContinuation { continuation in
+            inputQueue.async { [inputEnded] in
+                var buffer = ByteBufferAllocator().buffer(capacity: maximum)
+                while !inputEnded.value, buffer.writableBytes > 0 {
+                    var descriptor = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
+                    guard poll(&descriptor, 1, 0) == 1 else { break }
+                    var result = 0
+                    buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { pointer in
+                        result = Glibc.read(0, pointer.baseAddress, pointer.count)
+                        return max(result, 0)
+                    }
+                    if result < 0, errno == EINTR { continue }
+                    if result <= 0 { inputEnded.value = true }
+                }
+                continuation.resume(returning: buffer.readableBytes > 0 ? buffer : nil)
+            }
+        }
+    }
+
     /// Writes all of `buffer` to stdout.
     func write(_ buffer: ByteBuffer) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
