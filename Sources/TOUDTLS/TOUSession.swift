@@ -24,6 +24,10 @@ struct SessionParameters {
     var sendBufferSize: Int
     var noDelay: Bool
     var congestionControl: TCPCongestionControlAlgorithm
+    /// The wire format's "Fast setup" (padded ClientHello, SYN after the initiator's Finished with
+    /// data on it, the target answering from SYN-RECEIVED). Off reproduces the earlier sequence,
+    /// SYN after the whole DTLS handshake, which a peer may still use (interop tests).
+    var fastSetup = true
 
     init(_ configuration: TOUConfiguration) {
         security = configuration.security
@@ -198,7 +202,7 @@ final class TOUSession {
         configuration.noDelay = parameters.noDelay
         configuration.congestionControl = parameters.congestionControl
         // Data on the SYN needs no cookie here: every segment is authenticated and replay-protected.
-        configuration.fastOpen = parameters.security == .dtls
+        configuration.fastOpen = parameters.security == .dtls && parameters.fastSetup
         return configuration
     }
 
@@ -474,6 +478,7 @@ final class TOUSession {
                 switch event {
                 case .handshakeCompleted:
                     dataRecordOverhead = dtls?.recordOverhead ?? 0
+                    if role == .initiator, tcp == nil, !parameters.fastSetup { startTCP(now: now) }
                     // The initiator's Finished verified: it receives at its address.
                     unprovenAttempt = nil
                 case .closeNotifyReceived:
@@ -484,7 +489,7 @@ final class TOUSession {
             }
             // DTLS False Start (RFC 7918): the initiator's SYN follows its Finished at once, in
             // the same flight, without waiting for the target's Finished.
-            if role == .initiator, tcp == nil, !isFinished, let dtls, dtls.canWriteApplicationData {
+            if parameters.fastSetup, role == .initiator, tcp == nil, !isFinished, let dtls, dtls.canWriteApplicationData {
                 dataRecordOverhead = dtls.recordOverhead
                 startTCP(now: now)
             }
@@ -510,7 +515,7 @@ final class TOUSession {
                 tcp = connection
                 // Both DTLS Finished messages have verified: the application gets the connection
                 // now, reads the SYN's data and may answer before TCP's last ACK (fast open).
-                if parameters.security == .dtls, !establishedReported {
+                if parameters.security == .dtls, parameters.fastSetup, !establishedReported {
                     establishedReported = true
                     events.append(.established)
                 }
@@ -659,7 +664,7 @@ final class TOUSession {
                 GUEHeader.secure(carrying: $0, localSID: localSID, remoteSID: remoteSID)
             } ?? GUEHeader.secure(source: localSID, destination: remoteSID)
             let size = header.encodedLength + datagram.readableBytes
-            let padding = role == .initiator && summary?.clientHelloHasCookie == false
+            let padding = parameters.fastSetup && role == .initiator && summary?.clientHelloHasCookie == false
                 ? max(0, DTLSDatagramSummary.paddedClientHelloSize - size) : 0
             var framed = allocator.buffer(capacity: size + padding)
             header.write(into: &framed)

@@ -34,17 +34,43 @@ struct TOUSessionTests {
         var initiatorAddress = TOUSessionTests.clientAddress
         var targetEvents: [SessionEvent] = []
 
-        init(parameters: SessionParameters) throws {
+        /// What the link does with a datagram, per direction.
+        enum LinkAction { case deliver, drop, hold, duplicate }
+        var toTarget: (GUEHeader, ByteBuffer) -> LinkAction = { _, _ in .deliver }
+        var toInitiator: (GUEHeader, ByteBuffer) -> LinkAction = { _, _ in .deliver }
+        /// Datagrams held by the link, until `release`.
+        var heldForTarget: [(GUEHeader, ByteBuffer)] = []
+        var heldForInitiator: [(GUEHeader, ByteBuffer)] = []
+        /// The target answers a padded cookieless ClientHello at once, as a listener not under pressure.
+        var admitWithoutCookie = false
+
+        init(parameters: SessionParameters, targetParameters: SessionParameters? = nil,
+             initialData: ByteBuffer? = nil) throws {
             let clientContext = try DTLSContext.client(trustRootsPEM: try pem("ca.pem"))
             serverContext = try DTLSContext.server(certificateChainPEM: try pem("server.pem"),
                                                    privateKeyPEM: try pem("server.key"))
             initiator = try TOUSession.initiate(context: clientContext, serverName: "localhost",
                                                 peer: serverAddress, parameters: parameters,
-                                                innerRemotePort: 6080, now: .now())
-            self.parameters = parameters
+                                                innerRemotePort: 6080, initialData: initialData, now: .now())
+            self.parameters = targetParameters ?? parameters
         }
 
+        /// The target's parameters.
         let parameters: SessionParameters
+
+        /// Delivers what the link held, in the order it was held.
+        func release() {
+            let now = NIODeadline.now()
+            let forTarget = heldForTarget
+            let forInitiator = heldForInitiator
+            heldForTarget = []
+            heldForInitiator = []
+            for (header, payload) in forTarget { deliverToTarget(header: header, payload: payload, now: now) }
+            for (header, payload) in forInitiator {
+                initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
+                initiator.pump(now: now)
+            }
+        }
 
         /// Moves datagrams both ways until nothing moves.
         func run(maximumRounds: Int = 10_000) throws {
@@ -57,7 +83,14 @@ struct TOUSessionTests {
                     let header = try GUEHeader.parse(from: &payload, mode: .secure)
                     fromInitiator.append((header, payload))
                     order.append(true)
-                    deliverToTarget(header: header, payload: payload, now: now)
+                    switch toTarget(header, payload) {
+                    case .deliver: deliverToTarget(header: header, payload: payload, now: now)
+                    case .drop: break
+                    case .hold: heldForTarget.append((header, payload))
+                    case .duplicate:
+                        deliverToTarget(header: header, payload: payload, now: now)
+                        deliverToTarget(header: header, payload: payload, now: now)
+                    }
                 }
                 if let target {
                     while let datagram = target.pollDatagram() {
@@ -66,22 +99,30 @@ struct TOUSessionTests {
                         let header = try GUEHeader.parse(from: &payload, mode: .secure)
                         fromTarget.append((header, payload))
                         order.append(false)
-                        initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
-                        initiator.pump(now: now)
+                        let action = toInitiator(header, payload)
+                        if action == .hold { heldForInitiator.append((header, payload)) }
+                        guard action == .deliver || action == .duplicate else { continue }
+                        for _ in 0..<(action == .duplicate ? 2 : 1) {
+                            initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
+                            initiator.pump(now: now)
+                        }
                     }
                 }
                 while let event = initiator.pollEvent() { initiatorEvents.append(event) }
                 while let event = target?.pollEvent() { targetEvents.append(event) }
-                if !moved, !runTimersDueSoon() { return }
+                if !moved, !runTimersDueSoon(horizon: timerHorizon) { return }
             }
         }
+
+        /// How far ahead `run` waits for timers; raise it to let a retransmission timer fire.
+        var timerHorizon: TimeAmount = .milliseconds(100)
 
         /// Pacing and delayed ACKs hold segments for a few milliseconds of real time: wait for
         /// timers due within 100 ms and fire them. False when none is (handshake and idle timers
         /// are seconds away, so the pair goes quiet).
-        private func runTimersDueSoon() -> Bool {
+        private func runTimersDueSoon(horizon: TimeAmount) -> Bool {
             let sessions = [initiator] + (target.map { [$0] } ?? [])
-            guard let next = sessions.compactMap(\.nextDeadline).min(), next < .now() + .milliseconds(100) else {
+            guard let next = sessions.compactMap(\.nextDeadline).min(), next < .now() + horizon else {
                 return false
             }
             let wait = next - .now()
@@ -104,8 +145,13 @@ struct TOUSessionTests {
             let key = PeerKey(address: address, port: 40_000, sid: source)
             let derived = admission.derivedSID(for: key)
             let acceptable = header.destinationSID == derived ? admission.acceptableCookies(for: key) : []
+            let summary = DTLSDatagramSummary.scan(payload)
+            let size = header.encodedLength + payload.readableBytes
+            let withoutCookie = admitWithoutCookie && summary?.clientHelloHasCookie == false
+                && size >= DTLSDatagramSummary.paddedClientHelloSize
             switch serverContext.listen(datagram: payload, cookieToIssue: admission.cookieToIssue(for: key),
-                                        acceptableCookies: acceptable, mtu: 1448, now: now) {
+                                        acceptableCookies: acceptable, requireCookie: !withoutCookie,
+                                        mtu: 1448, now: now) {
             case .helloVerifyRequest(let request):
                 var datagram = ByteBufferAllocator().buffer(capacity: 64)
                 GUEHeader.secure(source: derived, destination: source).write(into: &datagram)
@@ -118,7 +164,8 @@ struct TOUSessionTests {
                 initiator.pump(now: now)
             case .accepted(let connection):
                 target = TOUSession.accept(dtls: connection, localSID: derived, remoteSID: source,
-                                           peer: clientAddress, parameters: parameters, now: now)
+                                           peer: clientAddress, parameters: parameters,
+                                           unprovenBytesReceived: withoutCookie ? size : nil, now: now)
             case .dropped:
                 break
             }
