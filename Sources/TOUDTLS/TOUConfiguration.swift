@@ -93,6 +93,9 @@ public struct TOUConfiguration: Sendable {
     /// Client: sessions saved for abbreviated handshakes with servers that issue tickets, shared
     /// by the copies of this configuration; nil makes every handshake a full one.
     public var sessionCache: TOUSessionCache? = TOUSessionCache()
+    /// Client: the DTLS context built from the PEM material, reused while that material is the same
+    /// (parsing a CA bundle for every connect cost more than a handshake's own cryptography).
+    let clientContexts = ClientContextCache()
 
     /// Where the library logs; silent unless the application provides a logger.
     public var logger: Logger = Logger(label: "toudtls", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -158,16 +161,22 @@ public struct TOUConfiguration: Sendable {
         guard let trustRoots else {
             throw .invalidConfiguration("a DTLS client needs trust roots (--ca) to verify the server")
         }
+        // Read every time, so new files on disk take effect; parsed only when they changed.
         let roots = try trustRoots.load()
         let chain = try certificateChain?.load()
         let key = try privateKey?.load()
         if (chain == nil) != (key == nil) {
             throw .invalidConfiguration("a client certificate needs both a certificate chain and a private key")
         }
+        let material = ClientContextCache.Material(trustRoots: roots, certificateChain: chain, privateKey: key,
+                                                   pins: pinnedPublicKeys)
+        if let context = clientContexts.context(for: material) { return context }
         do {
             let pins = try pinnedPublicKeys.map { pin throws(DTLSError) in try DTLSContext.publicKeyPin(parsing: pin) }
-            return try DTLSContext.client(trustRootsPEM: roots, certificateChainPEM: chain, privateKeyPEM: key,
-                                          pinnedPublicKeySHA256: pins)
+            let context = try DTLSContext.client(trustRootsPEM: roots, certificateChainPEM: chain, privateKeyPEM: key,
+                                                 pinnedPublicKeySHA256: pins)
+            clientContexts.store(context, for: material)
+            return context
         } catch {
             throw TOUError(error)
         }

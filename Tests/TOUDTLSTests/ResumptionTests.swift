@@ -126,3 +126,19 @@ struct ResumptionTests {
         #expect(cache.session(serverName: "old", port: 1) == nil)
     }
 }
+
+@Suite("Client DTLS contexts are built once per set of PEM material")
+struct ClientContextCacheTests {
+    @Test func aConfigurationReusesItsContextUntilItsMaterialChanges() throws {
+        var configuration = EndToEndTests.clientConfiguration()
+        let first = try configuration.makeClientContext()
+        #expect(try configuration.makeClientContext() === first)
+        let copy = configuration
+        #expect(try copy.makeClientContext() === first)
+        configuration.pinnedPublicKeys = ["sha256:" + String(repeating: "A", count: 43) + "="]
+        let pinned = try configuration.makeClientContext()
+        #expect(pinned !== first)
+        configuration.trustRoots = .pemFile("\(EndToEndTests.certs)/other-ca.pem")
+        #expect(try configuration.makeClientContext() !== pinned)
+    }
+}
