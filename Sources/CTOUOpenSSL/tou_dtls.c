@@ -887,6 +887,7 @@ void tou_dtls_conn_free(tou_dtls_conn *conn) {
     tou_aead_free(conn->opener);
     tou_aead_free(conn->own_opener);
     free(conn->reseal_scratch);
+    free(conn->offered_ticket);
     free(conn);
 }
 

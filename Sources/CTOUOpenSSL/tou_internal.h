@@ -83,6 +83,9 @@ struct tou_dtls_conn {
     /* Client: the name it verifies and sends as SNI (or the IP literal), which a saved session
      * must have been made for. */
     char server_name[256];
+    /* Client: the ticket of the session it offered, so an unchanged one is not exported again. */
+    uint8_t *offered_ticket;
+    size_t offered_ticket_len;
 
     int alert_read;          /* last alert received: (level << 8) | description, or -1 */
     /* Filled by the certificate verify callback: why the peer's chain was refused, in words,

@@ -160,7 +160,13 @@ long tou_dtls_conn_export_session(const tou_dtls_conn *c, uint8_t *out, size_t c
     SSL_SESSION *session = SSL_get1_session(c->ssl);
     if (session == NULL) return 0;
     long result = 0;
-    if (SSL_SESSION_is_resumable(session) && SSL_SESSION_has_ticket(session)) {
+    /* A resumption under the offered ticket, not renewed: the caller holds that session already. */
+    const unsigned char *ticket = NULL;
+    size_t ticket_len = 0;
+    SSL_SESSION_get0_ticket(session, &ticket, &ticket_len);
+    int unchanged = c->offered_ticket != NULL && ticket_len == c->offered_ticket_len &&
+                    memcmp(ticket, c->offered_ticket, ticket_len) == 0;
+    if (!unchanged && SSL_SESSION_is_resumable(session) && SSL_SESSION_has_ticket(session)) {
         int der_len = i2d_SSL_SESSION(session, NULL);
         size_t name_len = strlen(c->server_name);
         size_t need = 4 + 1 + 32 + 1 + name_len + (size_t)(der_len > 0 ? der_len : 0);
@@ -232,6 +238,14 @@ int tou_dtls_conn_offer_session(tou_dtls_conn *c, const uint8_t *saved, size_t l
     } else if (SSL_set_session(c->ssl, session) != 1) {
         tou_drain_errors(err, err_cap, "cannot offer the saved session");
         ok = 0;
+    } else {
+        const unsigned char *ticket = NULL;
+        size_t ticket_len = 0;
+        SSL_SESSION_get0_ticket(session, &ticket, &ticket_len);
+        free(c->offered_ticket);
+        c->offered_ticket = ticket_len > 0 ? malloc(ticket_len) : NULL;
+        c->offered_ticket_len = c->offered_ticket != NULL ? ticket_len : 0;
+        if (c->offered_ticket != NULL) memcpy(c->offered_ticket, ticket, ticket_len);
     }
     SSL_SESSION_free(session);
     return ok;

@@ -75,7 +75,8 @@ public final class DTLSConnection {
     /// Whether the completed handshake resumed a session: abbreviated, no certificate sent.
     public var isResumed: Bool { tou_dtls_conn_session_reused(handle) == 1 }
 
-    /// Client, after the handshake: the session to offer next time, if the server issued a ticket.
+    /// Client, after the handshake: the session to offer next time, if the server issued a ticket
+    /// (nil after a resumption under the offered ticket: that session is still the one to keep).
     public var resumableSession: DTLSSavedSession? {
         var bytes = [UInt8](repeating: 0, count: 8192)
         var expires: Int64 = 0

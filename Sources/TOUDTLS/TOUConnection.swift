@@ -21,7 +21,8 @@ public final class TOUConnection: Sendable {
     /// Whether the DTLS handshake resumed a saved session (abbreviated: the server sent no certificate).
     public let isResumed: Bool
     /// Client: the session to offer next time (it is also saved in `TOUConfiguration.sessionCache`),
-    /// if the server issued a ticket.
+    /// if the server issued a new ticket; nil after a resumption that kept its ticket, since the
+    /// session offered is still the one to keep.
     public let resumableSession: TOUSavedSession?
     /// Client: why the saved session for this server was not offered (another server name or
     /// trust, expired, unreadable), or nil.

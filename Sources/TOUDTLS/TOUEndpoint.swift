@@ -28,10 +28,16 @@ final class TOUEndpoint: @unchecked Sendable {
     let taskExecutor: EventLoopTaskExecutor
     @exclusivity(unchecked) private var sessions: [UInt64: ConnectionCore] = [:]
     private var halfOpen: [PeerKey: UInt64] = [:]
-    private var admission: StatelessAdmission
-    private var admitted: AdmittedAttemptCache
-    private var rateLimiter: SourceRateLimiter
-    private var cookieless: CookielessAdmission
+    // Admission is a listener's: built on its first attempt, so a client endpoint (one per
+    // connect) neither draws keys nor allocates the per-source table.
+    private lazy var admission = StatelessAdmission(now: .now())
+    private lazy var admitted = AdmittedAttemptCache()
+    private lazy var rateLimiter = SourceRateLimiter(ratePerSecond: configuration.newSessionsPerSecondPerSource,
+                                                     burst: configuration.newSessionBurstPerSource)
+    private lazy var cookieless = CookielessAdmission(
+        alwaysRequireCookie: configuration.alwaysRequireCookie,
+        halfOpenThreshold: configuration.cookielessHandshakeThreshold ?? configuration.maximumHalfOpenSessions / 4,
+        budgetPerSecond: configuration.cookielessAdmissionsPerSecond, now: .now())
     /// Listener: refused and failed connection attempts worth a (rate-limited) log line.
     private var refusedAttempts = RefusedAttemptLog()
     @exclusivity(unchecked) private(set) var counters = TOUEndpointCounters()
@@ -56,7 +62,6 @@ final class TOUEndpoint: @unchecked Sendable {
     static let datagramsPerAnswer = 64
 
     init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?) {
-        let now = NIODeadline.now()
         self.loop = loop
         self.taskExecutor = EventLoopTaskExecutor(loop: loop)
         self.role = role
@@ -65,14 +70,6 @@ final class TOUEndpoint: @unchecked Sendable {
         self.parameters = SessionParameters(configuration)
         self.dtlsContext = dtlsContext
         self.segmentationOffload = configuration.segmentationOffload && System.supportsUDPSegmentationOffload
-        self.admission = StatelessAdmission(now: now)
-        self.admitted = AdmittedAttemptCache()
-        self.rateLimiter = SourceRateLimiter(ratePerSecond: configuration.newSessionsPerSecondPerSource,
-                                             burst: configuration.newSessionBurstPerSource)
-        self.cookieless = CookielessAdmission(
-            alwaysRequireCookie: configuration.alwaysRequireCookie,
-            halfOpenThreshold: configuration.cookielessHandshakeThreshold ?? configuration.maximumHalfOpenSessions / 4,
-            budgetPerSecond: configuration.cookielessAdmissionsPerSecond, now: now)
     }
 
     var sessionCount: Int { sessions.count }
