@@ -24,29 +24,10 @@ final class StandardStreams: Sendable {
     /// whatever else is already waiting (a pipe hands over 64 KiB at a time), so a stream moves in
     /// fewer, larger chunks.
     func read() async throws -> ByteBuffer? {
-        try await withCheckedThrowingContinuation { continuation in
+        await withCheckedContinuation { continuation in
             inputQueue.async { [inputEnded] in
-                guard !inputEnded.value else {
-                    continuation.resume(returning: nil)
-                    return
-                }
                 var buffer = ByteBufferAllocator().buffer(capacity: Self.chunkSize)
-                while buffer.writableBytes > 0 {
-                    if buffer.readableBytes > 0 {
-                        var descriptor = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
-                        guard poll(&descriptor, 1, 0) == 1 else { break }
-                    }
-                    var result = 0
-                    buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { pointer in
-                        result = Glibc.read(0, pointer.baseAddress, pointer.count)
-                        return max(result, 0)
-                    }
-                    if result > 0 { continue }
-                    if result < 0, errno == EINTR { continue }
-                    // read returned 0 (EOF) or failed: either way stdin is done.
-                    inputEnded.value = true
-                    break
-                }
+                Self.fill(&buffer, waitForFirstBytes: true, ended: inputEnded)
                 // A short read (a typed line) goes out in a right-sized copy: TCP keeps the buffer
                 // until the peer acknowledges it, and a line should not hold a whole chunk.
                 if buffer.readableBytes > 0, buffer.readableBytes < Self.chunkSize / 4 {
@@ -63,19 +44,29 @@ final class StandardStreams: Sendable {
         await withCheckedContinuation { continuation in
             inputQueue.async { [inputEnded] in
                 var buffer = ByteBufferAllocator().buffer(capacity: maximum)
-                while !inputEnded.value, buffer.writableBytes > 0 {
-                    var descriptor = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
-                    guard poll(&descriptor, 1, 0) == 1 else { break }
-                    var result = 0
-                    buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { pointer in
-                        result = Glibc.read(0, pointer.baseAddress, pointer.count)
-                        return max(result, 0)
-                    }
-                    if result < 0, errno == EINTR { continue }
-                    if result <= 0 { inputEnded.value = true }
-                }
+                Self.fill(&buffer, waitForFirstBytes: false, ended: inputEnded)
                 continuation.resume(returning: buffer.readableBytes > 0 ? buffer : nil)
             }
+        }
+    }
+
+    /// Reads stdin into `buffer` until it is full, stdin has nothing more ready, or it ends (then
+    /// `ended` is set); blocks for the first bytes only with `waitForFirstBytes`. On `inputQueue`.
+    private static func fill(_ buffer: inout ByteBuffer, waitForFirstBytes: Bool, ended: InputEnded) {
+        while !ended.value, buffer.writableBytes > 0 {
+            if buffer.readableBytes > 0 || !waitForFirstBytes {
+                var descriptor = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
+                guard poll(&descriptor, 1, 0) == 1 else { return }
+            }
+            var result = 0
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { pointer in
+                result = Glibc.read(0, pointer.baseAddress, pointer.count)
+                return max(result, 0)
+            }
+            if result > 0 { continue }
+            if result < 0, errno == EINTR { continue }
+            // read returned 0 (EOF) or failed: either way stdin is done.
+            ended.value = true
         }
     }
 

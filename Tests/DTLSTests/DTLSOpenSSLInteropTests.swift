@@ -299,14 +299,8 @@ private final class OpenSSLProcess: @unchecked Sendable {
     }
 }
 
-/// Runs our client against `openssl s_server` presenting `certificate` until the handshake ends.
-private func handshakeWithOpenSSLServer(certificate: String, client context: DTLSContext) throws -> [DTLSEvent] {
-    let port = try UDPSocket().localPort  // a free port, released for the server to take
-    let server = try OpenSSLProcess(port: port, certificate: certificate)
-    defer { server.stop() }
-    Thread.sleep(forTimeInterval: 0.3)
-    let socket = try UDPSocket(connectTo: port)
-    let client = try DTLSConnection(client: context, serverName: "localhost", mtu: 1400)
+/// Starts `client`'s handshake over `socket` and runs it until its first event (or 10 s).
+private func handshake(_ client: DTLSConnection, over socket: UDPSocket) -> [DTLSEvent] {
     client.startHandshake(now: .now())
     var events: [DTLSEvent] = []
     let start = NIODeadline.now()
@@ -316,6 +310,18 @@ private func handshakeWithOpenSSLServer(certificate: String, client context: DTL
         if let deadline = client.nextDeadline, deadline <= .now() { client.handleTimeout(now: .now()) }
         while let event = client.pollEvent() { events.append(event) }
     }
+    return events
+}
+
+/// Runs our client against `openssl s_server` presenting `certificate` until the handshake ends.
+private func handshakeWithOpenSSLServer(certificate: String, client context: DTLSContext) throws -> [DTLSEvent] {
+    let port = try UDPSocket().localPort  // a free port, released for the server to take
+    let server = try OpenSSLProcess(port: port, certificate: certificate)
+    defer { server.stop() }
+    Thread.sleep(forTimeInterval: 0.3)
+    let socket = try UDPSocket(connectTo: port)
+    let client = try DTLSConnection(client: context, serverName: "localhost", mtu: 1400)
+    let events = handshake(client, over: socket)
     // Send the final alert or close_notify so the server process is not left waiting.
     if events.first == .handshakeCompleted { client.sendCloseNotify() }
     while let datagram = client.pollDatagram() { socket.send(datagram) }
@@ -463,15 +469,7 @@ private func handshakeWithOpenSSLServer(certificate: String, client context: DTL
             let socket = try UDPSocket(connectTo: port)
             let client = try DTLSConnection(client: context, serverName: "localhost", mtu: 1400, resuming: saved)
             #expect(client.resumptionRefusal == nil)
-            client.startHandshake(now: .now())
-            var events: [DTLSEvent] = []
-            let start = NIODeadline.now()
-            while NIODeadline.now() < start + .seconds(10), events.isEmpty {
-                while let datagram = client.pollDatagram() { socket.send(datagram) }
-                if let datagram = socket.receive() { client.receiveDatagram(datagram, now: .now()) }
-                if let deadline = client.nextDeadline, deadline <= .now() { client.handleTimeout(now: .now()) }
-                while let event = client.pollEvent() { events.append(event) }
-            }
+            let events = handshake(client, over: socket)
             #expect(events == [.handshakeCompleted], "openssl said: \(server.text.suffix(600))")
             resumed.append(client.isResumed)
             saved = client.resumableSession ?? saved

@@ -11,16 +11,7 @@ import Testing
     /// resends its flight, the server's OpenSSL resends its Finished; then data moves both ways.
     @Test(arguments: DTLSCipherSuite.allCases)
     func lostServerFinishedIsResentWithAFreshSequenceNumber(suite: DTLSCipherSuite) throws {
-        let pair = try Pair(client: Certs.client(cipherSuites: [suite]), server: Certs.server())
-        pair.now = .now()
-        var lostFinished = false
-        pair.deliverToClient = { datagram in
-            guard !lostFinished, RecordList(datagram).contains(where: { $0.epoch == 1 }) else { return true }
-            lostFinished = true
-            return false
-        }
-        pair.handshake()
-        #expect(lostFinished)
+        let pair = try Pair.losingTheServersFinished(client: Certs.client(cipherSuites: [suite]))
         let server = try #require(pair.server)
         try #require(pair.serverEvents == [.handshakeCompleted])
         try #require(pair.clientEvents.isEmpty)
@@ -35,11 +26,7 @@ import Testing
         }
         #expect(pair.client.readApplicationData() == nil)
 
-        let deadline = try #require(pair.client.nextDeadline)
-        Thread.sleep(forTimeInterval: Double((deadline - .now()).nanoseconds) / 1e9 + 0.05)
-        pair.now = .now()
-        pair.client.handleTimeout(now: pair.now)
-        pair.shuttle()
+        try pair.resendClientFlight()
         #expect(pair.clientEvents == [.handshakeCompleted])
         #expect(pair.client.negotiatedCipherSuite == suite.openSSLName(rsa: false))
         #expect(pair.client.readApplicationData() == ByteBuffer(string: "s1"))
@@ -74,17 +61,8 @@ import Testing
     /// client holds at most 8 such records, opens each whole through its record layer once its
     /// handshake completes, and drops a later replay of one like any other.
     @Test func recordsBeforeTheHandshakeCompletesAreHeldBoundedAndEnterTheReplayWindow() throws {
-        let pair = try Pair(client: Certs.client(), server: Certs.server())
-        pair.now = .now()
-        var lostFinished = false
-        pair.deliverToClient = { datagram in
-            guard !lostFinished, RecordList(datagram).contains(where: { $0.epoch == 1 }) else { return true }
-            lostFinished = true
-            return false
-        }
-        pair.handshake()
+        let pair = try Pair.losingTheServersFinished(client: Certs.client())
         let server = try #require(pair.server)
-        try #require(pair.clientEvents.isEmpty && pair.serverEvents == [.handshakeCompleted])
         let payloads = (0..<10).map { ByteBuffer.pattern($0 == 0 ? 1400 : 100, seed: UInt8($0)) }
         var early: [ByteBuffer] = []
         for payload in payloads {
@@ -94,11 +72,7 @@ import Testing
         }
         #expect(pair.client.droppedRecords == 2)
 
-        let deadline = try #require(pair.client.nextDeadline)
-        Thread.sleep(forTimeInterval: Double((deadline - .now()).nanoseconds) / 1e9 + 0.05)
-        pair.now = .now()
-        pair.client.handleTimeout(now: pair.now)
-        pair.shuttle()
+        try pair.resendClientFlight()
         try #require(pair.clientEvents == [.handshakeCompleted])
         for payload in payloads.prefix(DTLSConnection.maximumEarlyRecords) {
             #expect(pair.client.readApplicationData() == payload)
@@ -110,6 +84,34 @@ import Testing
         // The two that did not fit are new to the window: TCP's retransmission would be taken.
         pair.client.receiveDatagram(early[9], now: pair.now)
         #expect(pair.client.readApplicationData() == payloads[9])
+    }
+}
+
+extension Pair {
+    /// A handshake in which the server's first datagram with an epoch-1 record (its CCS and
+    /// Finished) is lost: the server has completed, the client waits for its retransmission timer.
+    static func losingTheServersFinished(client: DTLSContext) throws -> Pair {
+        let pair = try Pair(client: client, server: Certs.server())
+        pair.now = .now()
+        var lostFinished = false
+        pair.deliverToClient = { datagram in
+            guard !lostFinished, RecordList(datagram).contains(where: { $0.epoch == 1 }) else { return true }
+            lostFinished = true
+            return false
+        }
+        pair.handshake()
+        try #require(lostFinished)
+        try #require(pair.clientEvents.isEmpty && pair.serverEvents == [.handshakeCompleted])
+        return pair
+    }
+
+    /// Waits out the client's retransmission timer (OpenSSL's own clock), then moves datagrams.
+    func resendClientFlight() throws {
+        let deadline = try #require(client.nextDeadline)
+        Thread.sleep(forTimeInterval: Double((deadline - .now()).nanoseconds) / 1e9 + 0.05)
+        now = .now()
+        client.handleTimeout(now: now)
+        shuttle()
     }
 }
 
