@@ -278,16 +278,7 @@ private final class OpenSSLProcess: @unchecked Sendable {
                 while let datagram = connection.pollDatagram() { socket.send(datagram) }
                 while let event = connection.pollEvent() { events.append(event) }
             } else if let datagram = socket.receiveAndConnect() {
-                switch context.listen(datagram: datagram, cookieToIssue: cookie, acceptableCookies: [cookie],
-                                      mtu: 1400, now: .now()) {
-                case .helloVerifyRequest(let hvr):
-                    socket.send(hvr)
-                case .accepted(let accepted):
-                    connection = accepted
-                    while let datagram = accepted.pollDatagram() { socket.send(datagram) }
-                case .dropped:
-                    break
-                }
+                connection = admit(datagram, context: context, cookie: cookie, socket: socket, send: socket.send)
             }
         }
         guard case .failed(.untrustedCertificate(let detail))? = events.first else {
@@ -296,6 +287,22 @@ private final class OpenSSLProcess: @unchecked Sendable {
         }
         #expect(detail.hasPrefix("certificate has expired"))
         #expect(detail.contains("valid until 2021-01-01"))
+    }
+}
+
+/// The server's side of the cookie exchange for one datagram from `socket`: a HelloVerifyRequest
+/// goes back at once; an accepted connection sends its first flight through `send`.
+private func admit(_ datagram: ByteBuffer, context: DTLSContext, cookie: [UInt8], socket: UDPSocket,
+                   send: (ByteBuffer) -> Void) -> DTLSConnection? {
+    switch context.listen(datagram: datagram, cookieToIssue: cookie, acceptableCookies: [cookie], mtu: 1400, now: .now()) {
+    case .helloVerifyRequest(let hvr):
+        socket.send(hvr)
+        return nil
+    case .accepted(let accepted):
+        while let datagram = accepted.pollDatagram() { send(datagram) }
+        return accepted
+    case .dropped:
+        return nil
     }
 }
 
@@ -545,16 +552,7 @@ private func runServerAgainstOpenSSLClient(
             }
             while let datagram = connection.pollDatagram() { send(datagram) }
         } else if let datagram = socket.receiveAndConnect() {
-            switch context.listen(datagram: datagram, cookieToIssue: cookie, acceptableCookies: [cookie],
-                                  mtu: 1400, now: .now()) {
-            case .helloVerifyRequest(let hvr):
-                socket.send(hvr)
-            case .accepted(let accepted):
-                connection = accepted
-                while let datagram = accepted.pollDatagram() { send(datagram) }
-            case .dropped:
-                break
-            }
+            connection = admit(datagram, context: context, cookie: cookie, socket: socket, send: send)
         }
     }
     run.sent = RecordList(sent)
