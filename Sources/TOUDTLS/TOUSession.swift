@@ -99,6 +99,8 @@ final class TOUSession {
     /// A target admitted without a cookie, until the initiator's Finished verifies: the UDP payload
     /// bytes it received from the initiator and sent back, sent held to at most 3x received.
     @exclusivity(unchecked) private var unprovenAttempt: (received: Int, sent: Int)?
+    /// The datagram at the head of the queue waits for more allowance.
+    private var holdingForAllowance = false
     /// Largest sent / received ratio while unproven, for the listener's report.
     private(set) var largestAmplification = 0.0
 
@@ -346,9 +348,12 @@ final class TOUSession {
         let datagram = run.count > 1 ? run.slices[0] : run.datagrams
         guard attempt.sent + datagram.readableBytes <= 3 * attempt.received else {
             outbound.pushFront(.single(datagram))
-            amplificationLimitedDatagrams += 1
+            // Counted once per datagram held, however often it is looked at again.
+            if !holdingForAllowance { amplificationLimitedDatagrams += 1 }
+            holdingForAllowance = true
             return nil
         }
+        holdingForAllowance = false
         unprovenAttempt?.sent += datagram.readableBytes
         largestAmplification = max(largestAmplification,
                                    Double(attempt.sent + datagram.readableBytes) / Double(max(1, attempt.received)))
