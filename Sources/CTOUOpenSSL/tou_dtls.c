@@ -157,11 +157,8 @@ static size_t reseal_written_records(tou_dtls_conn *c, uint8_t *data, size_t len
             /* Same suite, same overhead: the new record is exactly as long as the old one. */
             long sealed = plain < 0 ? -1
                 : tou_aead_seal(c->sealer, r[0], c->reseal_scratch, (size_t)plain, NULL, 0, data + out, record_len);
-            if (sealed == (long)record_len) {
-                out += record_len;
-            } else {
-                c->unsealable++;
-            }
+            /* A record that cannot be sealed anew (the key is used up) is left out. */
+            if (sealed == (long)record_len) out += record_len;
             if (plain > 0) OPENSSL_cleanse(c->reseal_scratch, (size_t)plain);
         }
         in += record_len;
@@ -1124,7 +1121,6 @@ int tou_dtls_conn_can_false_start(const tou_dtls_conn *c) {
     return !c->is_server && !c->failed && c->write_epoch >= 1;
 }
 
-uint64_t tou_dtls_conn_unsealable_records(const tou_dtls_conn *c) { return c->unsealable; }
 
 size_t tou_dtls_conn_data_mtu(const tou_dtls_conn *c) { return DTLS_get_data_mtu(c->ssl); }
 

@@ -78,7 +78,6 @@ struct tou_dtls_conn {
     tou_aead *opener;
     tou_aead *own_opener;
     uint8_t *reseal_scratch;
-    uint64_t unsealable;
 
     /* Client: the name it verifies and sends as SNI (or the IP literal), which a saved session
      * must have been made for. */

@@ -65,10 +65,4 @@ public struct DTLSSavedSession: Sendable, Equatable {
         self.expires = expires
     }
 
-    public func isExpired(atUnixTime now: Int64) -> Bool { now >= expires }
-
-    /// The same bytes labelled with another name (tests: the DTLS layer checks the name inside).
-    public func renamed(_ name: String) -> DTLSSavedSession {
-        DTLSSavedSession(bytes: bytes, serverName: name, expires: expires)
-    }
 }

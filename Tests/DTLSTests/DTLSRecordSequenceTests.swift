@@ -117,7 +117,13 @@ extension Pair {
 
 /// `(type, epoch, sequence)` of every record in some datagrams, in order.
 struct RecordList: RandomAccessCollection {
-    struct Record: Equatable { let type: UInt8; let epoch: UInt16; let sequence: UInt64 }
+    struct Record: Equatable {
+        let type: UInt8
+        let epoch: UInt16
+        let sequence: UInt64
+        /// For a handshake record, the type of the message it starts with.
+        let firstBodyByte: UInt8?
+    }
     private(set) var records: [Record] = []
 
     init(_ datagram: ByteBuffer) { self.init([datagram]) }
@@ -129,8 +135,9 @@ struct RecordList: RandomAccessCollection {
                 while raw.count - offset >= 13 {
                     let length = Int(raw[offset + 11]) << 8 | Int(raw[offset + 12])
                     let sequence = (5..<11).reduce(UInt64(0)) { $0 << 8 | UInt64(raw[offset + $1]) }
+                    let first = length > 0 && offset + 13 < raw.count ? raw[offset + 13] : nil
                     records.append(Record(type: raw[offset], epoch: UInt16(raw[offset + 3]) << 8 | UInt16(raw[offset + 4]),
-                                          sequence: sequence))
+                                          sequence: sequence, firstBodyByte: first))
                     offset += 13 + length
                 }
             }

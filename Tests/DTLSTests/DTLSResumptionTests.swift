@@ -18,20 +18,7 @@ import Testing
 
     /// How many Certificate handshake messages (type 11) the datagrams carry in epoch 0.
     static func certificateMessages(in datagrams: [ByteBuffer]) -> Int {
-        var count = 0
-        for datagram in datagrams {
-            datagram.withUnsafeReadableBytes { raw in
-                var offset = 0
-                while raw.count - offset >= 13 {
-                    let length = Int(raw[offset + 11]) << 8 | Int(raw[offset + 12])
-                    if raw[offset] == 22, raw[offset + 3] == 0, raw[offset + 4] == 0, length > 0, raw[offset + 13] == 11 {
-                        count += 1
-                    }
-                    offset += 13 + length
-                }
-            }
-        }
-        return count
+        RecordList(datagrams).filter { $0.type == 22 && $0.epoch == 0 && $0.firstBodyByte == 11 }.count
     }
 
     @Test func aSavedSessionResumesWithoutACertificateAndCarriesData() throws {

@@ -203,8 +203,6 @@ int tou_dtls_conn_record_layer(tou_dtls_conn *conn, tou_aead **sealer, tou_aead 
 /* Client: 1 once its Finished is written, before the server's Finished has arrived: from then
  * on the record layer may protect data (DTLS False Start, RFC 7918). */
 int tou_dtls_conn_can_false_start(const tou_dtls_conn *conn);
-/* Records OpenSSL wrote after the takeover that could not be re-sealed and were not sent. */
-uint64_t tou_dtls_conn_unsealable_records(const tou_dtls_conn *conn);
 
 #ifdef __cplusplus
 }
