@@ -15,20 +15,6 @@ struct TOUSessionFastSetupTests {
     static let request = ByteBuffer(string: "GET / HTTP/1.0\r\n\r\n")
     static let answer = ByteBuffer(string: "HTTP/1.0 200 OK\r\n\r\nhello")
 
-    /// The initiator's datagram with its first epoch-1 handshake record (its Finished).
-    static func carriesFinished(_ payload: ByteBuffer) -> Bool {
-        var index = payload.readerIndex
-        while let header = DTLSRecordHeader.peek(in: payload, at: index) {
-            if header.contentType == 22, header.epoch == 1 { return true }
-            index += 13 + header.length
-        }
-        return false
-    }
-
-    static func isData(_ payload: ByteBuffer) -> Bool {
-        payload.getInteger(at: payload.readerIndex, as: UInt8.self) == 23
-    }
-
     /// Everything readable at `session`, as text.
     static func readAll(_ session: TOUSession) -> String {
         var text = ""
@@ -54,7 +40,7 @@ struct TOUSessionFastSetupTests {
         var synSeen = false
         pair.toTarget = { _, payload in
             if synSeen { return .hold }
-            if Self.isData(payload) { synSeen = true }
+            if payload.startsWithApplicationData { synSeen = true }
             return .deliver
         }
         try pair.run()
@@ -63,7 +49,7 @@ struct TOUSessionFastSetupTests {
         #expect(target.tcp?.state == .synReceived)
         #expect(try Self.answerAndRun(pair).tcp?.state == .synReceived)
         // The SYN carried the whole request.
-        let syn = try #require(pair.fromInitiator.first { Self.isData($0.1) })
+        let syn = try #require(pair.fromInitiator.first { $0.1.startsWithApplicationData })
         #expect(syn.1.readableBytes == 13 + 24 + 20 + 24 + Self.request.readableBytes)  // record, TCP header, SYN options
         pair.toTarget = { _, _ in .deliver }
         pair.release()
@@ -79,7 +65,7 @@ struct TOUSessionFastSetupTests {
         pair.admitWithoutCookie = true
         var finished: (GUEHeader, ByteBuffer)?
         pair.toTarget = { header, payload in
-            if finished == nil, Self.carriesFinished(payload) {
+            if finished == nil, payload.carriesEpoch1Handshake {
                 finished = (header, payload)
                 return .hold
             }
@@ -102,7 +88,7 @@ struct TOUSessionFastSetupTests {
         pair.timerHorizon = .milliseconds(1500)
         var dropped = false
         pair.toTarget = { _, payload in
-            if !dropped, Self.isData(payload) {
+            if !dropped, payload.startsWithApplicationData {
                 dropped = true
                 return .drop
             }
@@ -118,7 +104,7 @@ struct TOUSessionFastSetupTests {
     func duplicatedSYN() throws {
         let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
         pair.admitWithoutCookie = true
-        pair.toTarget = { _, payload in Self.isData(payload) ? .duplicate : .deliver }
+        pair.toTarget = { _, payload in payload.startsWithApplicationData ? .duplicate : .deliver }
         try pair.run()
         let target = try Self.answerAndRun(pair)
         #expect(target.tcp?.stats.bytesReceived == Self.request.readableBytes)
@@ -129,7 +115,7 @@ struct TOUSessionFastSetupTests {
     func answerOvertakesTheTargetsFinished() throws {
         let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
         pair.admitWithoutCookie = true
-        pair.toInitiator = { _, payload in Self.carriesFinished(payload) ? .hold : .deliver }
+        pair.toInitiator = { _, payload in payload.carriesEpoch1Handshake ? .hold : .deliver }
         try pair.run()
         let target = try #require(pair.target)
         #expect(Self.readAll(target) == String(buffer: Self.request))

@@ -321,23 +321,10 @@ struct TOUSessionTests {
         let pair = try Pair(parameters: Self.parameters)
         try pair.run()
         #expect(pair.initiatorEvents.contains(.established))
-        func firstRecord(_ payload: ByteBuffer) -> (type: UInt8, epoch: UInt16)? {
-            guard let type = payload.getInteger(at: payload.readerIndex, as: UInt8.self),
-                  let epoch = payload.getInteger(at: payload.readerIndex + 3, as: UInt16.self) else { return nil }
-            return (type, epoch)
-        }
-        func carriesEpoch1Handshake(_ payload: ByteBuffer) -> Bool {
-            var index = payload.readerIndex
-            while let header = DTLSRecordHeader.peek(in: payload, at: index) {
-                if header.contentType == 22, header.epoch == 1 { return true }
-                index += 13 + header.length
-            }
-            return false
-        }
-        let finished = try #require(pair.fromInitiator.firstIndex { carriesEpoch1Handshake($0.1) })
-        let syn = try #require(pair.fromInitiator.firstIndex { firstRecord($0.1)?.type == 23 })
+        let finished = try #require(pair.fromInitiator.firstIndex { $0.1.carriesEpoch1Handshake })
+        let syn = try #require(pair.fromInitiator.firstIndex { $0.1.startsWithApplicationData })
         #expect(syn == finished + 1)
-        let targetFinished = try #require(pair.fromTarget.firstIndex { carriesEpoch1Handshake($0.1) })
+        let targetFinished = try #require(pair.fromTarget.firstIndex { $0.1.carriesEpoch1Handshake })
         // Positions in the shared order of the link.
         let initiatorPositions = pair.order.indices.filter { pair.order[$0] }
         let targetPositions = pair.order.indices.filter { !pair.order[$0] }
