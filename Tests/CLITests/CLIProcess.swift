@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -90,6 +91,12 @@ struct CLIProcess {
             Thread.sleep(forTimeInterval: 0.02)
         }
         return false
+    }
+
+    /// The last line on stdout, a JSON object (toudtls-bench and toudtls-netsim end with their figures so).
+    func lastJSONObject() throws -> [String: Any] {
+        let line = try #require(outputText.split(separator: "\n").last, "nothing on stdout; stderr: \(errorOutput)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "\(line)")
     }
 
     /// The port printed by `-v` in "listening on ADDR:PORT".
