@@ -232,11 +232,10 @@ final class TOUSession {
                 return
             }
             let droppedBefore = dtls?.droppedRecords ?? 0
-            if unprovenAttempt != nil, address == peerAddress {
-                unprovenAttempt?.received += header.encodedLength + payload.readableBytes
-            }
+            let datagramBytes = header.encodedLength + payload.readableBytes
+            if unprovenAttempt != nil, address == peerAddress { unprovenAttempt?.received += datagramBytes }
             dtls?.receiveDatagram(payload, now: now)
-            learnAddress(address, datagramBytes: header.encodedLength + payload.readableBytes)
+            learnAddress(address, datagramBytes: datagramBytes)
             // Forged datagrams naming our SID must not keep a dead session from idling out.
             if (dtls?.droppedRecords ?? 0) == droppedBefore { lastReceived = now }
         case .plain:
