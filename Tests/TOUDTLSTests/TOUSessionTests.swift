@@ -66,10 +66,7 @@ struct TOUSessionTests {
             heldForTarget = []
             heldForInitiator = []
             for (header, payload) in forTarget { deliverToTarget(header: header, payload: payload, now: now) }
-            for (header, payload) in forInitiator {
-                initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
-                initiator.pump(now: now)
-            }
+            for (header, payload) in forInitiator { deliverToInitiator(header: header, payload: payload, now: now) }
         }
 
         /// Moves datagrams both ways until nothing moves.
@@ -99,12 +96,13 @@ struct TOUSessionTests {
                         let header = try GUEHeader.parse(from: &payload, mode: .secure)
                         fromTarget.append((header, payload))
                         order.append(false)
-                        let action = toInitiator(header, payload)
-                        if action == .hold { heldForInitiator.append((header, payload)) }
-                        guard action == .deliver || action == .duplicate else { continue }
-                        for _ in 0..<(action == .duplicate ? 2 : 1) {
-                            initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
-                            initiator.pump(now: now)
+                        switch toInitiator(header, payload) {
+                        case .deliver: deliverToInitiator(header: header, payload: payload, now: now)
+                        case .drop: break
+                        case .hold: heldForInitiator.append((header, payload))
+                        case .duplicate:
+                            deliverToInitiator(header: header, payload: payload, now: now)
+                            deliverToInitiator(header: header, payload: payload, now: now)
                         }
                     }
                 }
@@ -134,6 +132,11 @@ struct TOUSessionTests {
             return true
         }
 
+        private func deliverToInitiator(header: GUEHeader, payload: ByteBuffer, now: NIODeadline) {
+            initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
+            initiator.pump(now: now)
+        }
+
         private func deliverToTarget(header: GUEHeader, payload: ByteBuffer, now: NIODeadline) {
             if let target, header.destinationSID == target.localSID {
                 target.receive(header: header, payload: payload, from: initiatorAddress, now: now)
@@ -160,8 +163,7 @@ struct TOUSessionTests {
                 let replyHeader = try! GUEHeader.parse(from: &parsed, mode: .secure)
                 fromTarget.append((replyHeader, parsed))
                 order.append(false)
-                initiator.receive(header: replyHeader, payload: parsed, from: serverAddress, now: now)
-                initiator.pump(now: now)
+                deliverToInitiator(header: replyHeader, payload: parsed, now: now)
             case .accepted(let connection):
                 target = TOUSession.accept(dtls: connection, localSID: derived, remoteSID: source,
                                            peer: clientAddress, parameters: parameters,
