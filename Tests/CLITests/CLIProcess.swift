@@ -29,6 +29,18 @@ struct CLIProcess {
     private let outputData = LockedData()
     private let errorData = LockedData()
 
+    /// `toudtls-cat -l -v ARGUMENTS`, once it has said where it listens; with its port.
+    static func readyListener(_ arguments: [String], stdin: URL? = nil) throws -> (CLIProcess, Int) {
+        let listener = try CLIProcess(["-l", "-v"] + arguments, stdin: stdin)
+        #expect(listener.waitForError(containing: "listening on"), "listener: \(listener.errorOutput)")
+        do {
+            return (listener, try #require(listener.listeningPort))
+        } catch {
+            listener.terminate()
+            throw error
+        }
+    }
+
     /// With `closeStdout`, the reading end of stdout is closed at once, so the process's writes
     /// to stdout fail (EPIPE) as they would after `| head -c 0`.
     init(_ arguments: [String], tool: String = "toudtls-cat", stdin: URL? = nil, closeStdout: Bool = false) throws {

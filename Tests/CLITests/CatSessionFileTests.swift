@@ -7,13 +7,6 @@ import Testing
 struct CatSessionFileTests {
     let certs = CLIProcess.certs
 
-    func keepOpenListener(_ extra: [String] = []) throws -> (CLIProcess, Int) {
-        let server = try CLIProcess(["-l", "-k", "-v", "--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"]
-                                    + extra + ["127.0.0.1", "0"])
-        #expect(server.waitForError(containing: "listening on"), "listener: \(server.errorOutput)")
-        return (server, try #require(server.listeningPort))
-    }
-
     /// One client run sending a few bytes; returns its stderr.
     func client(port: Int, sessionFile: String, serverName: String? = "localhost", host: String = "127.0.0.1") throws -> String {
         let input = try makeRandomFile(bytes: 1000)
@@ -26,7 +19,8 @@ struct CatSessionFileTests {
 
     @Test("the second run resumes from the saved file (mode 0600); a corrupt or foreign file is ignored with a warning")
     func resumesAcrossProcesses() throws {
-        let (server, port) = try keepOpenListener()
+        let (server, port) = try CLIProcess.readyListener(["-k", "--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key",
+                                                           "127.0.0.1", "0"])
         defer { server.terminate() }
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-session-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: file) }
@@ -57,11 +51,9 @@ struct CatSessionFileTests {
     @Test("--always-cookie makes the listener ask for a cookie; by default it does not")
     func alwaysCookie() throws {
         for always in [false, true] {
-            let server = try CLIProcess(["-l", "-v", "--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"]
-                                        + (always ? ["--always-cookie"] : []) + ["127.0.0.1", "0"])
+            let (server, port) = try CLIProcess.readyListener(["--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"]
+                                                              + (always ? ["--always-cookie"] : []) + ["127.0.0.1", "0"])
             defer { server.terminate() }
-            #expect(server.waitForError(containing: "listening on"))
-            let port = try #require(server.listeningPort)
             let client = try CLIProcess(["--ca", "\(certs)/ca.pem", "--server-name", "localhost", "127.0.0.1", "\(port)"])
             #expect(client.wait() == 0, "client: \(client.errorOutput)")
             #expect(server.wait(timeout: 30) == 0, "server: \(server.errorOutput)")
