@@ -10,8 +10,10 @@ struct CLIProcess {
         .deletingLastPathComponent().deletingLastPathComponent()
     static var certs: String { packageRoot.appendingPathComponent("certs").path }
 
-    /// The executables sit next to the test bundle in the build directory.
+    /// The executables sit next to the test bundle in the build directory; an absolute path is
+    /// taken as it is (`/bin/sh`).
     static func executable(_ tool: String = "toudtls-cat") -> URL {
+        if tool.hasPrefix("/") { return URL(fileURLWithPath: tool) }
         let candidates = [
             Bundle.main.bundleURL.appendingPathComponent(tool),
             Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent(tool),

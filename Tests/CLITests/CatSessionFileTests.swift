@@ -48,6 +48,32 @@ struct CatSessionFileTests {
         #expect(again.contains("session resumed"), "after the corrupt file: \(again)")
     }
 
+    /// The session is a secret: in a directory others can write to, a link planted where the
+    /// temporary file goes must not receive it (nor become the session file).
+    @Test("saving the session never writes through a link planted at the temporary file's name")
+    func saveIgnoresAPlantedLink() throws {
+        let (server, port) = try CLIProcess.readyListener(["-k", "--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key",
+                                                           "127.0.0.1", "0"])
+        defer { server.terminate() }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("session").path
+        let victim = directory.appendingPathComponent("victim").path
+        try Data("victim".utf8).write(to: URL(fileURLWithPath: victim))
+        let input = try makeRandomFile(bytes: 1000)
+        defer { try? FileManager.default.removeItem(at: input) }
+        // exec keeps the shell's pid, so the link sits at the name the client's save will use.
+        let script = #"ln -s "$1" "$2.tmp-$$" && exec "$3" --ca "$4" --server-name localhost --session-file "$2" 127.0.0.1 "$5""#
+        let client = try CLIProcess(["-c", script, "sh", victim, file, CLIProcess.executable().path, "\(certs)/ca.pem", "\(port)"],
+                                    tool: "/bin/sh", stdin: input)
+        #expect(client.wait() == 0, "client: \(client.errorOutput)")
+        #expect(FileManager.default.contents(atPath: victim) == Data("victim".utf8))
+        let attributes = try FileManager.default.attributesOfItem(atPath: file)
+        #expect(attributes[.type] as? FileAttributeType == .typeRegular)
+        #expect(attributes[.posixPermissions] as? Int == 0o600)
+    }
+
     @Test("--always-cookie makes the listener ask for a cookie; by default it does not")
     func alwaysCookie() throws {
         for always in [false, true] {
