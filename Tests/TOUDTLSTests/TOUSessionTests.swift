@@ -76,39 +76,40 @@ struct TOUSessionTests {
                 let now = NIODeadline.now()
                 while let datagram = initiator.pollDatagram() {
                     moved = true
-                    var payload = datagram
-                    let header = try GUEHeader.parse(from: &payload, mode: .secure)
-                    fromInitiator.append((header, payload))
-                    order.append(true)
-                    switch toTarget(header, payload) {
-                    case .deliver: deliverToTarget(header: header, payload: payload, now: now)
-                    case .drop: break
-                    case .hold: heldForTarget.append((header, payload))
-                    case .duplicate:
-                        deliverToTarget(header: header, payload: payload, now: now)
-                        deliverToTarget(header: header, payload: payload, now: now)
-                    }
+                    try cross(datagram, fromInitiator: true, now: now)
                 }
-                if let target {
-                    while let datagram = target.pollDatagram() {
-                        moved = true
-                        var payload = datagram
-                        let header = try GUEHeader.parse(from: &payload, mode: .secure)
-                        fromTarget.append((header, payload))
-                        order.append(false)
-                        switch toInitiator(header, payload) {
-                        case .deliver: deliverToInitiator(header: header, payload: payload, now: now)
-                        case .drop: break
-                        case .hold: heldForInitiator.append((header, payload))
-                        case .duplicate:
-                            deliverToInitiator(header: header, payload: payload, now: now)
-                            deliverToInitiator(header: header, payload: payload, now: now)
-                        }
-                    }
+                while let datagram = target?.pollDatagram() {
+                    moved = true
+                    try cross(datagram, fromInitiator: false, now: now)
                 }
                 while let event = initiator.pollEvent() { initiatorEvents.append(event) }
                 while let event = target?.pollEvent() { targetEvents.append(event) }
                 if !moved, !runTimersDueSoon(horizon: timerHorizon) { return }
+            }
+        }
+
+        /// One datagram onto the link: recorded, then delivered, dropped, held or duplicated as the
+        /// link's action for its direction says.
+        private func cross(_ datagram: ByteBuffer, fromInitiator sender: Bool, now: NIODeadline) throws {
+            var payload = datagram
+            let header = try GUEHeader.parse(from: &payload, mode: .secure)
+            order.append(sender)
+            if sender { fromInitiator.append((header, payload)) } else { fromTarget.append((header, payload)) }
+            func deliver() {
+                if sender {
+                    deliverToTarget(header: header, payload: payload, now: now)
+                } else {
+                    deliverToInitiator(header: header, payload: payload, now: now)
+                }
+            }
+            switch sender ? toTarget(header, payload) : toInitiator(header, payload) {
+            case .deliver: deliver()
+            case .drop: break
+            case .hold:
+                if sender { heldForTarget.append((header, payload)) } else { heldForInitiator.append((header, payload)) }
+            case .duplicate:
+                deliver()
+                deliver()
             }
         }
 
