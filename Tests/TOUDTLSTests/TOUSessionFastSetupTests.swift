@@ -15,6 +15,14 @@ struct TOUSessionFastSetupTests {
     static let request = ByteBuffer(string: "GET / HTTP/1.0\r\n\r\n")
     static let answer = ByteBuffer(string: "HTTP/1.0 200 OK\r\n\r\nhello")
 
+    /// A pair whose initiator has the request to send first, and whose target answers a padded
+    /// ClientHello at once (a listener not under pressure).
+    static func requestPair() throws -> Pair {
+        let pair = try Pair(parameters: parameters, initialData: request)
+        pair.admitWithoutCookie = true
+        return pair
+    }
+
     /// Everything readable at `session`, as text.
     static func readAll(_ session: TOUSession) -> String {
         var text = ""
@@ -34,8 +42,7 @@ struct TOUSessionFastSetupTests {
 
     @Test("the request rides on the SYN and the answer leaves from SYN-RECEIVED, before the handshake's last ACK")
     func requestOnTheSYNAnswerFromSynReceived() throws {
-        let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
-        pair.admitWithoutCookie = true
+        let pair = try Self.requestPair()
         // Hold the initiator's datagrams after its SYN, so the target answers before TCP's last ACK.
         var synSeen = false
         pair.toTarget = { _, payload in
@@ -61,8 +68,7 @@ struct TOUSessionFastSetupTests {
 
     @Test("the SYN before the initiator's Finished: held by the target, then taken, nothing counted as dropped")
     func synOvertakesTheFinished() throws {
-        let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
-        pair.admitWithoutCookie = true
+        let pair = try Self.requestPair()
         var finished: (GUEHeader, ByteBuffer)?
         pair.toTarget = { header, payload in
             if finished == nil, payload.carriesEpoch1Handshake {
@@ -83,8 +89,7 @@ struct TOUSessionFastSetupTests {
 
     @Test("a lost SYN is resent by TCP's timer, with its data")
     func lostSYN() throws {
-        let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
-        pair.admitWithoutCookie = true
+        let pair = try Self.requestPair()
         pair.timerHorizon = .milliseconds(1500)
         var dropped = false
         pair.toTarget = { _, payload in
@@ -102,8 +107,7 @@ struct TOUSessionFastSetupTests {
 
     @Test("a duplicated SYN: one connection, its data once")
     func duplicatedSYN() throws {
-        let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
-        pair.admitWithoutCookie = true
+        let pair = try Self.requestPair()
         pair.toTarget = { _, payload in payload.startsWithApplicationData ? .duplicate : .deliver }
         try pair.run()
         let target = try Self.answerAndRun(pair)
@@ -113,8 +117,7 @@ struct TOUSessionFastSetupTests {
 
     @Test("the target's SYN-ACK and answer before its Finished: held by the initiator, then taken")
     func answerOvertakesTheTargetsFinished() throws {
-        let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
-        pair.admitWithoutCookie = true
+        let pair = try Self.requestPair()
         pair.toInitiator = { _, payload in payload.carriesEpoch1Handshake ? .hold : .deliver }
         try pair.run()
         let target = try #require(pair.target)
