@@ -27,6 +27,14 @@ struct OutboundQueue {
             }
             return result
         }
+
+        /// Takes the first datagram off the run (a slice, no copy); the rest stay a run.
+        mutating func removeFirst() -> ByteBuffer? {
+            guard count > 0 else { return nil }
+            count -= 1
+            // The last datagram may be shorter than the others: it is whatever is left.
+            return datagrams.readSlice(length: count == 0 ? datagrams.readableBytes : segmentSize)
+        }
     }
 
     /// Linux's UDP_MAX_SEGMENTS was 64 before 6.x; stay within it everywhere.
@@ -99,6 +107,14 @@ struct OutboundQueue {
         if let run = runs.popFirst() { return run }
         defer { open = nil }
         return open
+    }
+
+    /// The next datagram on its own; the rest of its run stays at the front, still one run.
+    mutating func pollDatagram() -> ByteBuffer? {
+        guard var run = pollRun() else { return nil }
+        let first = run.removeFirst()
+        if run.count > 0 { runs.prepend(run) }
+        return first
     }
 
     /// Puts a run back at the front (the caller took only part of it).

@@ -157,6 +157,12 @@ public struct TOUConfiguration: Sendable {
         }
     }
 
+    /// Client: the name a connection to `host` verifies the server's certificate against and saves
+    /// its session under: `serverName`, else `host` (an IPv6 address without its brackets).
+    public func serverName(connectingTo host: String) -> String {
+        serverName ?? AddressText.unbracketed(host)
+    }
+
     func makeClientContext() throws(TOUError) -> DTLSContext {
         guard let trustRoots else {
             throw .invalidConfiguration("a DTLS client needs trust roots (--ca) to verify the server")

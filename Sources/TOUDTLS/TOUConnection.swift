@@ -78,7 +78,7 @@ public final class TOUConnection: Sendable {
         } catch {
             throw TOUError.unreachable("cannot open a UDP socket to \(remote.ipAndPort): \(AddressText.describe(error))")
         }
-        let serverName = configuration.serverName ?? AddressText.unbracketed(host)
+        let serverName = configuration.serverName(connectingTo: host)
         let promise = loop.makePromise(of: TOUConnection.self)
         let cache = configuration.security == .dtls ? configuration.sessionCache : nil
         let saved = cache?.session(serverName: serverName, port: port)

@@ -209,9 +209,9 @@ final class TOUEndpoint: @unchecked Sendable {
             // Limits first: a refused attempt must not burn its (address, port, S) in the replay cache.
             // A cookieless admission has taken its source's token already.
             if let limit = limitReached(key: key, chargingSource: !withoutCookie, now: now)
-                ?? (sessions[derivedSID] == nil ? nil : "its session exists already") {
+                ?? (sessions[derivedSID] == nil ? nil : .sessionExists) {
                 counters.droppedOverLimit += 1
-                refused(address, limit, now: now)
+                refused(address, limit.reason, now: now)
                 return
             }
             guard admitted.insertIfNew(key, now: now) else {
@@ -243,7 +243,7 @@ final class TOUEndpoint: @unchecked Sendable {
         }
         if let limit = limitReached(key: key, now: now) {
             counters.droppedOverLimit += 1
-            refused(address, limit, now: now)
+            refused(address, limit.reason, now: now)
             return
         }
         var localSID = SessionID.random()
@@ -257,28 +257,39 @@ final class TOUEndpoint: @unchecked Sendable {
         register(session, key: key, now: now)
     }
 
+    /// What refuses a new session once its attempt is otherwise good.
+    private enum AdmissionLimit {
+        case halfOpen(Int), sessions(Int), sourceRate, sessionExists
+
+        var reason: String {
+            switch self {
+            case .halfOpen(let limit): return "\(limit) handshakes are in progress already (the limit)"
+            case .sessions(let limit): return "\(limit) sessions are open already (the limit)"
+            case .sourceRate: return "its address is over the limit of new sessions per second"
+            case .sessionExists: return "its session exists already"
+            }
+        }
+    }
+
     /// Which admission limit refuses a new session, or nil when it may start.
-    private func limitReached(key: PeerKey, chargingSource: Bool = true, now: NIODeadline) -> String? {
-        if halfOpen.count >= configuration.maximumHalfOpenSessions {
-            return "\(configuration.maximumHalfOpenSessions) handshakes are in progress already (the limit)"
-        }
-        if sessions.count >= configuration.maximumSessions {
-            return "\(configuration.maximumSessions) sessions are open already (the limit)"
-        }
-        if chargingSource, !rateLimiter.allow(key.address, now: now) {
-            return "its address is over the limit of new sessions per second"
-        }
+    private func limitReached(key: PeerKey, chargingSource: Bool = true, now: NIODeadline) -> AdmissionLimit? {
+        if halfOpen.count >= configuration.maximumHalfOpenSessions { return .halfOpen(configuration.maximumHalfOpenSessions) }
+        if sessions.count >= configuration.maximumSessions { return .sessions(configuration.maximumSessions) }
+        if chargingSource, !rateLimiter.allow(key.address, now: now) { return .sourceRate }
         return nil
     }
 
-    /// One log line per refused attempt, rate-limited; nothing at all unless the logger shows info.
-    private func refused(_ address: SocketAddress, _ reason: String, now: NIODeadline) {
-        logAttempt(from: address, "refused", reason, now: now)
+    /// One log line per refused attempt, rate-limited; nothing at all, not even the reason's text,
+    /// unless the logger shows info (a flood of refused attempts costs no formatting).
+    private func refused(_ address: SocketAddress, _ reason: @autoclosure () -> String, now: NIODeadline) {
+        logAttempt(from: address, "refused", reason(), now: now)
     }
 
-    private func logAttempt(from address: SocketAddress, _ outcome: String, _ reason: String, now: NIODeadline) {
-        guard role == .listener, logger.logLevel <= .info, let bytes = IPAddressBytes(from: address),
-              let omitted = refusedAttempts.admit(address: bytes, port: UInt16(truncatingIfNeeded: address.port ?? 0),
+    private func logAttempt(from address: SocketAddress, _ outcome: String, _ reason: @autoclosure () -> String,
+                            now: NIODeadline) {
+        guard role == .listener, logger.logLevel <= .info, let bytes = IPAddressBytes(from: address) else { return }
+        let reason = reason()
+        guard let omitted = refusedAttempts.admit(address: bytes, port: UInt16(truncatingIfNeeded: address.port ?? 0),
                                                   reason: reason, now: now) else { return }
         let more = omitted > 0 ? " (\(omitted) more not logged)" : ""
         logger.info("connection attempt from \(address.ipAndPort) \(outcome): \(reason)\(more)")

@@ -232,11 +232,10 @@ final class TOUSession {
                 return
             }
             let droppedBefore = dtls?.droppedRecords ?? 0
-            if unprovenAttempt != nil, address == peerAddress {
-                unprovenAttempt?.received += header.encodedLength + payload.readableBytes
-            }
+            let datagramBytes = header.encodedLength + payload.readableBytes
+            if unprovenAttempt != nil, address == peerAddress { unprovenAttempt?.received += datagramBytes }
             dtls?.receiveDatagram(payload, now: now)
-            learnAddress(address, datagramBytes: header.encodedLength + payload.readableBytes)
+            learnAddress(address, datagramBytes: datagramBytes)
             // Forged datagrams naming our SID must not keep a dead session from idling out.
             if (dtls?.droppedRecords ?? 0) == droppedBefore { lastReceived = now }
         case .plain:
@@ -318,21 +317,17 @@ final class TOUSession {
     /// The next run of framed datagrams to send to `peerAddress`.
     func pollRun() -> OutboundQueue.Run? {
         if unprovenAttempt != nil { return pollUnprovenRun() }
-        while let run = outbound.pollRun() {
-            guard let path = unvalidatedPath else { return run }
-            if run.count > 1 {
-                // Judged one datagram at a time below.
-                for slice in run.slices.reversed() { outbound.pushFront(.single(slice)) }
-                continue
-            }
-            // At most three times what the unproven address sent us; TCP resends what is held back.
-            let size = run.datagrams.readableBytes
-            guard path.bytesSent + size <= 3 * path.bytesReceived else {
+        guard unvalidatedPath != nil else { return outbound.pollRun() }
+        // Judged one datagram at a time: at most three times what the unproven address sent us;
+        // TCP resends what is held back.
+        while let datagram = outbound.pollDatagram() {
+            let size = datagram.readableBytes
+            if let path = unvalidatedPath, path.bytesSent + size > 3 * path.bytesReceived {
                 amplificationLimitedDatagrams += 1
                 continue
             }
             unvalidatedPath?.bytesSent += size
-            return run
+            return .single(datagram)
         }
         return nil
     }
@@ -341,11 +336,7 @@ final class TOUSession {
     /// fit 3x what it sent waits (not dropped: a handshake flight has no other way to get there)
     /// until its retransmission adds to the allowance.
     private func pollUnprovenRun() -> OutboundQueue.Run? {
-        guard let attempt = unprovenAttempt, let run = outbound.pollRun() else { return nil }
-        if run.count > 1 {
-            for slice in run.slices.dropFirst().reversed() { outbound.pushFront(.single(slice)) }
-        }
-        let datagram = run.count > 1 ? run.slices[0] : run.datagrams
+        guard let attempt = unprovenAttempt, let datagram = outbound.pollDatagram() else { return nil }
         guard attempt.sent + datagram.readableBytes <= 3 * attempt.received else {
             outbound.pushFront(.single(datagram))
             // Counted once per datagram held, however often it is looked at again.
@@ -362,11 +353,10 @@ final class TOUSession {
 
     /// The next framed datagram, one at a time (runs taken apart).
     func pollDatagram() -> ByteBuffer? {
-        guard let run = pollRun() else { return nil }
-        guard run.count > 1 else { return run.datagrams }
-        let slices = run.slices
-        for slice in slices.dropFirst().reversed() { outbound.pushFront(.single(slice)) }
-        return slices.first
+        guard var run = pollRun() else { return nil }
+        let first = run.removeFirst()
+        if run.count > 0 { outbound.pushFront(run) }
+        return first
     }
 
     func pollEvent() -> SessionEvent? {

@@ -36,7 +36,7 @@ struct CatRunner: Sendable {
     private func runClient() async throws {
         let host = command.host ?? "localhost"
         let configuration = command.makeConfiguration()
-        let serverName = command.serverName ?? host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        let serverName = configuration.serverName(connectingTo: host)
         if let path = command.sessionFile, let saved = SessionFile.load(path, serverName: serverName, warn: warn) {
             configuration.sessionCache?.insert(saved, port: command.port)
         }

@@ -33,10 +33,17 @@ enum SessionFile {
     }
 
     /// Written to a temporary file created with mode 0600 and renamed over `path`, so the secret
-    /// is never readable by others, and a reader never sees half a file.
+    /// is never readable by others, and a reader never sees half a file. The temporary file is
+    /// always a new one (O_EXCL): whatever already has its name, a link someone planted included,
+    /// is removed, never written through.
     static func save(_ session: TOUSavedSession, to path: String, warn: (String) -> Void) {
         let temporary = path + ".tmp-\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC
+        var fd = open(temporary, flags, 0o600)
+        if fd < 0, errno == EEXIST {
+            unlink(temporary)
+            fd = open(temporary, flags, 0o600)
+        }
         guard fd >= 0 else {
             warn("cannot save the session to \(path): \(String(cString: strerror(errno)))")
             return

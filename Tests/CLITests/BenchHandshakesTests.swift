@@ -7,17 +7,12 @@ import Glibc
 /// `toudtls-bench handshakes` against `toudtls-bench serve`, as bench/compare runs them.
 @Suite("toudtls-bench handshakes", .serialized)
 struct BenchHandshakesTests {
-    static func lastJSON(_ text: String) throws -> [String: Any] {
-        let line = try #require(text.split(separator: "\n").last(where: { $0.hasPrefix("{") }), "no JSON in \(text)")
-        return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "\(line)")
-    }
-
     static func handshakes(port: Int, serverPid: Int, extra: [String]) throws -> [String: Any] {
         let client = try CLIProcess(["handshakes", "--port", String(port), "--certs", CLIProcess.certs,
                                      "--seconds", "0.5", "--rtt-samples", "5", "--counter-samples", "2",
                                      "--server-pid", String(serverPid)] + extra, tool: "toudtls-bench")
         #expect(client.wait(timeout: 120) == 0, "stderr: \(client.errorOutput)")
-        return try lastJSON(client.outputText)
+        return try client.lastJSONObject()
     }
 
     /// One configuration used to serve every connect, so after the first each handshake resumed
@@ -55,7 +50,7 @@ struct BenchHandshakesTests {
 
         kill(server.process.processIdentifier, SIGTERM)
         #expect(server.wait(timeout: 30) == 0, "stderr: \(server.errorOutput)")
-        let counters = try Self.lastJSON(server.outputText)
+        let counters = try server.lastJSONObject()
         // Each run adds a round-trip connection and the counter samples to the timed handshakes.
         #expect(counters["sessions_accepted"] as? Int == fullCount + resumedCount + 2 * 3, "\(counters)")
         #expect(counters["hello_verify_requests_sent"] as? Int == 0, "\(counters)")

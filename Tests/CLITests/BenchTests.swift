@@ -9,8 +9,8 @@ struct BenchTests {
         let process = try CLIProcess(["--plain", "--megabytes", "1", "--rr-seconds", "0.2", "--setups", "1",
                                       "--certs", CLIProcess.certs], tool: "toudtls-bench")
         #expect(process.wait(timeout: 120) == 0, "stderr: \(process.errorOutput)")
-        let line = try #require(process.outputText.split(separator: "\n").last)
-        let json = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        let json = try process.lastJSONObject()
+        let line = "\(json)"
         let seconds = try #require(json["bulk_seconds"] as? Double, "\(line)")
         let closeSeconds = try #require(json["bulk_close_seconds"] as? Double, "\(line)")
         let rate = try #require(json["bulk_MBps"] as? Double, "\(line)")

@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,8 +10,10 @@ struct CLIProcess {
         .deletingLastPathComponent().deletingLastPathComponent()
     static var certs: String { packageRoot.appendingPathComponent("certs").path }
 
-    /// The executables sit next to the test bundle in the build directory.
+    /// The executables sit next to the test bundle in the build directory; an absolute path is
+    /// taken as it is (`/bin/sh`).
     static func executable(_ tool: String = "toudtls-cat") -> URL {
+        if tool.hasPrefix("/") { return URL(fileURLWithPath: tool) }
         let candidates = [
             Bundle.main.bundleURL.appendingPathComponent(tool),
             Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent(tool),
@@ -27,6 +30,18 @@ struct CLIProcess {
     let stderr = Pipe()
     private let outputData = LockedData()
     private let errorData = LockedData()
+
+    /// `toudtls-cat -l -v ARGUMENTS`, once it has said where it listens; with its port.
+    static func readyListener(_ arguments: [String], stdin: URL? = nil) throws -> (CLIProcess, Int) {
+        let listener = try CLIProcess(["-l", "-v"] + arguments, stdin: stdin)
+        #expect(listener.waitForError(containing: "listening on"), "listener: \(listener.errorOutput)")
+        do {
+            return (listener, try #require(listener.listeningPort))
+        } catch {
+            listener.terminate()
+            throw error
+        }
+    }
 
     /// With `closeStdout`, the reading end of stdout is closed at once, so the process's writes
     /// to stdout fail (EPIPE) as they would after `| head -c 0`.
@@ -90,6 +105,12 @@ struct CLIProcess {
             Thread.sleep(forTimeInterval: 0.02)
         }
         return false
+    }
+
+    /// The last line on stdout, a JSON object (toudtls-bench and toudtls-netsim end with their figures so).
+    func lastJSONObject() throws -> [String: Any] {
+        let line = try #require(outputText.split(separator: "\n").last, "nothing on stdout; stderr: \(errorOutput)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "\(line)")
     }
 
     /// The port printed by `-v` in "listening on ADDR:PORT".

@@ -9,12 +9,6 @@ struct CatAddressTests {
 
     var serverCertificate: [String] { ["--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"] }
 
-    func readyListener(_ arguments: [String], stdin: URL? = nil) throws -> (CLIProcess, Int) {
-        let listener = try CLIProcess(["-l", "-v"] + arguments, stdin: stdin)
-        #expect(listener.waitForError(containing: "listening on"), "listener: \(listener.errorOutput)")
-        return (listener, try #require(listener.listeningPort))
-    }
-
     func stderrLines(_ process: CLIProcess, containing text: String) -> [Substring] {
         process.errorOutput.split(separator: "\n").filter { $0.contains(text) }
     }
@@ -25,7 +19,7 @@ struct CatAddressTests {
         for (clientHost, shown) in [("127.0.0.1", "127.0.0.1"), ("[::1]", "[::1]"), ("::1", "[::1]")] {
             let file = try makeRandomFile(bytes: 10_000)
             defer { try? FileManager.default.removeItem(at: file) }
-            let (listener, port) = try readyListener(["--plain", "0"])
+            let (listener, port) = try CLIProcess.readyListener(["--plain", "0"])
             defer { listener.terminate() }
             #expect(stderrLines(listener, containing: "listening on").first?.hasSuffix("listening on [::]:\(port)") == true,
                     "listener: \(listener.errorOutput)")
@@ -64,7 +58,7 @@ struct CatAddressTests {
     @Test("a second listener on a port in use fails with \"address in use\", exit 1",
           arguments: [["127.0.0.1"], []])
     func portInUse(host: [String]) throws {
-        let (first, port) = try readyListener(["--plain"] + host + ["0"])
+        let (first, port) = try CLIProcess.readyListener(["--plain"] + host + ["0"])
         defer { first.terminate() }
         let second = try CLIProcess(["-l", "-v", "--plain"] + host + ["\(port)"])
         defer { second.terminate() }
@@ -76,7 +70,7 @@ struct CatAddressTests {
 
     @Test("-v on a listener: one line per refused or failed attempt, with the peer and the reason")
     func refusedAttemptsLogged() throws {
-        let (listener, port) = try readyListener(
+        let (listener, port) = try CLIProcess.readyListener(
             ["-k"] + serverCertificate + ["--ca", "\(certs)/ca.pem", "--require-client-cert", "127.0.0.1", "0"])
         defer { listener.terminate() }
 

@@ -7,13 +7,6 @@ import Testing
 struct CatSessionFileTests {
     let certs = CLIProcess.certs
 
-    func keepOpenListener(_ extra: [String] = []) throws -> (CLIProcess, Int) {
-        let server = try CLIProcess(["-l", "-k", "-v", "--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"]
-                                    + extra + ["127.0.0.1", "0"])
-        #expect(server.waitForError(containing: "listening on"), "listener: \(server.errorOutput)")
-        return (server, try #require(server.listeningPort))
-    }
-
     /// One client run sending a few bytes; returns its stderr.
     func client(port: Int, sessionFile: String, serverName: String? = "localhost", host: String = "127.0.0.1") throws -> String {
         let input = try makeRandomFile(bytes: 1000)
@@ -26,7 +19,8 @@ struct CatSessionFileTests {
 
     @Test("the second run resumes from the saved file (mode 0600); a corrupt or foreign file is ignored with a warning")
     func resumesAcrossProcesses() throws {
-        let (server, port) = try keepOpenListener()
+        let (server, port) = try CLIProcess.readyListener(["-k", "--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key",
+                                                           "127.0.0.1", "0"])
         defer { server.terminate() }
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-session-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: file) }
@@ -54,14 +48,38 @@ struct CatSessionFileTests {
         #expect(again.contains("session resumed"), "after the corrupt file: \(again)")
     }
 
+    /// The session is a secret: in a directory others can write to, a link planted where the
+    /// temporary file goes must not receive it (nor become the session file).
+    @Test("saving the session never writes through a link planted at the temporary file's name")
+    func saveIgnoresAPlantedLink() throws {
+        let (server, port) = try CLIProcess.readyListener(["-k", "--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key",
+                                                           "127.0.0.1", "0"])
+        defer { server.terminate() }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("session").path
+        let victim = directory.appendingPathComponent("victim").path
+        try Data("victim".utf8).write(to: URL(fileURLWithPath: victim))
+        let input = try makeRandomFile(bytes: 1000)
+        defer { try? FileManager.default.removeItem(at: input) }
+        // exec keeps the shell's pid, so the link sits at the name the client's save will use.
+        let script = #"ln -s "$1" "$2.tmp-$$" && exec "$3" --ca "$4" --server-name localhost --session-file "$2" 127.0.0.1 "$5""#
+        let client = try CLIProcess(["-c", script, "sh", victim, file, CLIProcess.executable().path, "\(certs)/ca.pem", "\(port)"],
+                                    tool: "/bin/sh", stdin: input)
+        #expect(client.wait() == 0, "client: \(client.errorOutput)")
+        #expect(FileManager.default.contents(atPath: victim) == Data("victim".utf8))
+        let attributes = try FileManager.default.attributesOfItem(atPath: file)
+        #expect(attributes[.type] as? FileAttributeType == .typeRegular)
+        #expect(attributes[.posixPermissions] as? Int == 0o600)
+    }
+
     @Test("--always-cookie makes the listener ask for a cookie; by default it does not")
     func alwaysCookie() throws {
         for always in [false, true] {
-            let server = try CLIProcess(["-l", "-v", "--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"]
-                                        + (always ? ["--always-cookie"] : []) + ["127.0.0.1", "0"])
+            let (server, port) = try CLIProcess.readyListener(["--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key"]
+                                                              + (always ? ["--always-cookie"] : []) + ["127.0.0.1", "0"])
             defer { server.terminate() }
-            #expect(server.waitForError(containing: "listening on"))
-            let port = try #require(server.listeningPort)
             let client = try CLIProcess(["--ca", "\(certs)/ca.pem", "--server-name", "localhost", "127.0.0.1", "\(port)"])
             #expect(client.wait() == 0, "client: \(client.errorOutput)")
             #expect(server.wait(timeout: 30) == 0, "server: \(server.errorOutput)")

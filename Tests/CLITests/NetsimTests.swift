@@ -8,8 +8,7 @@ struct NetsimTests {
         let process = try CLIProcess(["--losses", "0.01", "--algorithms", "newreno", "--duration", "1",
                                       "--warmup-limit", "1", "--settle", "0"] + extra, tool: "toudtls-netsim")
         #expect(process.wait(timeout: 120) == 0, "stderr: \(process.errorOutput)")
-        let line = try #require(process.outputText.split(separator: "\n").last)
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        let report = try process.lastJSONObject()
         let results = try #require(report["results"] as? [[String: Any]])
         return (report, try #require(results.first))
     }

@@ -22,6 +22,15 @@ import Testing
         #expect(AddressText.unbracketed("localhost") == "localhost")
     }
 
+    @Test("a client verifies and saves sessions under its serverName, else the host without brackets")
+    func serverNameForHost() {
+        var configuration = TOUConfiguration.client(trustRoots: .pemFile("ca.pem"))
+        #expect(configuration.serverName(connectingTo: "[::1]") == "::1")
+        #expect(configuration.serverName(connectingTo: "localhost") == "localhost")
+        configuration.serverName = "example.org"
+        #expect(configuration.serverName(connectingTo: "[::1]") == "example.org")
+    }
+
     @Test("a failed lookup says which name, in one line, without SwiftNIO's type names")
     func failedLookup() {
         #expect(throws: AddressText.Failure.self) { try AddressText.resolve("nosuch.invalid", port: 1) }

@@ -112,7 +112,7 @@ struct FastSetupTests {
         for (fromClientSide, bytes) in relay.snapshot.ordered {
             let payload = ByteBuffer(bytes: bytes.dropFirst(CapturedDatagram.headerLength(bytes) ?? 0))
             if fromClientSide {
-                if Self.carriesEpoch1Handshake(payload) { break }
+                if payload.carriesEpoch1Handshake { break }
                 if fromClient > 0, DTLSDatagramSummary.scan(payload)?.isClientHello == true { retransmittedHello = true }
                 fromClient += bytes.count
             } else {
@@ -124,14 +124,5 @@ struct FastSetupTests {
         #expect(retransmittedHello, "the flight fitted 3x: this test needs a larger chain")
         #expect(checked > 0 && fromListener > 3 * DTLSDatagramSummary.paddedClientHelloSize)
         try await listener.close()
-    }
-
-    static func carriesEpoch1Handshake(_ payload: ByteBuffer) -> Bool {
-        var index = payload.readerIndex
-        while let header = DTLSRecordHeader.peek(in: payload, at: index) {
-            if header.contentType == 22, header.epoch == 1 { return true }
-            index += 13 + header.length
-        }
-        return false
     }
 }

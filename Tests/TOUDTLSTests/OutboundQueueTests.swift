@@ -84,4 +84,20 @@ struct OutboundQueueTests {
         for index in 0..<130 { Self.append(&queue, size: 100, fill: UInt8(index)) }
         #expect(Self.drain(&queue).map(\.count) == [64, 64, 2])
     }
+
+    @Test("datagrams taken one at a time come out in order, the rest of a run staying one run")
+    func oneDatagramAtATime() {
+        var queue = OutboundQueue()
+        for (index, size) in [1200, 1200, 300, 900].enumerated() { Self.append(&queue, size: size, fill: UInt8(index)) }
+        let first = queue.pollDatagram()
+        #expect(first?.readableBytes == 1200 && first?.readableBytesView.allSatisfy { $0 == 0 } == true)
+        #expect(queue.completedRuns == 1)  // the rest of the first run (the 900-byte one is still open)
+        var rest: [ByteBuffer] = []
+        while let datagram = queue.pollDatagram() { rest.append(datagram) }
+        #expect(rest.map(\.readableBytes) == [1200, 300, 900])
+        #expect(rest.enumerated().allSatisfy { index, datagram in
+            datagram.readableBytesView.allSatisfy { $0 == UInt8(index + 1) }
+        })
+        #expect(queue.pollRun() == nil)
+    }
 }

@@ -13,14 +13,10 @@ struct ResumptionTests {
     static func certificatesSent(_ capture: CapturingRelay.Capture) -> Int {
         capture.serverHandshake.reduce(0) { count, bytes in
             let payload = ByteBuffer(bytes: bytes.dropFirst(CapturedDatagram.headerLength(bytes) ?? 0))
-            var index = payload.readerIndex
-            var found = count
-            while let header = DTLSRecordHeader.peek(in: payload, at: index) {
-                if header.contentType == 22, header.epoch == 0,
-                   payload.getInteger(at: index + 13, as: UInt8.self) == 11 { found += 1 }
-                index += 13 + header.length
-            }
-            return found
+            return count + payload.dtlsRecords.filter { at, header in
+                header.contentType == 22 && header.epoch == 0
+                    && payload.getInteger(at: at + 13, as: UInt8.self) == 11
+            }.count
         }
     }
 

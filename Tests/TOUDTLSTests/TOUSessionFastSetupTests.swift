@@ -15,18 +15,12 @@ struct TOUSessionFastSetupTests {
     static let request = ByteBuffer(string: "GET / HTTP/1.0\r\n\r\n")
     static let answer = ByteBuffer(string: "HTTP/1.0 200 OK\r\n\r\nhello")
 
-    /// The initiator's datagram with its first epoch-1 handshake record (its Finished).
-    static func carriesFinished(_ payload: ByteBuffer) -> Bool {
-        var index = payload.readerIndex
-        while let header = DTLSRecordHeader.peek(in: payload, at: index) {
-            if header.contentType == 22, header.epoch == 1 { return true }
-            index += 13 + header.length
-        }
-        return false
-    }
-
-    static func isData(_ payload: ByteBuffer) -> Bool {
-        payload.getInteger(at: payload.readerIndex, as: UInt8.self) == 23
+    /// A pair whose initiator has the request to send first, and whose target answers a padded
+    /// ClientHello at once (a listener not under pressure).
+    static func requestPair() throws -> Pair {
+        let pair = try Pair(parameters: parameters, initialData: request)
+        pair.admitWithoutCookie = true
+        return pair
     }
 
     /// Everything readable at `session`, as text.
@@ -48,13 +42,12 @@ struct TOUSessionFastSetupTests {
 
     @Test("the request rides on the SYN and the answer leaves from SYN-RECEIVED, before the handshake's last ACK")
     func requestOnTheSYNAnswerFromSynReceived() throws {
-        let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
-        pair.admitWithoutCookie = true
+        let pair = try Self.requestPair()
         // Hold the initiator's datagrams after its SYN, so the target answers before TCP's last ACK.
         var synSeen = false
         pair.toTarget = { _, payload in
             if synSeen { return .hold }
-            if Self.isData(payload) { synSeen = true }
+            if payload.startsWithApplicationData { synSeen = true }
             return .deliver
         }
         try pair.run()
@@ -63,7 +56,7 @@ struct TOUSessionFastSetupTests {
         #expect(target.tcp?.state == .synReceived)
         #expect(try Self.answerAndRun(pair).tcp?.state == .synReceived)
         // The SYN carried the whole request.
-        let syn = try #require(pair.fromInitiator.first { Self.isData($0.1) })
+        let syn = try #require(pair.fromInitiator.first { $0.1.startsWithApplicationData })
         #expect(syn.1.readableBytes == 13 + 24 + 20 + 24 + Self.request.readableBytes)  // record, TCP header, SYN options
         pair.toTarget = { _, _ in .deliver }
         pair.release()
@@ -75,11 +68,10 @@ struct TOUSessionFastSetupTests {
 
     @Test("the SYN before the initiator's Finished: held by the target, then taken, nothing counted as dropped")
     func synOvertakesTheFinished() throws {
-        let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
-        pair.admitWithoutCookie = true
+        let pair = try Self.requestPair()
         var finished: (GUEHeader, ByteBuffer)?
         pair.toTarget = { header, payload in
-            if finished == nil, Self.carriesFinished(payload) {
+            if finished == nil, payload.carriesEpoch1Handshake {
                 finished = (header, payload)
                 return .hold
             }
@@ -97,12 +89,11 @@ struct TOUSessionFastSetupTests {
 
     @Test("a lost SYN is resent by TCP's timer, with its data")
     func lostSYN() throws {
-        let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
-        pair.admitWithoutCookie = true
+        let pair = try Self.requestPair()
         pair.timerHorizon = .milliseconds(1500)
         var dropped = false
         pair.toTarget = { _, payload in
-            if !dropped, Self.isData(payload) {
+            if !dropped, payload.startsWithApplicationData {
                 dropped = true
                 return .drop
             }
@@ -116,9 +107,8 @@ struct TOUSessionFastSetupTests {
 
     @Test("a duplicated SYN: one connection, its data once")
     func duplicatedSYN() throws {
-        let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
-        pair.admitWithoutCookie = true
-        pair.toTarget = { _, payload in Self.isData(payload) ? .duplicate : .deliver }
+        let pair = try Self.requestPair()
+        pair.toTarget = { _, payload in payload.startsWithApplicationData ? .duplicate : .deliver }
         try pair.run()
         let target = try Self.answerAndRun(pair)
         #expect(target.tcp?.stats.bytesReceived == Self.request.readableBytes)
@@ -127,9 +117,8 @@ struct TOUSessionFastSetupTests {
 
     @Test("the target's SYN-ACK and answer before its Finished: held by the initiator, then taken")
     func answerOvertakesTheTargetsFinished() throws {
-        let pair = try Pair(parameters: Self.parameters, initialData: Self.request)
-        pair.admitWithoutCookie = true
-        pair.toInitiator = { _, payload in Self.carriesFinished(payload) ? .hold : .deliver }
+        let pair = try Self.requestPair()
+        pair.toInitiator = { _, payload in payload.carriesEpoch1Handshake ? .hold : .deliver }
         try pair.run()
         let target = try #require(pair.target)
         #expect(Self.readAll(target) == String(buffer: Self.request))

@@ -66,10 +66,7 @@ struct TOUSessionTests {
             heldForTarget = []
             heldForInitiator = []
             for (header, payload) in forTarget { deliverToTarget(header: header, payload: payload, now: now) }
-            for (header, payload) in forInitiator {
-                initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
-                initiator.pump(now: now)
-            }
+            for (header, payload) in forInitiator { deliverToInitiator(header: header, payload: payload, now: now) }
         }
 
         /// Moves datagrams both ways until nothing moves.
@@ -79,38 +76,40 @@ struct TOUSessionTests {
                 let now = NIODeadline.now()
                 while let datagram = initiator.pollDatagram() {
                     moved = true
-                    var payload = datagram
-                    let header = try GUEHeader.parse(from: &payload, mode: .secure)
-                    fromInitiator.append((header, payload))
-                    order.append(true)
-                    switch toTarget(header, payload) {
-                    case .deliver: deliverToTarget(header: header, payload: payload, now: now)
-                    case .drop: break
-                    case .hold: heldForTarget.append((header, payload))
-                    case .duplicate:
-                        deliverToTarget(header: header, payload: payload, now: now)
-                        deliverToTarget(header: header, payload: payload, now: now)
-                    }
+                    try cross(datagram, fromInitiator: true, now: now)
                 }
-                if let target {
-                    while let datagram = target.pollDatagram() {
-                        moved = true
-                        var payload = datagram
-                        let header = try GUEHeader.parse(from: &payload, mode: .secure)
-                        fromTarget.append((header, payload))
-                        order.append(false)
-                        let action = toInitiator(header, payload)
-                        if action == .hold { heldForInitiator.append((header, payload)) }
-                        guard action == .deliver || action == .duplicate else { continue }
-                        for _ in 0..<(action == .duplicate ? 2 : 1) {
-                            initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
-                            initiator.pump(now: now)
-                        }
-                    }
+                while let datagram = target?.pollDatagram() {
+                    moved = true
+                    try cross(datagram, fromInitiator: false, now: now)
                 }
                 while let event = initiator.pollEvent() { initiatorEvents.append(event) }
                 while let event = target?.pollEvent() { targetEvents.append(event) }
                 if !moved, !runTimersDueSoon(horizon: timerHorizon) { return }
+            }
+        }
+
+        /// One datagram onto the link: recorded, then delivered, dropped, held or duplicated as the
+        /// link's action for its direction says.
+        private func cross(_ datagram: ByteBuffer, fromInitiator sender: Bool, now: NIODeadline) throws {
+            var payload = datagram
+            let header = try GUEHeader.parse(from: &payload, mode: .secure)
+            order.append(sender)
+            if sender { fromInitiator.append((header, payload)) } else { fromTarget.append((header, payload)) }
+            func deliver() {
+                if sender {
+                    deliverToTarget(header: header, payload: payload, now: now)
+                } else {
+                    deliverToInitiator(header: header, payload: payload, now: now)
+                }
+            }
+            switch sender ? toTarget(header, payload) : toInitiator(header, payload) {
+            case .deliver: deliver()
+            case .drop: break
+            case .hold:
+                if sender { heldForTarget.append((header, payload)) } else { heldForInitiator.append((header, payload)) }
+            case .duplicate:
+                deliver()
+                deliver()
             }
         }
 
@@ -132,6 +131,11 @@ struct TOUSessionTests {
                 session.handleTimeout(now: now)
             }
             return true
+        }
+
+        private func deliverToInitiator(header: GUEHeader, payload: ByteBuffer, now: NIODeadline) {
+            initiator.receive(header: header, payload: payload, from: serverAddress, now: now)
+            initiator.pump(now: now)
         }
 
         private func deliverToTarget(header: GUEHeader, payload: ByteBuffer, now: NIODeadline) {
@@ -160,8 +164,7 @@ struct TOUSessionTests {
                 let replyHeader = try! GUEHeader.parse(from: &parsed, mode: .secure)
                 fromTarget.append((replyHeader, parsed))
                 order.append(false)
-                initiator.receive(header: replyHeader, payload: parsed, from: serverAddress, now: now)
-                initiator.pump(now: now)
+                deliverToInitiator(header: replyHeader, payload: parsed, now: now)
             case .accepted(let connection):
                 target = TOUSession.accept(dtls: connection, localSID: derived, remoteSID: source,
                                            peer: clientAddress, parameters: parameters,
@@ -321,23 +324,10 @@ struct TOUSessionTests {
         let pair = try Pair(parameters: Self.parameters)
         try pair.run()
         #expect(pair.initiatorEvents.contains(.established))
-        func firstRecord(_ payload: ByteBuffer) -> (type: UInt8, epoch: UInt16)? {
-            guard let type = payload.getInteger(at: payload.readerIndex, as: UInt8.self),
-                  let epoch = payload.getInteger(at: payload.readerIndex + 3, as: UInt16.self) else { return nil }
-            return (type, epoch)
-        }
-        func carriesEpoch1Handshake(_ payload: ByteBuffer) -> Bool {
-            var index = payload.readerIndex
-            while let header = DTLSRecordHeader.peek(in: payload, at: index) {
-                if header.contentType == 22, header.epoch == 1 { return true }
-                index += 13 + header.length
-            }
-            return false
-        }
-        let finished = try #require(pair.fromInitiator.firstIndex { carriesEpoch1Handshake($0.1) })
-        let syn = try #require(pair.fromInitiator.firstIndex { firstRecord($0.1)?.type == 23 })
+        let finished = try #require(pair.fromInitiator.firstIndex { $0.1.carriesEpoch1Handshake })
+        let syn = try #require(pair.fromInitiator.firstIndex { $0.1.startsWithApplicationData })
         #expect(syn == finished + 1)
-        let targetFinished = try #require(pair.fromTarget.firstIndex { carriesEpoch1Handshake($0.1) })
+        let targetFinished = try #require(pair.fromTarget.firstIndex { $0.1.carriesEpoch1Handshake })
         // Positions in the shared order of the link.
         let initiatorPositions = pair.order.indices.filter { pair.order[$0] }
         let targetPositions = pair.order.indices.filter { !pair.order[$0] }
