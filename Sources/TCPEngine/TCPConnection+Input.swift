@@ -80,9 +80,11 @@ extension TCPConnection {
             ackNow = true
             enterEstablished()
         } else {
-            // Simultaneous open (RFC 9293 figure 8): answer with a SYN-ACK.
+            // Simultaneous open (RFC 9293 figure 8): answer with a SYN-ACK. The peer, in SYN-SENT,
+            // took no data from our SYN: it goes again as ordinary data after the handshake.
             state = .synReceived
             synPending = true
+            sndMax = iss &+ 1
         }
     }
 
