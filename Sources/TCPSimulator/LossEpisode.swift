@@ -63,7 +63,7 @@ public struct LossEpisode {
         losesFirstSegment: Bool = true
     ) -> LossEpisode? {
         var tcp = configuration
-        let payload = tcp.maximumSegmentSize - (tcp.timestamps ? 12 : 0)
+        let payload = tcp.fullSegmentPayload
         let flightBytes = segments * payload
         tcp.sendBufferSize = max(tcp.sendBufferSize, 2 * flightBytes)
         tcp.receiveBufferSize = max(tcp.receiveBufferSize, 2 * flightBytes)
