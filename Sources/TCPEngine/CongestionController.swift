@@ -87,50 +87,47 @@ extension CongestionController {
 }
 
 /// The engine's controller: one of the built-in algorithms, stored inline (no existential, no
-/// allocation) and copied whole to undo a spurious reduction.
-enum AnyCongestionController: CongestionController {
-    case newReno(NewRenoController)
-    case cubic(CubicController)
+/// allocation) and copied whole to undo a spurious reduction. What is read per segment is kept
+/// beside the enum: reading it through the enum copied the whole controller out each time.
+struct AnyCongestionController: CongestionController {
+    private enum Algorithm {
+        case newReno(NewRenoController)
+        case cubic(CubicController)
+    }
+
+    private var algorithm: Algorithm
+    private(set) var congestionWindow = 0
+    private(set) var slowStartThreshold = 0
+    private(set) var isInSlowStart = false
 
     init(_ algorithm: TCPCongestionControlAlgorithm, mss: Int, initialWindow: Int) {
         switch algorithm {
-        case .newReno: self = .newReno(NewRenoController(mss: mss, initialWindow: initialWindow))
-        case .cubic: self = .cubic(CubicController(mss: mss, initialWindow: initialWindow))
+        case .newReno: self.algorithm = .newReno(NewRenoController(mss: mss, initialWindow: initialWindow))
+        case .cubic: self.algorithm = .cubic(CubicController(mss: mss, initialWindow: initialWindow))
         }
+        apply({ _ in }, { _ in })
     }
 
-    var congestionWindow: Int {
-        switch self {
-        case .newReno(let c): return c.congestionWindow
-        case .cubic(let c): return c.congestionWindow
-        }
-    }
-
-    var slowStartThreshold: Int {
-        switch self {
-        case .newReno(let c): return c.slowStartThreshold
-        case .cubic(let c): return c.slowStartThreshold
-        }
-    }
-
-    var isInSlowStart: Bool {
-        switch self {
-        case .newReno(let c): return c.isInSlowStart
-        case .cubic(let c): return c.isInSlowStart
-        }
-    }
-
+    /// Runs the change on the controller in use and refreshes the figures kept beside it.
     private mutating func apply(
         _ newReno: (inout NewRenoController) -> Void, _ cubic: (inout CubicController) -> Void
     ) {
-        switch self {
+        switch algorithm {
         case .newReno(var c):
             newReno(&c)
-            self = .newReno(c)
+            mirror(c)
+            algorithm = .newReno(c)
         case .cubic(var c):
             cubic(&c)
-            self = .cubic(c)
+            mirror(c)
+            algorithm = .cubic(c)
         }
+    }
+
+    private mutating func mirror(_ controller: some CongestionController) {
+        congestionWindow = controller.congestionWindow
+        slowStartThreshold = controller.slowStartThreshold
+        isInSlowStart = controller.isInSlowStart
     }
 
     mutating func onAcknowledged(_ sample: CongestionAckSample) {

@@ -96,6 +96,12 @@ public struct TCPConfiguration: Sendable {
     /// The MSS actually advertised: what fits the 16-bit option, and at least 64 bytes.
     var advertisedMSS: Int { min(max(maximumSegmentSize, 64), Int(UInt16.max)) }
 
+    /// Payload of a full segment between two ends with this configuration: the MSS less the
+    /// timestamps option, which rides on every segment when both offer it (RFC 7323, RFC 6691).
+    public var fullSegmentPayload: Int {
+        advertisedMSS - (timestamps ? TCPConnection.timestampsOptionLength : 0)
+    }
+
     /// Largest buffer a 14-bit window scale can advertise.
     static let largestWindow = Int(UInt16.max) << 14
 

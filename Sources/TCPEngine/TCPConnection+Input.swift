@@ -80,9 +80,11 @@ extension TCPConnection {
             ackNow = true
             enterEstablished()
         } else {
-            // Simultaneous open (RFC 9293 figure 8): answer with a SYN-ACK.
+            // Simultaneous open (RFC 9293 figure 8): answer with a SYN-ACK. The peer, in SYN-SENT,
+            // took no data from our SYN: it goes again as ordinary data after the handshake.
             state = .synReceived
             synPending = true
+            sndMax = iss &+ 1
         }
     }
 
@@ -125,7 +127,7 @@ extension TCPConnection {
             return
         }
 
-        guard isAcceptable(segment) else {
+        guard Self.isAcceptable(segment, next: rcvNxt, window: currentReceiveWindow) else {
             if !flags.contains(.rst) {
                 answerUnacceptable(segment, now: now)
                 if sackEnabled, segment.payload.readableBytes > 0,
@@ -219,20 +221,20 @@ extension TCPConnection {
         ackNow = true
     }
 
-    /// RFC 9293 3.10.7.4 acceptability, against the window we advertised.
-    private func isAcceptable(_ segment: TCPSegment) -> Bool {
+    /// RFC 9293 3.10.7.4 acceptability, against the window we advertised (RCV.NXT `next`).
+    /// Static: a method on `self` made every segment copy the whole connection to call it.
+    private static func isAcceptable(_ segment: TCPSegment, next: UInt32, window: Int) -> Bool {
         let sequence = segment.sequenceNumber
         let length = segment.sequenceLength
-        let window = currentReceiveWindow
         func inWindow(_ value: UInt32) -> Bool {
-            value.seqGE(rcvNxt) && value.seqLT(rcvNxt.seqAdvanced(by: window))
+            value.seqGE(next) && value.seqLT(next.seqAdvanced(by: window))
         }
         if length == 0 {
-            return window == 0 ? sequence == rcvNxt : inWindow(sequence)
+            return window == 0 ? sequence == next : inWindow(sequence)
         }
         if window == 0 {
             // A bare FIN needs no buffer space; take it even into a closed window.
-            return sequence == rcvNxt && segment.payload.readableBytes == 0
+            return sequence == next && segment.payload.readableBytes == 0
                 && segment.flags.contains(.fin)
         }
         return inWindow(sequence) || inWindow(sequence.seqAdvanced(by: length - 1))

@@ -32,8 +32,9 @@ struct SentSegment {
 ///
 /// Per-ACK work follows what the ACK changes, not the window (a 16,000-segment flight with a
 /// hole at its head made every ACK walk the SACKed run twice): SACKed runs are crossed by
-/// union-find links, and RACK walks only the entries in the pipe, in the order they were sent
-/// (Linux's tsorted list), stopping at the first one sent after the RACK segment.
+/// union-find links, and RACK keeps the entries in the pipe in the order they were sent
+/// (Linux's tsorted list), where it looks only at the expired head and at what the RACK segment
+/// has newly passed.
 struct TCPScoreboard {
     private(set) var segments: Deque<SentSegment> = []
     /// Entries are numbered in the order they were sent; `segments[i]` has serial `firstSerial + i`.
@@ -41,6 +42,9 @@ struct TCPScoreboard {
     /// The in-pipe entries in send order (retransmissions move to the back).
     private var oldestSent = TCPScoreboard.none
     private var newestSent = TCPScoreboard.none
+    /// The last entry of that list sent before the RACK segment (`none`: none known). The RACK
+    /// segment only moves later, so everything up to it stays so; RACK resumes from here.
+    private var sentBeforeRACK = TCPScoreboard.none
     static let none = -1
 
     /// Bytes in flight per RFC 6675's pipe.
@@ -254,31 +258,37 @@ struct TCPScoreboard {
 
     /// RFC 8985 6.2 step 5: every entry sent before the RACK segment and not delivered within
     /// RACK.rtt + reorderingWindow is lost. Returns how many were newly marked, and when the
-    /// next entry would time out (the reordering timer). Walks the pipe in send order and stops
-    /// at the first entry sent after the RACK segment.
+    /// last entry still waiting would time out (the reordering timer, the latest as RFC 8985
+    /// has it). Send times, and so deadlines, grow along the send-order list: the expired
+    /// entries are its head, and the one waiting longest is the last sent before the RACK
+    /// segment. So the work is the entries marked plus those the RACK segment newly passed,
+    /// not every entry waiting (a burst lost inside the reordering window made each ACK walk
+    /// all of it).
     mutating func detectLosses(now: NIODeadline, reorderingWindow: TimeAmount)
         -> (newlyLost: Int, timeout: NIODeadline?)
     {
         guard let rackSentAt else { return (0, nil) }
-        var newlyLost = 0
-        var timeout: NIODeadline?
-        var serial = oldestSent
-        while serial != Self.none {
-            let index = serial - firstSerial
-            let entry = segments[index]
+        var next = sentBeforeRACK == Self.none ? oldestSent : segments[sentBeforeRACK - firstSerial].sentAfter
+        while next != Self.none {
+            let entry = segments[next - firstSerial]
             entriesVisited += 1
-            let sentBefore = entry.sentAt < rackSentAt || (entry.sentAt == rackSentAt && entry.end.seqLT(rackEnd))
-            guard sentBefore else { break }
-            serial = entry.sentAfter
-            let deadline = entry.sentAt + rackRTT + reorderingWindow
-            if deadline <= now {
-                markLost(at: index)
-                newlyLost += 1
-            } else {
-                timeout = max(timeout ?? deadline, deadline)
-            }
+            guard entry.sentAt < rackSentAt || (entry.sentAt == rackSentAt && entry.end.seqLT(rackEnd)) else { break }
+            sentBeforeRACK = next
+            next = entry.sentAfter
         }
-        return (newlyLost, timeout)
+        guard sentBeforeRACK != Self.none else { return (0, nil) }
+        let latest = segments[sentBeforeRACK - firstSerial].sentAt + rackRTT + reorderingWindow
+        var newlyLost = 0
+        while oldestSent != Self.none {
+            let index = oldestSent - firstSerial
+            entriesVisited += 1
+            guard segments[index].sentAt + rackRTT + reorderingWindow <= now else { return (newlyLost, latest) }
+            let wasLast = oldestSent == sentBeforeRACK
+            markLost(at: index)
+            newlyLost += 1
+            if wasLast { break }
+        }
+        return (newlyLost, nil)
     }
 
     mutating func noteReordering() { reorderingSeen = true }
@@ -323,6 +333,7 @@ struct TCPScoreboard {
     private mutating func removeFromSent(_ index: Int) {
         let before = segments[index].sentBefore
         let after = segments[index].sentAfter
+        if sentBeforeRACK == firstSerial + index { sentBeforeRACK = before }
         if before == Self.none { oldestSent = after } else { segments[before - firstSerial].sentAfter = after }
         if after == Self.none { newestSent = before } else { segments[after - firstSerial].sentBefore = before }
         segments[index].sentBefore = Self.none
@@ -333,6 +344,7 @@ struct TCPScoreboard {
     private mutating func rebuildSentOrder() {
         oldestSent = Self.none
         newestSent = Self.none
+        sentBeforeRACK = Self.none
         let order = segments.indices.filter { segments[$0].inPipe }.sorted {
             segments[$0].sentAt < segments[$1].sentAt || (segments[$0].sentAt == segments[$1].sentAt && $0 < $1)
         }

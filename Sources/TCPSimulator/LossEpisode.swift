@@ -54,30 +54,6 @@ public struct LossEpisode {
         while connection.read(maximumBytes: 1 << 20) != nil {}
     }
 
-    /// A lossless one-way path with a fixed delay: deliveries leave in the order they were sent.
-    private struct Link {
-        let delay: TimeAmount
-        private var queue: [(at: NIODeadline, segment: TCPSegment)] = []
-        private var head = 0
-
-        init(delay: TimeAmount) { self.delay = delay }
-
-        var nextDelivery: NIODeadline? { head < queue.count ? queue[head].at : nil }
-
-        mutating func send(_ segment: TCPSegment, now: NIODeadline) { queue.append((now + delay, segment)) }
-
-        mutating func popDue(now: NIODeadline) -> TCPSegment? {
-            guard head < queue.count, queue[head].at <= now else { return nil }
-            let segment = queue[head].segment
-            head += 1
-            if head >= 4096, 2 * head >= queue.count {
-                queue.removeFirst(head)
-                head = 0
-            }
-            return segment
-        }
-    }
-
     private enum Phase { case warmUp, drain, measured }
 
     /// Runs the episode; nil if the flight did not complete within 600 s of virtual time.
@@ -87,7 +63,7 @@ public struct LossEpisode {
         losesFirstSegment: Bool = true
     ) -> LossEpisode? {
         var tcp = configuration
-        let payload = tcp.maximumSegmentSize - (tcp.timestamps ? 12 : 0)
+        let payload = tcp.fullSegmentPayload
         let flightBytes = segments * payload
         tcp.sendBufferSize = max(tcp.sendBufferSize, 2 * flightBytes)
         tcp.receiveBufferSize = max(tcp.receiveBufferSize, 2 * flightBytes)
@@ -98,8 +74,11 @@ public struct LossEpisode {
         var sender = TCPConnection.connect(
             localPort: 40_000, remotePort: 6_080, configuration: tcp, initialSequenceNumber: 1, now: now)
         var receiver: TCPConnection?
-        var forward = Link(delay: .nanoseconds(rtt.nanoseconds / 2))
-        var reverse = Link(delay: .nanoseconds(rtt.nanoseconds / 2))
+        // The simulator's links without impairments: a fixed delay, segments through the codec.
+        let path = LinkConfiguration(delay: .nanoseconds(rtt.nanoseconds / 2))
+        var forward = OneWayLink(configuration: path, start: now)
+        var reverse = OneWayLink(configuration: path, start: now)
+        var random = SimulationRandom(seed: 0)
         let chunk = ByteBuffer(repeating: 0x61, count: 64 * 1024)
 
         var phase = Phase.warmUp
@@ -164,11 +143,11 @@ public struct LossEpisode {
                         continue
                     }
                 }
-                forward.send(segment, now: now)
+                forward.send(segment, now: now, random: &random)
             }
             if recording { senderCalls.append(.transmit(now)) }
             if var current = receiver.take() {
-                while let segment = current.pollTransmit(now: now) { reverse.send(segment, now: now) }
+                while let segment = current.pollTransmit(now: now) { reverse.send(segment, now: now, random: &random) }
                 receiver = current
                 if recording { receiverCalls.append(.transmit(now)) }
             }

@@ -40,11 +40,9 @@ struct GoodputBenchmark {
         var bytesVerified: Bool
     }
 
-    /// Payload of a full segment: the MSS less the timestamp option (12 bytes with padding) that
-    /// every data segment carries when timestamps are on, as they are by default.
-    var payloadPerSegment: Int {
-        mss - (TCPConfiguration(maximumSegmentSize: mss).timestamps ? 12 : 0)
-    }
+    /// Payload of a full segment: the MSS less the timestamp option every data segment carries
+    /// when timestamps are on, as they are by default.
+    var payloadPerSegment: Int { TCPConfiguration(maximumSegmentSize: mss).fullSegmentPayload }
 
     /// What a full segment's packet occupies on the bottleneck: payload, TCP header and options,
     /// and the link's per-packet IP header.

@@ -73,19 +73,18 @@ struct Goodput: ParsableCommand {
         var outcomes: [GoodputBenchmark.Outcome] = []
         var unavailable: [String] = []
         let bandwidth = Int(megabits * 1_000_000)
+        // Every run is this one with its own controller and loss rate.
         let shape = GoodputBenchmark(
             bandwidth: bandwidth, rtt: .milliseconds(Int64(rttMilliseconds)), queueBDP: queueBDP, loss: 0,
-            lossOnACKs: lossOnACKs, mss: mss, congestion: .newReno, duration: .zero, warmupLimit: .zero,
-            settle: .zero, seed: seed)
+            lossOnACKs: lossOnACKs, mss: mss, congestion: .newReno,
+            duration: .nanoseconds(Int64(duration * 1e9)), warmupLimit: .nanoseconds(Int64(warmupLimit * 1e9)),
+            settle: .nanoseconds(Int64(settle * 1e9)), seed: seed, traceLines: trace)
         printTableHeader(shape)
         for choice in choices {
             for loss in lossRates {
-                let benchmark = GoodputBenchmark(
-                    bandwidth: bandwidth, rtt: .milliseconds(Int64(rttMilliseconds)), queueBDP: queueBDP, loss: loss,
-                    lossOnACKs: lossOnACKs, mss: mss, congestion: choice,
-                    duration: .nanoseconds(Int64(duration * 1e9)), warmupLimit: .nanoseconds(Int64(warmupLimit * 1e9)),
-                    settle: .nanoseconds(Int64(settle * 1e9)),
-                    seed: seed, traceLines: trace)
+                var benchmark = shape
+                benchmark.congestion = choice
+                benchmark.loss = loss
                 guard let outcome = benchmark.run() else {
                     if !unavailable.contains(choice.rawValue) { unavailable.append(choice.rawValue) }
                     continue

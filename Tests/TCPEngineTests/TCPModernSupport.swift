@@ -25,14 +25,15 @@ func peerTS(_ offset: UInt32, echo: UInt32) -> TCPTimestamps {
 /// A connection that did an active open at t0 and got a SYN-ACK offering SACK and timestamps
 /// at 10 ms (srtt 10 ms, TS.Recent = peerTSBase).
 func modernConnection(
-    configuration: TCPConfiguration = modernConfiguration(), peerWindow: UInt16 = 64000, peerMSS: UInt16 = 1460
+    configuration: TCPConfiguration = modernConfiguration(), peerWindow: UInt16 = 64000, peerMSS: UInt16 = 1460,
+    peerWindowScale: UInt8 = 0
 ) -> TCPConnection {
     var connection = TCPConnection.connect(
         localPort: localPort, remotePort: remotePort, configuration: configuration,
         initialSequenceNumber: localISS, now: t0)
     _ = connection.drain(at: t0)
     let options = TCPOptions(
-        maximumSegmentSize: peerMSS, windowScale: 0, sackPermitted: true,
+        maximumSegmentSize: peerMSS, windowScale: peerWindowScale, sackPermitted: true,
         timestamps: peerTS(0, echo: connection.timestampValue(at: t0)))
     connection.receive(fromPeer(seq: remoteISS, flags: .syn, window: peerWindow, options: options), now: at(10))
     _ = connection.drain(at: at(10))
