@@ -66,6 +66,7 @@ final class TOUEndpoint: @unchecked Sendable {
         self.taskExecutor = EventLoopTaskExecutor(loop: loop)
         self.role = role
         self.readsPerWakeup = role == .client ? 4 : 1
+        self.receivesInBulk = role != .client
         self.configuration = configuration
         self.parameters = SessionParameters(configuration)
         self.dtlsContext = dtlsContext
@@ -110,6 +111,7 @@ final class TOUEndpoint: @unchecked Sendable {
         }
         // GRO: the kernel joined several datagrams from one source; all but the last are full size.
         counters.coalescedReads += 1
+        bulkReceiveWanted = true
         var rest = envelope.data
         while rest.readableBytes > 0, let datagram = rest.readSlice(length: min(segmentSize, rest.readableBytes)) {
             receive(datagram, from: envelope.remoteAddress, now: now)
@@ -490,7 +492,28 @@ final class TOUEndpoint: @unchecked Sendable {
         }
     }
 
-    func beginReadBatch() { inReadBatch = true }
+    func beginReadBatch() {
+        inReadBatch = true
+        readsInWakeup += 1
+    }
+
+    /// A client starts reading one datagram per call into one small buffer (a connection that
+    /// only sets up and exchanges a little needs no more), and takes the bulk batch of recvmmsg
+    /// slots once data arrives faster: a coalesced read, or a wakeup that used all its reads.
+    private(set) var receivesInBulk: Bool
+    @exclusivity(unchecked) private var bulkReceiveWanted = false
+    @exclusivity(unchecked) private var readsInWakeup: UInt = 0
+
+    private func receiveInBulkIfWanted() {
+        if readsInWakeup >= readsPerWakeup { bulkReceiveWanted = true }
+        readsInWakeup = 0
+        guard bulkReceiveWanted, !receivesInBulk, let options = context?.channel.syncOptions else { return }
+        receivesInBulk = true
+        let coalescing = configuration.segmentationOffload && System.supportsUDPReceiveOffload
+        let batch = configuration.receiveBatch(coalescing: coalescing, onePeer: role == .client)
+        try? options.setOption(.recvAllocator, value: batch.allocator)
+        try? options.setOption(.datagramVectorReadMessageCount, value: batch.count)
+    }
 
     /// The socket is open: a listener asks for a deep receive queue (all its sessions share it)
     /// and learns what it got.
@@ -522,6 +545,7 @@ final class TOUEndpoint: @unchecked Sendable {
     func endReadBatch() {
         answerBatch()
         inReadBatch = false
+        if !receivesInBulk { receiveInBulkIfWanted() }
     }
 
     /// Lets every session that took datagrams since the last answer reply (ACKs, new data).
@@ -635,7 +659,9 @@ extension DatagramBootstrap {
     /// transfer and batched receives.
     static func endpoint(_ endpoint: TOUEndpoint) -> DatagramBootstrap {
         let receiveOffload = endpoint.configuration.segmentationOffload && System.supportsUDPReceiveOffload
-        let batch = endpoint.configuration.receiveBatch(coalescing: receiveOffload, onePeer: endpoint.role == .client)
+        let batch = endpoint.receivesInBulk
+            ? endpoint.configuration.receiveBatch(coalescing: receiveOffload, onePeer: false)
+            : (count: 0, allocator: endpoint.configuration.firstReceiveSlot(coalescing: receiveOffload))
         return DatagramBootstrap(group: endpoint.loop)
             .channelOption(.maxMessagesPerRead, value: endpoint.readsPerWakeup)
             .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)

@@ -139,4 +139,32 @@ struct ClientContextCacheTests {
         configuration.trustRoots = .pemFile("\(EndToEndTests.certs)/other-ca.pem")
         #expect(try configuration.makeClientContext() !== pinned)
     }
+
+    /// A connect looks at the files, not into them: a file replaced on disk takes effect, one
+    /// touched without a change keeps the context, and one removed fails as unreadable.
+    @Test func aTrustFileChangedOnDiskTakesEffect() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-ca-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("ca.pem").path
+        let ca = try Data(contentsOf: URL(fileURLWithPath: "\(EndToEndTests.certs)/ca.pem"))
+        let otherCA = try Data(contentsOf: URL(fileURLWithPath: "\(EndToEndTests.certs)/other-ca.pem"))
+        try ca.write(to: URL(fileURLWithPath: path))
+        var configuration = EndToEndTests.clientConfiguration()
+        configuration.trustRoots = .pemFile(path)
+        let first = try configuration.makeClientContext()
+        #expect(try configuration.makeClientContext() === first)
+
+        // Same bytes, new modification time: read again, same material, same context.
+        try ca.write(to: URL(fileURLWithPath: path))
+        #expect(try configuration.makeClientContext() === first)
+
+        try otherCA.write(to: URL(fileURLWithPath: path), options: .atomic)
+        let replaced = try configuration.makeClientContext()
+        #expect(replaced !== first)
+        #expect(try configuration.makeClientContext() === replaced)
+
+        try FileManager.default.removeItem(atPath: path)
+        #expect(throws: TOUError.self) { try configuration.makeClientContext() }
+    }
 }
