@@ -70,33 +70,36 @@ public final class TOUConnection: Sendable {
         } catch {
             throw TOUError.unreachable(error.message)
         }
-        let channel: Channel
-        do {
-            channel = try await DatagramBootstrap.endpoint(endpoint)
-                .connect(to: remote)
-                .get()
-        } catch {
-            throw TOUError.unreachable("cannot open a UDP socket to \(remote.ipAndPort): \(AddressText.describe(error))")
-        }
         let serverName = configuration.serverName(connectingTo: host)
         let promise = loop.makePromise(of: TOUConnection.self)
         let cache = configuration.security == .dtls ? configuration.sessionCache : nil
         let saved = cache?.session(serverName: serverName, port: port)
-        loop.execute {
-            endpoint.startClientSession(serverName: serverName, peer: remote, innerRemotePort: UInt16(port),
-                                        resuming: saved, initialData: initialData, promise: promise)
+        // The session starts on the loop as soon as the socket is there: one hop for both.
+        let opened = DatagramBootstrap.endpoint(endpoint).connect(to: remote)
+        opened.whenComplete { result in
+            switch result {
+            case .success:
+                endpoint.startClientSession(serverName: serverName, peer: remote, innerRemotePort: UInt16(port),
+                                            resuming: saved, initialData: initialData, promise: promise)
+            case .failure(let error):
+                promise.fail(TOUError.unreachable("cannot open a UDP socket to \(remote.ipAndPort): \(AddressText.describe(error))"))
+            }
         }
         do {
             let connection = try await promise.futureResult.get()
             if let fresh = connection.resumableSession { cache?.insert(fresh, port: port) }
             return connection
         } catch let error as TOUError {
-            channel.close(promise: nil)
-            // A session that led to a failed handshake is not offered again.
-            if saved != nil { cache?.remove(serverName: serverName, port: port) }
+            opened.whenSuccess { $0.close(promise: nil) }
+            // A session that led to a failed handshake is not offered again; one that never met the
+            // server (unreachable, no answer) still may be.
+            switch error {
+            case .unreachable, .timedOut, .socketError: break
+            default: if saved != nil { cache?.remove(serverName: serverName, port: port) }
+            }
             throw error
         } catch {
-            channel.close(promise: nil)
+            opened.whenSuccess { $0.close(promise: nil) }
             throw TOUError.socketError("\(error)")
         }
     }

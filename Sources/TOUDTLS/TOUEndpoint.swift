@@ -443,19 +443,22 @@ final class TOUEndpoint: @unchecked Sendable {
         counters.datagramsSent += run.count
         needsFlush = true
         guard run.count > 1 else {
-            context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: run.datagrams)), promise: nil)
+            context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: run.datagrams)),
+                          promise: watchedWritePromise())
             return
         }
         if segmentationOffload {
             sendSegmented(run, to: address, context: context)
         } else {
             for datagram in run.slices {
-                context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: datagram)), promise: nil)
+                context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: datagram)),
+                              promise: watchedWritePromise())
             }
         }
         // A full run leaves now: holding a whole window until the pump ends would leave the
         // receiver idle while we encrypt, then us idle while it decrypts.
         context.flush()
+        flushWatched = false
     }
 
     private func sendSegmented(_ run: OutboundQueue.Run, to address: SocketAddress, context: ChannelHandlerContext) {
@@ -465,6 +468,7 @@ final class TOUEndpoint: @unchecked Sendable {
         let write = AddressedEnvelope(remoteAddress: address, data: run.datagrams, metadata: metadata)
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenFailure { [weak self] error in
+            self?.noteWriteError(error)
             // EIO/EINVAL: this path cannot segment (no checksum offload, say). TCP resends the lost run.
             guard let self, let code = (error as? IOError)?.errnoCode,
                   code == EIO || code == EINVAL || code == EOPNOTSUPP else { return }
@@ -475,9 +479,27 @@ final class TOUEndpoint: @unchecked Sendable {
         context.write(NIOAny(write), promise: promise)
     }
 
+    /// A client's first write of each flush carries a promise: a send that meets a pending ICMP
+    /// port unreachable is the first of its flush, and SwiftNIO then closes the socket, failing
+    /// the pending writes with that error and telling no one else.
+    private func watchedWritePromise() -> EventLoopPromise<Void>? {
+        guard role == .client, !flushWatched else { return nil }
+        flushWatched = true
+        let promise = loop.makePromise(of: Void.self)
+        promise.futureResult.whenFailure { [weak self] error in self?.noteWriteError(error) }
+        return promise
+    }
+
+    @exclusivity(unchecked) private var flushWatched = false
+
+    private func noteWriteError(_ error: Error) {
+        if (error as? IOError)?.errnoCode == ECONNREFUSED { portUnreachableSeen = true }
+    }
+
     private func flush() {
         guard needsFlush, let context else { return }
         needsFlush = false
+        flushWatched = false
         context.flush()
     }
 
@@ -566,6 +588,7 @@ final class TOUEndpoint: @unchecked Sendable {
 
     /// The socket reported an error: port unreachable (ICMP) ends a client's handshake at once.
     func socketError(_ error: Error) {
+        if let ioError = error as? IOError, ioError.errnoCode == ECONNREFUSED { portUnreachableSeen = true }
         guard role == .client, let ioError = error as? IOError, ioError.errnoCode == ECONNREFUSED else {
             logger.debug("socket error", metadata: ["error": "\(error)"])
             return
@@ -604,11 +627,18 @@ final class TOUEndpoint: @unchecked Sendable {
         promise?.succeed(())
     }
 
+    /// An ICMP port unreachable was reported: SwiftNIO closes a connected UDP socket when a send
+    /// hits the pending error, and the user should hear why.
+    @exclusivity(unchecked) private var portUnreachableSeen = false
+
     func channelClosed() {
         context = nil
+        let error: TOUError = role == .client && portUnreachableSeen
+            ? .unreachable("the peer's port is closed (ICMP port unreachable)")
+            : .socketError("the UDP socket was closed")
         for core in Array(sessions.values) {
-            core.session.abort(now: .now(), error: .socketError("the UDP socket was closed"))
-            core.handle(.finished(.socketError("the UDP socket was closed")), now: .now())
+            core.session.abort(now: .now(), error: error)
+            core.handle(.finished(error), now: .now())
         }
         sessions.removeAll()
         halfOpen.removeAll()

@@ -95,6 +95,23 @@ struct ResumptionTests {
         try await listener.close()
     }
 
+    @Test("a saved session survives a connect that never reached the server")
+    func sessionSurvivesAnUnreachableServer() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
+        let port = try #require(listener.localAddress.port)
+        let configuration = E2E.clientConfiguration()
+        try await FastSetupTests.connectOnce(listener, port: port, client: configuration)
+        let cache = try #require(configuration.sessionCache)
+        let saved = try #require(cache.session(serverName: "localhost", port: port))
+        try await listener.close()
+
+        // Nothing listens now: ICMP port unreachable ends the attempt at once.
+        await #expect(throws: TOUError.self) {
+            try await TOUConnection.connect(host: "127.0.0.1", port: port, configuration: configuration)
+        }
+        #expect(cache.session(serverName: "localhost", port: port) == saved)
+    }
+
     @Test("saved sessions survive serialization; junk is refused with a reason")
     func serialization() throws {
         let saved = TOUSavedSession(.init(bytes: [1, 2, 3, 4], serverName: "example.org", expires: 1_900_000_000))
