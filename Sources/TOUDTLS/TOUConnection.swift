@@ -46,6 +46,11 @@ public final class TOUConnection: Sendable {
     /// Connects to `host`:`port` over UDP and completes the DTLS and TCP handshakes. `host` is a
     /// name or an IP address; an IPv6 address may be in brackets (`[::1]`).
     ///
+    /// Called under `withTaskExecutorPreference(TOUConnection.nextTaskExecutor())`, the connection
+    /// runs on that executor's event loop, and connecting, reading and writing there need no thread
+    /// switch: the fastest set-up. That code then runs on the event loop: it must not block (a
+    /// `host` that is a name is resolved with a blocking lookup; pass an address there).
+    ///
     /// `initialData` (say, a request) is sent first: with DTLS, as much of it as one segment holds
     /// rides on the TCP SYN, which leaves with the client's DTLS Finished, so a server that
     /// answers at once gets its answer here two round trips after `connect` starts (three if the
@@ -62,7 +67,7 @@ public final class TOUConnection: Sendable {
                                                 + "\(configuration.sendBufferSize)-byte send buffer")
         }
         let context: DTLSContext? = configuration.security == .dtls ? try configuration.makeClientContext() : nil
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let loop = EventLoopTaskExecutor.currentLoop() ?? MultiThreadedEventLoopGroup.singleton.next()
         let endpoint = TOUEndpoint(loop: loop, role: .client, configuration: configuration, dtlsContext: context)
         let remote: SocketAddress
         do {
@@ -132,6 +137,13 @@ public final class TOUConnection: Sendable {
         try await withUnsafeThrowingContinuation { continuation in
             future.whenComplete { continuation.resume(with: $0) }
         }
+    }
+
+    /// A task executor on the event loop the next connection would use: connecting under it puts
+    /// the connection on that loop (see `connect`), so a task can connect, write and read without
+    /// a thread switch.
+    public static func nextTaskExecutor() -> any TaskExecutor {
+        EventLoopTaskExecutor.of(MultiThreadedEventLoopGroup.singleton.next())
     }
 
     /// Runs tasks on this connection's event loop. Code under
