@@ -86,7 +86,8 @@ struct TunnelRunner: Sendable {
             + (connection.peerCertificateSubject.map { " (\($0))" } ?? "")
         let tcp: TCPStream
         do {
-            tcp = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            // On the TOU connection's loop: the relay then moves bytes without a thread switch.
+            tcp = try await ClientBootstrap(group: connection.eventLoop)
                 .channelOption(.allowRemoteHalfClosure, value: true)
                 .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .connectTimeout(.seconds(10))
@@ -222,6 +223,13 @@ enum Relay {
     /// holds back the writer on the other: TOU's send buffer, NIO's channel writability and the
     /// inbound stream's watermarks are the only queues.
     static func run(tcp: TCPStream, tou: TOUConnection) async -> TunnelEnd {
+        // TOU reads and writes complete on its loop without a hop when the tasks run there.
+        await withTaskExecutorPreference(tou.taskExecutor) {
+            await relay(tcp: tcp, tou: tou)
+        }
+    }
+
+    private static func relay(tcp: TCPStream, tou: TOUConnection) async -> TunnelEnd {
         let channel = tcp.channel
         let ends: (toTOU: DirectionEnd, toTCP: DirectionEnd)
         do {

@@ -28,16 +28,12 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
             HOST is a name or an IP address; an IPv6 address may be in brackets ([::1]).
             At stdin EOF it sends FIN and keeps receiving until the peer's FIN.
 
-            Tunnel mode carries unmodified TCP applications over TOU (stdin and stdout unused):
-              server side:  toudtls-cat -l -k --cert server.pem --key server.key \\
-                                --tcp-connect 127.0.0.1:8080 4433
-              client side:  toudtls-cat --ca ca.pem --tcp-listen 127.0.0.1:8443 server.example 4433
-            Each TCP connection accepted by --tcp-listen gets its own TOU connection (and UDP
-            socket); the listener relays each TOU connection to a new TCP connection to
-            --tcp-connect. Bytes, half-close (FIN) and resets are carried both ways; a connection
-            that cannot be opened closes its peer at once with a one-line message. -v logs each
-            connection's open and close with its bytes each way and duration. Without -k the
-            listener serves one connection and exits with its status (4: the service is down).
+            Tunnel mode carries unmodified TCP applications over TOU (stdin and stdout are not used). Server side, in front of a service on port 8080:
+              toudtls-cat -l -k --cert server.pem --key server.key \\
+                --tcp-connect 127.0.0.1:8080 4433
+            Client side, where applications connect to 127.0.0.1:8443:
+              toudtls-cat --ca ca.pem --tcp-listen 8443 server.example 4433
+            Each TCP connection accepted by --tcp-listen gets its own TOU connection (and UDP socket); the listener relays each TOU connection to a new TCP connection to --tcp-connect. Bytes, half-close (FIN) and resets are carried both ways; a connection that cannot be opened (service down, handshake refused) is reset at once with a one-line message. -v logs each connection's open and close with its bytes each way and duration. Without -k the listener relays one connection and exits with its status (4: the service is down).
 
             Exit status:
               0  both directions finished
