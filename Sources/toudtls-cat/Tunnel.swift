@@ -324,8 +324,10 @@ enum Relay {
         case let error as IOError:
             return String(cString: strerror(error.errnoCode)).lowercased()
         case let error as NIOConnectionError:
-            if let failure = error.connectionErrors.last {
-                return "\(failure.target.ipAndPort): \(describe(failure.error))"
+            // Several addresses (a name with IPv6 and IPv4): say which failed how.
+            if error.connectionErrors.count == 1 { return describe(error.connectionErrors[0].error) }
+            if !error.connectionErrors.isEmpty {
+                return error.connectionErrors.map { "\($0.target.ipAndPort): \(describe($0.error))" }.joined(separator: ", ")
             }
             if error.dnsAError != nil || error.dnsAAAAError != nil { return "\(error.host) does not resolve" }
             return "no address to connect to"
