@@ -231,7 +231,7 @@ enum Relay {
 
     private static func relay(tcp: TCPStream, tou: TOUConnection) async -> TunnelEnd {
         let channel = tcp.channel
-        let ends: (toTOU: DirectionEnd, toTCP: DirectionEnd)
+        let ends: (toTOU: DirectionEnd, toTCP: DirectionEnd, firstFailure: DirectionEnd?)
         do {
             ends = try await tcp.executeThenClose { inbound, outbound in
                 await withTaskGroup(of: (Bool, DirectionEnd).self) { group in
@@ -275,36 +275,35 @@ enum Relay {
                     }
                     var toTOU: DirectionEnd?
                     var toTCP: DirectionEnd?
-                    var resetDone = false
+                    // The first failure is the cause; the reset it triggers fails the other direction too.
+                    var firstFailure: DirectionEnd?
                     while let (isToTOU, end) = await group.next() {
                         if isToTOU { toTOU = end } else { toTCP = end }
-                        // The first failure resets the other side, which ends the other direction.
-                        guard !resetDone else { continue }
+                        guard firstFailure == nil else { continue }
                         switch end {
                         case .finished: break
                         case .tcpFailed:
-                            resetDone = true
+                            firstFailure = end
                             await tou.abort()
                         case .touFailed:
-                            resetDone = true
+                            firstFailure = end
                             await resetSocket(channel)
                         }
                     }
-                    return (toTOU!, toTCP!)
+                    return (toTOU!, toTCP!, firstFailure)
                 }
             }
         } catch {
             await tou.abort()
             return .reset(toTOU: 0, toTCP: 0, reason: "tcp: \(describe(error))", code: .other)
         }
-        for end in [ends.toTOU, ends.toTCP] {
-            switch end {
-            case .finished: continue
-            case .tcpFailed(_, let reason, let code):
-                return .reset(toTOU: ends.toTOU.bytes, toTCP: ends.toTCP.bytes, reason: "tcp: \(reason)", code: code)
-            case .touFailed(_, let reason, let code):
-                return .reset(toTOU: ends.toTOU.bytes, toTCP: ends.toTCP.bytes, reason: "tou: \(reason)", code: code)
-            }
+        switch ends.firstFailure {
+        case .tcpFailed(_, let reason, let code):
+            return .reset(toTOU: ends.toTOU.bytes, toTCP: ends.toTCP.bytes, reason: "tcp: \(reason)", code: code)
+        case .touFailed(_, let reason, let code):
+            return .reset(toTOU: ends.toTOU.bytes, toTCP: ends.toTCP.bytes, reason: "tou: \(reason)", code: code)
+        case .finished, nil:
+            break
         }
         // Both FINs went through: wait for our data to be acknowledged and the session to end.
         do {

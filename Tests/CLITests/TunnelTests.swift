@@ -187,7 +187,7 @@ struct TunnelTests {
         #expect(banner.outputText.contains("received 200000 \(sent)"), "service: \(banner.outputText)")
     }
 
-    @Test("a TCP client's reset reaches the service as a reset, and the tunnel logs it",
+    @Test("a reset on either side ends the other with a reset: the TCP client's reaches the service, the service's reaches the TCP client",
           .enabled(if: programPath("python3") != nil, "needs python3"))
     func resetCarried() throws {
         let (service, servicePort) = try startService("serve-stream")
@@ -201,6 +201,17 @@ struct TunnelTests {
         #expect(service.outputText.contains("write failed: ConnectionResetError"), "service: \(service.outputText)")
         #expect(tunnel.client.errorOutput.contains("reset: tcp"), "tunnel client: \(tunnel.client.errorOutput)")
         #expect(tunnel.server.errorOutput.contains("reset: tou"), "listener: \(tunnel.server.errorOutput)")
+
+        // The other way: the service resets, the local client sees a reset (not a clean end).
+        let (resetting, resettingPort) = try startService("serve-reset")
+        defer { resetting.terminate(); resetting.wait() }
+        let second = try startTunnel(service: resettingPort)
+        defer { second.stop() }
+        let probe = try python(["until-closed", "\(second.port)"])
+        #expect(probe.wait(timeout: 60) == 0, "probe: \(probe.outputText) \(probe.errorOutput)")
+        #expect(probe.outputText.contains("ConnectionResetError"), "probe: \(probe.outputText)")
+        #expect(second.server.errorOutput.contains("reset: tcp: connection reset by peer"),
+                "listener: \(second.server.errorOutput)")
     }
 
     // MARK: Connections that cannot be opened

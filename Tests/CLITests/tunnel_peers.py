@@ -70,6 +70,16 @@ def serve_stream():
         connection.close()
 
 
+def serve_reset():
+    """Reads the first bytes of each connection, then resets it (SO_LINGER 0)."""
+    server = listen()
+    while True:
+        connection, _ = server.accept()
+        connection.recv(65536)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+
+
 def client_half_close(port, size):
     request = (bytes(range(256)) * (size // 256 + 1))[:size]
     connection = socket.create_connection(("127.0.0.1", port))
@@ -134,6 +144,8 @@ if __name__ == "__main__":
         serve_banner_first()
     elif mode == "serve-stream":
         serve_stream()
+    elif mode == "serve-reset":
+        serve_reset()
     elif mode == "half-close":
         client_half_close(int(sys.argv[2]), int(sys.argv[3]))
     elif mode == "after-banner":
