@@ -5,6 +5,9 @@
 #    front of redis, TCP-LISTEN,fork + OPENSSL: in front of the client), alternating within each run;
 #  - curl's transfer rate for a large file from python3 -m http.server: direct, tunnel, socat;
 #  - toudtls-cat's own bulk rate (stdin to stdout over TOU) for the same file.
+# With redis it also records the CPU time (user + system) both relays spend per request, both
+# ends of the tunnel or both socat processes with their per-connection children: on a shared
+# machine that figure moves less than requests/s.
 # It prints every figure, then min..max (median) per figure over the runs. It asserts nothing.
 #
 #   bench/tunnel_bench.sh [--runs N] [--requests N] [--clients N] [--file-mb N]
@@ -65,25 +68,42 @@ server_tls=(cert="$certs/server.pem",key="$certs/server.key",verify=0)
 client_tls=(cafile="$certs/ca.pem",commonname=localhost)
 # The tunnel: one listener per service, one client per listener.
 start "$cat_bin" -l -k --cert "$certs/server.pem" --key "$certs/server.key" --tcp-connect "127.0.0.1:$redis_port" 127.0.0.1 "$tou_port"
+tunnel_pids=($!)
 start "$cat_bin" --ca "$certs/ca.pem" --server-name localhost --tcp-listen "$tunnel_port" 127.0.0.1 "$tou_port"
+tunnel_pids+=($!)
 start "$cat_bin" -l -k --cert "$certs/server.pem" --key "$certs/server.key" --tcp-connect "127.0.0.1:$web_port" 127.0.0.1 "$tou_web_port"
 start "$cat_bin" --ca "$certs/ca.pem" --server-name localhost --tcp-listen "$tunnel_web_port" 127.0.0.1 "$tou_web_port"
 # socat TLS: backlog 256, else 50 simultaneous connects overflow its default backlog of 5 and wait
 # for SYN retransmissions.
 start socat "OPENSSL-LISTEN:$socat_tls_port,bind=127.0.0.1,reuseaddr,fork,backlog=256,${server_tls[0]}" "TCP:127.0.0.1:$redis_port"
+socat_pids=($!)
 start socat "TCP-LISTEN:$socat_port,bind=127.0.0.1,reuseaddr,fork,backlog=256" "OPENSSL:127.0.0.1:$socat_tls_port,${client_tls[0]}"
+socat_pids+=($!)
 start socat "OPENSSL-LISTEN:$socat_web_tls_port,bind=127.0.0.1,reuseaddr,fork,backlog=256,${server_tls[0]}" "TCP:127.0.0.1:$web_port"
 start socat "TCP-LISTEN:$socat_web_port,bind=127.0.0.1,reuseaddr,fork,backlog=256" "OPENSSL:127.0.0.1:$socat_web_tls_port,${client_tls[0]}"
 for port in "$redis_port" "$web_port" "$tunnel_port" "$tunnel_web_port" "$socat_port" "$socat_web_port"; do wait_tcp "$port"; done
 
 declare -A figures  # name -> space-separated values
-record() { figures[$1]+="$2 "; printf '%-28s %s\n' "$1" "$2"; }
+record() { figures[$1]+="$2 "; printf '%-40s %s\n' "$1" "$2"; }
 
-redis_run() {  # redis_run NAME PORT
-    local csv
-    csv=$(redis-benchmark -h 127.0.0.1 -p "$2" -c "$clients" -t set,get -n "$requests" --csv)
-    record "redis_$1_set_rps" "$(awk -F'"' '$2=="SET"{print $4}' <<<"$csv")"
-    record "redis_$1_get_rps" "$(awk -F'"' '$2=="GET"{print $4}' <<<"$csv")"
+# CPU ticks (user + system, with reaped children: socat's per-connection forks) of the processes given.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@"; do total=$((total + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat"))); done
+    echo "$total"
+}
+redis_run() {  # redis_run NAME PORT [PIDS of the relays, whose CPU per request is recorded]
+    local csv name=$1 port=$2 before
+    shift 2
+    before=$(cpu_ticks "$@")
+    csv=$(redis-benchmark -h 127.0.0.1 -p "$port" -c "$clients" -t set,get -n "$requests" --csv)
+    record "redis_${name}_set_rps" "$(awk -F'"' '$2=="SET"{print $4}' <<<"$csv")"
+    record "redis_${name}_get_rps" "$(awk -F'"' '$2=="GET"{print $4}' <<<"$csv")"
+    if (($#)); then
+        sleep 0.5  # socat's children exit and are reaped once redis-benchmark has closed
+        record "redis_${name}_relay_cpu_us_per_request" \
+            "$(awk -v t="$(($(cpu_ticks "$@") - before))" -v hz="$(getconf CLK_TCK)" -v n="$((2 * requests))" 'BEGIN{printf "%.1f", t / hz * 1e6 / n}')"
+    fi
 }
 curl_run() {  # curl_run NAME PORT: MB/s (10^6 bytes)
     local speed
@@ -111,8 +131,8 @@ for run in $(seq "$runs"); do
     for name in "${order[@]}"; do
         case $name in
             direct) redis_run direct "$redis_port" ;;
-            tunnel) redis_run tunnel "$tunnel_port" ;;
-            socat) redis_run socat "$socat_port" ;;
+            tunnel) redis_run tunnel "$tunnel_port" "${tunnel_pids[@]}" ;;
+            socat) redis_run socat "$socat_port" "${socat_pids[@]}" ;;
         esac
     done
     for name in "${order[@]}"; do
@@ -131,7 +151,7 @@ for name in $(printf '%s\n' "${!figures[@]}" | sort); do
     sorted=$(printf '%s\n' "${values[@]}" | sort -g)
     min=$(head -1 <<<"$sorted") max=$(tail -1 <<<"$sorted")
     median=$(awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}' <<<"$sorted")
-    printf '%-28s %s..%s (%s)\n' "$name" "$min" "$max" "$median"
+    printf '%-40s %s..%s (%s)\n' "$name" "$min" "$max" "$median"
 done
 # Ratios per run, paired within the run.
 for op in set get; do
