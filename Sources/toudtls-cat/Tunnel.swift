@@ -102,7 +102,13 @@ struct TunnelRunner: Sendable {
         }
         verbose("#\(id) open: \(from) -> tcp \(service)")
         let end = await Relay.run(tcp: tcp, tou: connection)
-        verbose("#\(id) closed: \(end.summary(towardTOU: "to tou", towardTCP: "to tcp", since: started))")
+        let summary = "#\(id) closed: \(end.summary(towardTOU: "to tou", towardTCP: "to tcp", since: started))"
+        if command.verbose {
+            log(summary)
+        } else if !command.keepOpen, end.exitCode != .success {
+            // Without -k the exit status reports this connection: say why it is not 0.
+            log(summary)
+        }
         return end
     }
 
