@@ -214,6 +214,46 @@ struct TunnelTests {
                 "listener: \(second.server.errorOutput)")
     }
 
+    // MARK: Backpressure
+
+    /// "blocked after N" from a flood in tunnel_peers.py: N, or nil when it never blocked.
+    func bytesBeforeBlocking(_ output: String) -> Int? {
+        guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("blocked after ") }) else { return nil }
+        return Int(line.dropFirst("blocked after ".count))
+    }
+
+    @Test("backpressure both ways: a writer whose far reader reads nothing is held back after a bounded amount (the buffers along the way), not absorbed by the tunnel",
+          .enabled(if: programPath("python3") != nil, "needs python3"))
+    func backpressure() throws {
+        // The TCP client reads nothing: the service's writes block.
+        let (flooding, floodingPort) = try startService("serve-flood")
+        defer { flooding.terminate(); flooding.wait() }
+        let tunnel = try startTunnel(service: floodingPort)
+        defer { tunnel.stop() }
+        let holder = try python(["hold", "\(tunnel.port)"])
+        defer { holder.terminate(); holder.wait() }
+        let deadline = Date().addingTimeInterval(120)
+        while bytesBeforeBlocking(flooding.outputText) == nil, !flooding.outputText.contains("never blocked"),
+              Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        // Kernel socket buffers at both ends (a few MB each, autotuned) plus TOU's 4 MB buffers.
+        let towardClient = bytesBeforeBlocking(flooding.outputText)
+        print("the service was held back after \(towardClient.map(String.init) ?? "?") bytes")
+        #expect((towardClient ?? .max) < 128 << 20, "service: \(flooding.outputText)")
+
+        // The service reads nothing: the TCP client's writes block.
+        let (idle, idlePort) = try startService("serve-idle")
+        defer { idle.terminate(); idle.wait() }
+        let second = try startTunnel(service: idlePort)
+        defer { second.stop() }
+        let writer = try python(["flood", "\(second.port)"])
+        #expect(writer.wait(timeout: 120) == 0, "writer: \(writer.errorOutput)")
+        let towardService = bytesBeforeBlocking(writer.outputText)
+        print("the client was held back after \(towardService.map(String.init) ?? "?") bytes")
+        #expect((towardService ?? .max) < 128 << 20, "writer: \(writer.outputText)")
+    }
+
     // MARK: Connections that cannot be opened
 
     /// The local client's connection is closed promptly (a generous bound: a guard against

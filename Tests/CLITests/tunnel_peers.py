@@ -80,6 +80,54 @@ def serve_reset():
         connection.close()
 
 
+FLOOD_LIMIT = 1 << 30
+
+
+def flood(connection):
+    """Writes until a write stays blocked for 2 s (the far reader's backpressure reached us) or
+    FLOOD_LIMIT bytes went out; returns the line to print."""
+    connection.settimeout(2)
+    block = b"y" * 65536
+    sent = 0
+    while sent < FLOOD_LIMIT:
+        try:
+            sent += connection.send(block)
+        except socket.timeout:
+            return f"blocked after {sent}"
+    return f"never blocked: {sent}"
+
+
+def serve_flood():
+    """Writes to each connection until blocked (the client reads nothing), reports, holds it open."""
+    server = listen()
+    held = []
+    while True:
+        connection, _ = server.accept()
+        print(flood(connection), flush=True)
+        held.append(connection)
+
+
+def serve_idle():
+    """Accepts and never reads."""
+    server = listen()
+    held = []
+    while True:
+        connection, _ = server.accept()
+        held.append(connection)
+
+
+def client_flood(port):
+    connection = socket.create_connection(("127.0.0.1", port))
+    print(flood(connection), flush=True)
+
+
+def client_hold(port):
+    """Connects and neither reads nor writes until killed."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    print("connected", flush=True)
+    time.sleep(3600)
+
+
 def client_half_close(port, size):
     request = (bytes(range(256)) * (size // 256 + 1))[:size]
     connection = socket.create_connection(("127.0.0.1", port))
@@ -146,6 +194,14 @@ if __name__ == "__main__":
         serve_stream()
     elif mode == "serve-reset":
         serve_reset()
+    elif mode == "serve-flood":
+        serve_flood()
+    elif mode == "serve-idle":
+        serve_idle()
+    elif mode == "flood":
+        client_flood(int(sys.argv[2]))
+    elif mode == "hold":
+        client_hold(int(sys.argv[2]))
     elif mode == "half-close":
         client_half_close(int(sys.argv[2]), int(sys.argv[3]))
     elif mode == "after-banner":
