@@ -19,12 +19,16 @@ typealias TCPStream = NIOAsyncChannel<ByteBuffer, ByteBuffer>
 struct TunnelRunner: Sendable {
     let command: CatCommand
     private let nextID = NIOLockedValueBox(0)
+    /// Relays in progress, reset when the process is told to stop.
+    private let active = ActiveRelays()
 
     init(command: CatCommand) {
         self.command = command
     }
 
     func run() async -> ExitCode32 {
+        let signalSources = resetOnTermination()
+        defer { signalSources.forEach { $0.cancel() } }
         do {
             if let service = command.tcpService {
                 return try await serveTOU(relayingTo: service)
@@ -36,6 +40,27 @@ struct TunnelRunner: Sendable {
         } catch {
             CommandLineTool.printToStandardError("toudtls-cat: \(describe(error))")
             return exitCode(for: error)
+        }
+    }
+
+    /// SIGTERM and SIGINT reset every relayed connection before exiting: left to the kernel, the
+    /// local TCP connections would end with a FIN, which reads as a complete stream, and the TOU
+    /// peers would only notice on their next retransmission or idle timeout.
+    private func resetOnTermination() -> [DispatchSourceSignal] {
+        [SIGTERM, SIGINT].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { [active, command] in
+                Task {
+                    let count = await active.resetAll()
+                    if command.verbose {
+                        CommandLineTool.printToStandardError("toudtls-cat: terminated; reset \(count) open connection(s)")
+                    }
+                    exit(128 + number)
+                }
+            }
+            source.resume()
+            return source
         }
     }
 
@@ -101,7 +126,9 @@ struct TunnelRunner: Sendable {
             return .notOpened(.unreachable)
         }
         verbose("#\(id) open: \(from) -> tcp \(service)")
+        active.add(id, tcp: tcp.channel, tou: connection)
         let end = await Relay.run(tcp: tcp, tou: connection)
+        active.remove(id)
         let summary = "#\(id) closed: \(end.summary(towardTOU: "to tou", towardTCP: "to tcp", since: started))"
         if command.verbose {
             log(summary)
@@ -165,7 +192,9 @@ struct TunnelRunner: Sendable {
         verbose("#\(id) open: \(from) -> tou \(connection.remoteAddress.ipAndPort)"
                 + (connection.cipherSuite.map { " with \($0)" } ?? " in plain mode")
                 + (connection.isResumed ? ", session resumed" : ""))
+        active.add(id, tcp: tcp.channel, tou: connection)
         let end = await Relay.run(tcp: tcp, tou: connection)
+        active.remove(id)
         verbose("#\(id) closed: \(end.summary(towardTOU: "to tou", towardTCP: "to tcp", since: started))")
     }
 
@@ -177,6 +206,29 @@ struct TunnelRunner: Sendable {
     }
 
     private func describe(_ error: Error) -> String { Relay.describe(error) }
+}
+
+/// The pairs being relayed, by connection number.
+final class ActiveRelays: Sendable {
+    private let relays = NIOLockedValueBox<[Int: (tcp: Channel, tou: TOUConnection)]>([:])
+
+    func add(_ id: Int, tcp: Channel, tou: TOUConnection) {
+        relays.withLockedValue { $0[id] = (tcp, tou) }
+    }
+
+    func remove(_ id: Int) {
+        relays.withLockedValue { $0[id] = nil }
+    }
+
+    /// Resets both sides of every pair; returns how many there were.
+    func resetAll() async -> Int {
+        let all = relays.withLockedValue { $0 }
+        for (tcp, tou) in all.values {
+            await tou.abort()
+            await Relay.resetSocket(tcp)
+        }
+        return all.count
+    }
 }
 
 /// How a relayed pair ended, with its bytes each way.

@@ -33,7 +33,7 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
                 --tcp-connect 127.0.0.1:8080 4433
             Client side, where applications connect to 127.0.0.1:8443:
               toudtls-cat --ca ca.pem --tcp-listen 8443 server.example 4433
-            Each TCP connection accepted by --tcp-listen gets its own TOU connection (and UDP socket); the listener relays each TOU connection to a new TCP connection to --tcp-connect. Bytes, half-close (FIN) and resets are carried both ways; a connection that cannot be opened (service down, handshake refused) is reset at once with a one-line message. -v logs each connection's open and close with its bytes each way and duration. Without -k the listener relays one connection and exits with its status (4: the service is down).
+            Each TCP connection accepted by --tcp-listen gets its own TOU connection (and UDP socket); the listener relays each TOU connection to a new TCP connection to --tcp-connect. Bytes, half-close (FIN) and resets are carried both ways; a connection that cannot be opened (service down, handshake refused) is reset at once with a one-line message. -v logs each connection's open and close with its bytes each way and duration. Without -k the listener relays one connection and exits with its status (4: the service is down). SIGTERM or SIGINT resets every open connection, then exits.
 
             Exit status:
               0  both directions finished

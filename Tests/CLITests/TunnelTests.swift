@@ -214,6 +214,27 @@ struct TunnelTests {
                 "listener: \(second.server.errorOutput)")
     }
 
+    @Test("SIGTERM to either end resets its open connections: the local TCP client sees a reset, not a clean end",
+          .enabled(if: programPath("python3") != nil, "needs python3"))
+    func terminationResets() throws {
+        let (idle, idlePort) = try startService("serve-idle")
+        defer { idle.terminate(); idle.wait() }
+        for stopServer in [false, true] {
+            let tunnel = try startTunnel(service: idlePort)
+            defer { tunnel.stop() }
+            // until-closed sends a line and waits for an answer the idle service never gives.
+            let probe = try python(["until-closed", "\(tunnel.port)"])
+            defer { probe.terminate() }
+            #expect(tunnel.server.waitForError(containing: "#1 open"), "listener: \(tunnel.server.errorOutput)")
+            let stopped = stopServer ? tunnel.server : tunnel.client
+            kill(stopped.process.processIdentifier, SIGTERM)
+            #expect(stopped.wait(timeout: 30) == 128 + SIGTERM, "stopped end: \(stopped.errorOutput)")
+            #expect(stopped.errorOutput.contains("reset 1 open connection"), "stopped end: \(stopped.errorOutput)")
+            #expect(probe.wait(timeout: 60) == 0, "probe: \(probe.outputText) \(probe.errorOutput)")
+            #expect(probe.outputText.contains("ConnectionResetError"), "stopServer \(stopServer): \(probe.outputText)")
+        }
+    }
+
     // MARK: Backpressure
 
     /// "blocked after N" from a flood in tunnel_peers.py: N, or nil when it never blocked.
