@@ -106,6 +106,26 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // Examples a user can copy (built by `swift build`; run from the repository root for certs/).
+        .executableTarget(
+            name: "EchoServer",
+            dependencies: ["TOUDTLS", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Examples/EchoServer"
+        ),
+        .executableTarget(
+            name: "EchoClient",
+            dependencies: ["TOUDTLS", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Examples/EchoClient"
+        ),
+        .executableTarget(
+            name: "PortForward",
+            dependencies: [
+                "TOUDTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Examples/PortForward"
+        ),
         .testTarget(name: "TOUWireTests", dependencies: ["TOUWire"]),
         .testTarget(
             name: "TCPEngineTests",
