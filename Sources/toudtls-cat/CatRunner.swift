@@ -23,6 +23,9 @@ struct CatRunner: Sendable {
     }
 
     private func describe(_ error: Error) -> String {
+        if let error = error as? TOUError, case .untrustedCertificate = error, command.caFile == nil, !command.listen {
+            return error.description + " (checked against the system trust store; --ca FILE trusts another CA)"
+        }
         if let error = error as? TOUError { return error.description }
         return "\(error)"
     }

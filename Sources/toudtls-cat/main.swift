@@ -43,7 +43,10 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
     @Flag(name: [.short, .customLong("keep-open")], help: "With -l: keep serving connections until killed.")
     var keepOpen = false
 
-    @Option(name: .customLong("ca"), help: ArgumentHelp("PEM trust anchors for the peer's certificate.", valueName: "FILE"))
+    @Option(name: .customLong("ca"), help: ArgumentHelp(
+        "PEM trust anchors for the peer's certificate. A client without it trusts the system store "
+            + "(OpenSSL's default paths; SSL_CERT_FILE and SSL_CERT_DIR override them), as curl does.",
+        valueName: "FILE"))
     var caFile: String?
 
     @Option(name: .customLong("cert"), help: ArgumentHelp("Own certificate chain (PEM); required with -l.", valueName: "FILE"))
@@ -78,8 +81,27 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
     @Flag(name: .customLong("no-offload"), help: "One datagram per send and receive call: no UDP GSO/GRO (a capture on lo then shows each datagram).")
     var noOffload = false
 
-    @Flag(name: [.short, .customLong("verbose")], help: "Progress on stderr; with -l prints \"listening on ADDR:PORT\" once ready.")
+    @Flag(name: [.short, .customLong("verbose")], help: """
+        Progress on stderr: about once a second while stderr is a terminal (bytes, rate, RTT, \
+        retransmissions), a one-line summary at the end; with -l prints "listening on ADDR:PORT" once ready.
+        """)
     var verbose = false
+
+    // MARK: Client behaviour: dead-peer detection and statistics (issue 12)
+
+    @Option(name: .customLong("timeout"), help: ArgumentHelp(
+        "Fail (exit 4, \"timed out\") once sent data stays unacknowledged this long; 0 turns it off (TCP's retry limit, minutes).",
+        valueName: "SECONDS"))
+    var timeoutSeconds: Double = 30
+
+    @Option(name: .customLong("keepalive"), help: ArgumentHelp(
+        "Probe an idle connection after SECONDS of silence (keeps NAT mappings and the peer's idle timeout at bay); an unanswered probe fails it after --timeout. Default: no probes.",
+        valueName: "SECONDS"))
+    var keepAliveSeconds: Double?
+
+    @Option(name: .customLong("stats-json"), help: ArgumentHelp(
+        "Write the connection's final counters (TCP, DTLS, path, drops) as JSON to FILE.", valueName: "FILE"))
+    var statsJSONFile: String?
 
     @Argument(help: ArgumentHelp("[HOST] PORT", valueName: "HOST-PORT"))
     var positional: [String] = []
@@ -109,6 +131,11 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         if sessionFile != nil && (listen || plain) { throw ValidationError("--session-file is for a DTLS client") }
         if !pins.isEmpty && (listen || plain) { throw ValidationError("--pin is for a DTLS client") }
         if !(576...65_535).contains(mtu) { throw ValidationError("--mtu must be within 576...65535") }
+        if !(0...86_400).contains(timeoutSeconds) { throw ValidationError("--timeout must be within 0...86400 seconds") }
+        if let keepAliveSeconds, !(0.1...86_400).contains(keepAliveSeconds) {
+            throw ValidationError("--keepalive must be within 0.1...86400 seconds")
+        }
+        if statsJSONFile != nil && keepOpen { throw ValidationError("--stats-json is for one connection: drop -k") }
         if plain {
             if caFile != nil || certFile != nil || keyFile != nil || requireClientCert {
                 throw ValidationError("--plain has no certificates: drop --ca, --cert, --key and --require-client-cert")
@@ -117,7 +144,6 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
             if certFile == nil || keyFile == nil { throw ValidationError("-l needs --cert FILE and --key FILE") }
             if requireClientCert && caFile == nil { throw ValidationError("--require-client-cert needs --ca FILE") }
         } else {
-            if caFile == nil { throw ValidationError("a client needs --ca FILE to verify the server (or --plain)") }
             if (certFile == nil) != (keyFile == nil) { throw ValidationError("--cert and --key go together") }
         }
     }
@@ -139,7 +165,7 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
                                     clientTrustRoots: caFile.map { .pemFile($0) },
                                     requireClientCertificate: requireClientCert)
         } else {
-            configuration = .client(trustRoots: .pemFile(caFile ?? ""), serverName: serverName,
+            configuration = .client(trustRoots: caFile.map { .pemFile($0) } ?? .system, serverName: serverName,
                                     certificateChain: certFile.map { .pemFile($0) },
                                     privateKey: keyFile.map { .pemFile($0) })
         }
@@ -147,6 +173,8 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         configuration.pathMTU = mtu
         configuration.segmentationOffload = !noOffload
         configuration.alwaysRequireCookie = alwaysCookie
+        configuration.userTimeout = .nanoseconds(Int64(timeoutSeconds * 1e9))
+        configuration.keepAliveInterval = keepAliveSeconds.map { .nanoseconds(Int64($0 * 1e9)) }
         if verbose {
             var logger = Logger(label: "toudtls")
             logger.logLevel = .info

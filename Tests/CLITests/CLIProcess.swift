@@ -45,9 +45,14 @@ struct CLIProcess {
 
     /// With `closeStdout`, the reading end of stdout is closed at once, so the process's writes
     /// to stdout fail (EPIPE) as they would after `| head -c 0`.
-    init(_ arguments: [String], tool: String = "toudtls-cat", stdin: URL? = nil, closeStdout: Bool = false) throws {
+    /// `environment` is added to (and overrides) the test process's own environment.
+    init(_ arguments: [String], tool: String = "toudtls-cat", stdin: URL? = nil, closeStdout: Bool = false,
+         environment: [String: String] = [:]) throws {
         process.executableURL = Self.executable(tool)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardOutput = stdout
         process.standardError = stderr
         if let stdin {
