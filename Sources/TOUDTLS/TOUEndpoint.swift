@@ -99,6 +99,21 @@ final class TOUEndpoint: @unchecked Sendable {
         drive(core, now: now)
     }
 
+    /// The task awaiting `promise` in `connect` was cancelled: a handshake still in progress for
+    /// it is abandoned (the session ends, the socket closes) and `promise` fails with
+    /// `CancellationError`. A connection already established is left to its owner.
+    func cancelConnect(_ promise: EventLoopPromise<TOUConnection>) {
+        let target = ObjectIdentifier(promise.futureResult)
+        for core in Array(sessions.values) {
+            guard let waiting = core.connectPromise, ObjectIdentifier(waiting.futureResult) == target else { continue }
+            core.connectPromise = nil
+            waiting.fail(CancellationError())
+            let now = NIODeadline.now()
+            core.session.abort(now: now, error: .closed)
+            drive(core, now: now)
+        }
+    }
+
     // MARK: Datagrams in
 
     func receive(_ envelope: AddressedEnvelope<ByteBuffer>) {
