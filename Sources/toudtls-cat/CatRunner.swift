@@ -132,20 +132,37 @@ struct CatRunner: Sendable {
             }
             try await connection.finishWriting()
         }
+        let report = TransferReport(connection: connection)
+        let progress = command.verbose ? report.progressWhileTerminal() : nil
         do {
             try await receive(connection)
             try await sender.value
             try await connection.close()
         } catch {
             sender.cancel()
+            progress?.cancel()
             await connection.abort()
+            await finalReport(report, outcome: "\(error)")
             throw error
         }
+        progress?.cancel()
         if command.verbose {
             CommandLineTool.printToStandardError("toudtls-cat: \(await connection.stats)")
             if !command.listen {
                 CommandLineTool.printToStandardError("toudtls-cat: \(await connection.endpointCounters)")
             }
+        }
+        await finalReport(report, outcome: "ok")
+    }
+
+    /// -v: the summary line; --stats-json: the final counters. Failed connections too.
+    private func finalReport(_ report: TransferReport, outcome: String) async {
+        guard command.verbose || command.statsJSONFile != nil else { return }
+        let stats = await report.connection.stats
+        if command.verbose { CommandLineTool.printToStandardError(report.summary(stats)) }
+        if let path = command.statsJSONFile {
+            let endpoint = await report.connection.endpointCounters
+            TransferReport.write(report.json(stats, endpoint: endpoint, outcome: outcome), to: path)
         }
     }
 
