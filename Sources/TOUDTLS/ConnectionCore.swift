@@ -24,6 +24,8 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     @exclusivity(unchecked) private var pendingWrites: Deque<(buffer: ByteBuffer, promise: EventLoopPromise<Void>)> = []
     @exclusivity(unchecked) private var pendingRead: PendingRead?
     private var closePromises: [EventLoopPromise<Void>] = []
+    /// `waitUntilEnded` callers: completed with the outcome, whoever ends the connection.
+    private var endPromises: [EventLoopPromise<Void>] = []
     private var closeTimer: Scheduled<Void>?
     @exclusivity(unchecked) private var writeSideClosed = false
     @exclusivity(unchecked) private var finishAfterPendingWrites = false
@@ -147,6 +149,15 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
         }
     }
 
+    /// Completes `promise` with the outcome once the connection has ended (at once if it has).
+    func whenEnded(_ promise: EventLoopPromise<Void>) {
+        if let outcome {
+            promise.completeWith(outcome.mapError { $0 as Error })
+        } else {
+            endPromises.append(promise)
+        }
+    }
+
     // MARK: Session events
 
     func handle(_ event: SessionEvent, now: NIODeadline) {
@@ -179,6 +190,10 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
             promise.completeWith(result.mapError { $0 as Error })
         }
         closePromises.removeAll()
+        for promise in endPromises {
+            promise.completeWith(result.mapError { $0 as Error })
+        }
+        endPromises.removeAll()
         if let connectPromise {
             self.connectPromise = nil
             connectPromise.fail(result.failureValue ?? .closed)

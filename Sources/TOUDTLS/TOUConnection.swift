@@ -224,6 +224,21 @@ public final class TOUConnection: Sendable {
         }
     }
 
+    /// Returns once the connection has ended, by `close()` or the peer, or throws how it failed
+    /// (reset, timed out, ...). For noticing a failure while nothing is being read or written,
+    /// say after the peer's FIN while our side still waits for something to send. Cancelling the
+    /// task only stops the waiting; the connection goes on.
+    public func waitUntilEnded() async throws {
+        let promise = endpoint.loop.makePromise(of: Void.self)
+        let core = self.core
+        endpoint.loop.execute { core.whenEnded(promise) }
+        try await withTaskCancellationHandler {
+            try await promise.futureResult.get()
+        } onCancel: {
+            promise.fail(CancellationError())
+        }
+    }
+
     /// Resets the connection at once (TCP RST); pending and later operations fail. Returns once
     /// the reset has been handed to the socket, so a process may exit right after.
     public func abort() async {

@@ -136,7 +136,7 @@ struct CatRunner: Sendable {
         let progress = command.verbose ? report.progressWhileTerminal() : nil
         do {
             try await receive(connection)
-            try await sender.value
+            try await senderOrFailure(sender, connection)
             try await connection.close()
         } catch {
             sender.cancel()
@@ -164,6 +164,21 @@ struct CatRunner: Sendable {
             let endpoint = await report.connection.endpointCounters
             TransferReport.write(report.json(stats, endpoint: endpoint, outcome: outcome), to: path)
         }
+    }
+
+    /// After the peer's FIN the sender may sit in a stdin read for a long time (a terminal, an
+    /// idle pipe): a connection that fails meanwhile (user timeout, reset) ends the wait at once
+    /// rather than at the next line of input.
+    private func senderOrFailure(_ sender: Task<Void, Error>, _ connection: TOUConnection) async throws {
+        let (done, finish) = AsyncThrowingStream<Void, Error>.makeStream()
+        Task {
+            do { try await sender.value; finish.finish() } catch { finish.finish(throwing: error) }
+        }
+        let watch = Task {
+            do { try await connection.waitUntilEnded() } catch { finish.finish(throwing: error) }
+        }
+        defer { watch.cancel() }
+        for try await _ in done {}
     }
 
     private func receive(_ connection: TOUConnection) async throws {

@@ -44,6 +44,26 @@ struct CatTimeoutTests {
         print("killed listener noticed after \(String(format: "%.2f", elapsed)) s with --timeout 2")
     }
 
+    @Test("after the peer's FIN, a client whose stdin stays open still notices the peer died (exit 4)")
+    func deadPeerWhileWaitingForInput() throws {
+        // The listener's stdin is empty: it sends its FIN at once and keeps reading.
+        let (listener, port) = try CLIProcess.readyListener(
+            ["--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key", "127.0.0.1", "0"])
+        defer { listener.terminate() }
+        let input = Pipe()
+        let client = try CLIProcess(["-v", "--ca", "\(certs)/ca.pem", "--server-name", "localhost", "--timeout", "1",
+                                     "127.0.0.1", "\(port)"], stdinPipe: input)
+        defer { client.terminate() }
+        #expect(client.waitForError(containing: "connected to"), "\(client.errorOutput)")
+        kill(listener.process.processIdentifier, SIGKILL)
+        listener.wait()
+        // One line, then stdin stays open with nothing more to say.
+        try input.fileHandleForWriting.write(contentsOf: Data("into the void\n".utf8))
+        #expect(client.wait(timeout: 30) == 4, "client: \(client.errorOutput)")
+        #expect(client.errorOutput.contains("user timeout"), "\(client.errorOutput)")
+        try? input.fileHandleForWriting.close()
+    }
+
     @Test("--timeout and --keepalive reject nonsense (exit 2)")
     func badValues() throws {
         for arguments in [["--timeout", "-1"], ["--timeout", "abc"], ["--keepalive", "0"]] {
