@@ -26,6 +26,11 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
             HOST is a name or an IP address; an IPv6 address may be in brackets ([::1]).
             At stdin EOF it sends FIN and keeps receiving until the peer's FIN.
 
+            Client: without --ca the server is verified against the system trust store, like curl.
+            A HOST with IPv6 and IPv4 addresses gets both tried (IPv6 first, IPv4 250 ms later,
+            Happy Eyeballs); the first to complete its handshake is used. A peer that stops
+            acknowledging for --timeout seconds (default 30) ends the connection with exit 4.
+
             Exit status:
               0  both directions finished
               1  anything else: port in use, socket error, truncated or closed session
