@@ -47,21 +47,24 @@ extension TOUConnection {
                     }
                 }
             }
+            /// Cancels what is left; attempts that completed meanwhile are reset, not leaked.
+            func abandonTheRest() async throws {
+                group.cancelAll()
+                while let other = try await group.next() {
+                    if case .connected(let loser) = other { await loser.abort() }
+                }
+            }
             startNext()
             while let outcome = try await group.next() {
                 switch outcome {
                 case .connected(let winner):
-                    group.cancelAll()
-                    // Attempts that completed while being cancelled are reset, not leaked.
-                    while let other = try await group.next() {
-                        if case .connected(let loser) = other { await loser.abort() }
-                    }
+                    try await abandonTheRest()
                     return winner
                 case .failed(let error):
                     running -= 1
                     failures.append(error)
                     if Task.isCancelled {
-                        group.cancelAll()
+                        try await abandonTheRest()
                         throw CancellationError()
                     }
                     if started < addresses.count {

@@ -117,8 +117,12 @@ public final class TOUConnection: Sendable {
             throw error
         } catch let error as TOUError {
             channel.close(promise: nil)
-            // A session that led to a failed handshake is not offered again.
-            if saved != nil { cache?.remove(serverName: serverName, port: port) }
+            // A session that led to a failed handshake is not offered again; an address that
+            // cannot be reached (say, one family in Happy Eyeballs) says nothing about it.
+            switch error {
+            case .unreachable, .socketError, .closed: break
+            default: if saved != nil { cache?.remove(serverName: serverName, port: port) }
+            }
             throw error
         } catch {
             channel.close(promise: nil)

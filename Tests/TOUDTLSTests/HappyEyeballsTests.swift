@@ -153,6 +153,35 @@ struct HappyEyeballsTests {
         try await listener.close()
     }
 
+    @Test("an unreachable IPv6 address does not spoil the saved session: IPv4 resumes it")
+    func unreachableFamilyKeepsTheSession() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0,
+                                                  configuration: EndToEndTests.serverConfiguration())
+        let port = try #require(listener.localAddress.port)
+        let configuration = EndToEndTests.clientConfiguration()
+        let context = try configuration.makeClientContext()
+        let serverSides = Task {
+            var iterator = listener.connections.makeAsyncIterator()
+            for _ in 0..<2 {
+                guard let connection = await iterator.next() else { return }
+                for try await _ in connection.inbound {}
+                try await connection.close()
+            }
+        }
+        var resumed: [Bool] = []
+        for _ in 0..<2 {
+            let connection = try await TOUConnection.connect(
+                to: [try Self.address("::1", port), try Self.address("127.0.0.1", port)], host: "localhost", port: port,
+                configuration: configuration, context: context, initialData: nil, attemptDelay: .seconds(3600))
+            resumed.append(connection.isResumed)
+            try await connection.finishWriting()
+            try await connection.close()
+        }
+        try await serverSides.value
+        try await listener.close()
+        #expect(resumed == [false, true])
+    }
+
     @Test("every address fails: the most telling error (untrusted) is thrown, not the unreachable one")
     func allFail() async throws {
         let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0,
