@@ -192,27 +192,20 @@ long tou_dtls_conn_export_session(const tou_dtls_conn *c, uint8_t *out, size_t c
     return result;
 }
 
-int tou_dtls_conn_offer_session(tou_dtls_conn *c, const uint8_t *saved, size_t len, int64_t now_unix,
-                                char *err, size_t err_cap) {
+struct tou_saved_session {
+    uint8_t trust_digest[32];
+    char server_name[256];
+    SSL_SESSION *session;
+};
+
+tou_saved_session *tou_saved_session_decode(const uint8_t *saved, size_t len, char *err, size_t err_cap) {
     ERR_clear_error();
-    if (c->is_server) { tou_set_msg(err, err_cap, "only a client offers a saved session"); return 0; }
     if (len < 4 + 1 + 32 + 1 || memcmp(saved, ENVELOPE_MAGIC, 4) != 0 || saved[4] != ENVELOPE_VERSION) {
         tou_set_msg(err, err_cap, "not a saved toudtls session");
-        return 0;
-    }
-    if (CRYPTO_memcmp(saved + 5, c->ctx->trust_digest, 32) != 0) {
-        tou_set_msg(err, err_cap, "the session was made under other trust roots or pins");
-        return 0;
+        return NULL;
     }
     size_t name_len = saved[37];
-    if (len < 38 + name_len) { tou_set_msg(err, err_cap, "truncated saved session"); return 0; }
-    if (name_len != strlen(c->server_name) || memcmp(saved + 38, c->server_name, name_len) != 0) {
-        char m[TOU_ERR_CAP];
-        snprintf(m, sizeof m, "the session is for \"%.*s\", not \"%s\"", (int)name_len, (const char *)saved + 38,
-                 c->server_name);
-        tou_set_msg(err, err_cap, m);
-        return 0;
-    }
+    if (len < 38 + name_len) { tou_set_msg(err, err_cap, "truncated saved session"); return NULL; }
     const unsigned char *der = saved + 38 + name_len;
     long der_len = (long)(len - 38 - name_len);
     SSL_SESSION *session = d2i_SSL_SESSION(NULL, &der, der_len);
@@ -220,34 +213,97 @@ int tou_dtls_conn_offer_session(tou_dtls_conn *c, const uint8_t *saved, size_t l
         SSL_SESSION_free(session);
         ERR_clear_error();
         tou_set_msg(err, err_cap, "the saved session does not decode");
+        return NULL;
+    }
+    tou_saved_session *s = calloc(1, sizeof *s);
+    if (s == NULL) { SSL_SESSION_free(session); tou_set_msg(err, err_cap, "out of memory"); return NULL; }
+    memcpy(s->trust_digest, saved + 5, 32);
+    memcpy(s->server_name, saved + 38, name_len);
+    s->server_name[name_len] = '\0';
+    s->session = session;
+    return s;
+}
+
+tou_saved_session *tou_dtls_conn_live_session(const tou_dtls_conn *c) {
+    if (c->is_server || !c->established || c->server_name[0] == '\0') return NULL;
+    SSL_SESSION *live = SSL_get1_session(c->ssl);
+    if (live == NULL) return NULL;
+    /* A copy: OpenSSL may still mark the connection's own session (not resumable when it ends
+     * without a close_notify sent). Copying shares the parsed certificates, so it costs no parse. */
+    SSL_SESSION *session = SSL_SESSION_dup(live);
+    SSL_SESSION_free(live);
+    if (session == NULL) { ERR_clear_error(); return NULL; }
+    tou_saved_session *s = calloc(1, sizeof *s);
+    if (s == NULL) { SSL_SESSION_free(session); return NULL; }
+    memcpy(s->trust_digest, c->ctx->trust_digest, 32);
+    snprintf(s->server_name, sizeof s->server_name, "%s", c->server_name);
+    s->session = session;
+    return s;
+}
+
+void tou_saved_session_free(tou_saved_session *s) {
+    if (s == NULL) return;
+    SSL_SESSION_free(s->session);
+    free(s);
+}
+
+int tou_dtls_conn_offer_decoded_session(tou_dtls_conn *c, const tou_saved_session *saved, int64_t now_unix,
+                                        char *err, size_t err_cap) {
+    ERR_clear_error();
+    if (c->is_server) { tou_set_msg(err, err_cap, "only a client offers a saved session"); return 0; }
+    if (CRYPTO_memcmp(saved->trust_digest, c->ctx->trust_digest, 32) != 0) {
+        tou_set_msg(err, err_cap, "the session was made under other trust roots or pins");
         return 0;
     }
+    if (strcmp(saved->server_name, c->server_name) != 0) {
+        char m[TOU_ERR_CAP];
+        snprintf(m, sizeof m, "the session is for \"%s\", not \"%s\"", saved->server_name, c->server_name);
+        tou_set_msg(err, err_cap, m);
+        return 0;
+    }
+    SSL_SESSION *session = saved->session;
     /* OpenSSL does not tie a TLS 1.2 session to its server name; the envelope does, and so does
      * the SNI recorded in the session itself. */
     const char *host = SSL_SESSION_get0_hostname(session);
-    int ok = 1;
     if (host != NULL && strcmp(host, c->server_name) != 0) {
         tou_set_msg(err, err_cap, "the saved session names another server");
-        ok = 0;
-    } else if (session_expiry(session) <= now_unix) {
-        tou_set_msg(err, err_cap, "the saved session has expired");
-        ok = 0;
-    } else if (!SSL_SESSION_is_resumable(session) || !SSL_SESSION_has_ticket(session)) {
-        tou_set_msg(err, err_cap, "the saved session holds no ticket");
-        ok = 0;
-    } else if (SSL_set_session(c->ssl, session) != 1) {
-        tou_drain_errors(err, err_cap, "cannot offer the saved session");
-        ok = 0;
-    } else {
-        const unsigned char *ticket = NULL;
-        size_t ticket_len = 0;
-        SSL_SESSION_get0_ticket(session, &ticket, &ticket_len);
-        free(c->offered_ticket);
-        c->offered_ticket = ticket_len > 0 ? malloc(ticket_len) : NULL;
-        c->offered_ticket_len = c->offered_ticket != NULL ? ticket_len : 0;
-        if (c->offered_ticket != NULL) memcpy(c->offered_ticket, ticket, ticket_len);
+        return 0;
     }
-    SSL_SESSION_free(session);
+    if (session_expiry(session) <= now_unix) {
+        tou_set_msg(err, err_cap, "the saved session has expired");
+        return 0;
+    }
+    if (!SSL_SESSION_is_resumable(session) || !SSL_SESSION_has_ticket(session)) {
+        tou_set_msg(err, err_cap, "the saved session holds no ticket");
+        return 0;
+    }
+    /* Each connection offers its own copy: OpenSSL changes the session it resumes in place (a
+     * renewed ticket, not resumable after an unclean end). The copy shares the parsed
+     * certificates, so it costs a few allocations, not the certificate parse a decode repeats. */
+    SSL_SESSION *copy = SSL_SESSION_dup(session);
+    if (copy == NULL || SSL_set_session(c->ssl, copy) != 1) {
+        SSL_SESSION_free(copy);
+        tou_drain_errors(err, err_cap, "cannot offer the saved session");
+        return 0;
+    }
+    SSL_SESSION_free(copy);
+    const unsigned char *ticket = NULL;
+    size_t ticket_len = 0;
+    SSL_SESSION_get0_ticket(session, &ticket, &ticket_len);
+    free(c->offered_ticket);
+    c->offered_ticket = ticket_len > 0 ? malloc(ticket_len) : NULL;
+    c->offered_ticket_len = c->offered_ticket != NULL ? ticket_len : 0;
+    if (c->offered_ticket != NULL) memcpy(c->offered_ticket, ticket, ticket_len);
+    return 1;
+}
+
+int tou_dtls_conn_offer_session(tou_dtls_conn *c, const uint8_t *saved, size_t len, int64_t now_unix,
+                                char *err, size_t err_cap) {
+    if (c->is_server) { tou_set_msg(err, err_cap, "only a client offers a saved session"); return 0; }
+    tou_saved_session *decoded = tou_saved_session_decode(saved, len, err, err_cap);
+    if (decoded == NULL) return 0;
+    int ok = tou_dtls_conn_offer_decoded_session(c, decoded, now_unix, err, err_cap);
+    tou_saved_session_free(decoded);
     return ok;
 }
 

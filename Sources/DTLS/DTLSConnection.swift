@@ -61,8 +61,12 @@ public final class DTLSConnection {
         self.serverName = serverName
         if let saved {
             var reason = [CChar](repeating: 0, count: 512)
-            let offered = saved.bytes.withUnsafeBufferPointer {
-                tou_dtls_conn_offer_session(handle, $0.baseAddress, $0.count, unixTime, &reason, reason.count)
+            let offered = if let decoded = saved.decoded {
+                tou_dtls_conn_offer_decoded_session(handle, decoded.handle, unixTime, &reason, reason.count)
+            } else {
+                saved.bytes.withUnsafeBufferPointer {
+                    tou_dtls_conn_offer_session(handle, $0.baseAddress, $0.count, unixTime, &reason, reason.count)
+                }
             }
             if offered != 1 { resumptionRefusal = cString(reason) }
         }
@@ -82,7 +86,10 @@ public final class DTLSConnection {
         var expires: Int64 = 0
         let length = tou_dtls_conn_export_session(handle, &bytes, bytes.count, &expires)
         guard length > 0, let serverName else { return nil }
-        return DTLSSavedSession(bytes: Array(bytes[0..<length]), serverName: serverName, expires: expires)
+        // The live session serves the next offer as it is: no decode of what was just encoded.
+        let live = tou_dtls_conn_live_session(handle).map(DecodedSavedSession.init(handle:))
+        return DTLSSavedSession(bytes: Array(bytes[0..<length]), serverName: serverName, expires: expires,
+                                decoded: live)
     }
 
     /// A server connection created by `DTLSContext.listen`, which already processed the ClientHello.

@@ -47,22 +47,3 @@ public enum DTLSCipherSuite: String, Sendable, CaseIterable {
         suites.flatMap { [$0.openSSLName(rsa: false), $0.openSSLName(rsa: true)] }.joined(separator: ":")
     }
 }
-
-/// A client's resumable session: what it needs for an abbreviated handshake with the same server
-/// (its ticket and the session's secrets), bound to the server name and to the trust roots and
-/// pins that verified the server. Secret: store it like a private key.
-public struct DTLSSavedSession: Sendable, Equatable {
-    /// The shim's envelope around OpenSSL's DER encoding.
-    public let bytes: [UInt8]
-    /// The name the session was made for (the server name verified, or an IP literal).
-    public let serverName: String
-    /// When the server's ticket lifetime ends, in seconds since 1970.
-    public let expires: Int64
-
-    public init(bytes: [UInt8], serverName: String, expires: Int64) {
-        self.bytes = bytes
-        self.serverName = serverName
-        self.expires = expires
-    }
-
-}

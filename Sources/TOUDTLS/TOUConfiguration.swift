@@ -31,6 +31,23 @@ public enum PEMSource: Sendable, Hashable {
         }
     }
 
+    /// What identifies this material without reading it: the bytes, or the file's identity and
+    /// change times (nil when the file cannot be examined: `load()` then says why).
+    var stamp: PEMStamp? {
+        switch self {
+        case .system:
+            return .system
+        case .pemBytes(let bytes):
+            return .bytes(bytes)
+        case .pemFile(let path):
+            var info = stat()
+            guard stat(path, &info) == 0 else { return nil }
+            return .file(path: path, device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: Int64(info.st_size),
+                         modified: [Int64(info.st_mtim.tv_sec), Int64(info.st_mtim.tv_nsec)],
+                         changed: [Int64(info.st_ctim.tv_sec), Int64(info.st_ctim.tv_nsec)])
+        }
+    }
+
     var displayName: String {
         switch self {
         case .pemFile(let path): return path
@@ -38,6 +55,15 @@ public enum PEMSource: Sendable, Hashable {
         case .system: return "the system trust store"
         }
     }
+}
+
+/// PEM material as last seen: a file that still has the same identity, size and change times
+/// has not changed, so a connect need not read it again.
+enum PEMStamp: Hashable, Sendable {
+    case absent
+    case system
+    case bytes([UInt8])
+    case file(path: String, device: UInt64, inode: UInt64, size: Int64, modified: [Int64], changed: [Int64])
 }
 
 /// How a connection or listener behaves. Build one with `.client(...)`, `.server(...)` or `.plain`.
@@ -159,9 +185,20 @@ public struct TOUConfiguration: Sendable {
     /// still take 1 MiB per wakeup; every slot costs setup on each recvmmsg, including the last
     /// one that finds the socket empty.
     func receiveBatch(coalescing: Bool, onePeer: Bool) -> (count: Int, allocator: FixedSizeRecvByteBufferAllocator) {
-        let slot = coalescing ? 65_536 : max(2048, pathMTU)
+        let slot = receiveSlot(coalescing: coalescing)
         let count = max(1, min(onePeer && coalescing ? 4 : 32, (1 << 20) / slot))
         return (count, FixedSizeRecvByteBufferAllocator(capacity: slot * count))
+    }
+
+    /// A client's receive buffer until data arrives in bulk: one slot, read by plain recvmsg. Each
+    /// new channel allocates its first buffer (and SwiftNIO copies it once); with the bulk batch
+    /// that was a quarter-MiB of fresh pages on every connect.
+    func firstReceiveSlot(coalescing: Bool) -> FixedSizeRecvByteBufferAllocator {
+        FixedSizeRecvByteBufferAllocator(capacity: receiveSlot(coalescing: coalescing))
+    }
+
+    private func receiveSlot(coalescing: Bool) -> Int {
+        coalescing ? 65_536 : max(2048, pathMTU)
     }
 
     func validate() throws(TOUError) {
@@ -203,8 +240,14 @@ public struct TOUConfiguration: Sendable {
         guard let trustRoots else {
             throw .invalidConfiguration("a DTLS client needs trust roots (--ca) to verify the server")
         }
-        // Read every time, so new files on disk take effect; parsed only when they changed. The
-        // system store (nil here) is read when its context is built, once per configuration.
+        // New files on disk take effect: looked at on every connect, read and parsed only when changed.
+        // The system store (nil roots) is read when its context is built, once per configuration.
+        let stamps = [trustRoots, certificateChain, privateKey].compactMap { source in
+            source.map { $0.stamp } ?? PEMStamp.absent
+        }
+        if stamps.count == 3, let context = clientContexts.context(for: stamps, pins: pinnedPublicKeys) {
+            return context
+        }
         let roots = trustRoots == .system ? nil : try trustRoots.load()
         let chain = try certificateChain?.load()
         let key = try privateKey?.load()
@@ -213,12 +256,14 @@ public struct TOUConfiguration: Sendable {
         }
         let material = ClientContextCache.Material(trustRoots: roots, certificateChain: chain, privateKey: key,
                                                    pins: pinnedPublicKeys)
-        if let context = clientContexts.context(for: material) { return context }
+        if let context = clientContexts.context(for: material, stamps: stamps.count == 3 ? stamps : nil) {
+            return context
+        }
         do {
             let pins = try pinnedPublicKeys.map { pin throws(DTLSError) in try DTLSContext.publicKeyPin(parsing: pin) }
             let context = try DTLSContext.client(trustRootsPEM: roots, certificateChainPEM: chain, privateKeyPEM: key,
                                                  pinnedPublicKeySHA256: pins)
-            clientContexts.store(context, for: material)
+            clientContexts.store(context, for: material, stamps: stamps.count == 3 ? stamps : nil)
             return context
         } catch {
             throw TOUError(error)

@@ -87,24 +87,23 @@ public final class TOUConnection: Sendable {
                         context: DTLSContext?, initialData: ByteBuffer?) async throws -> TOUConnection {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let endpoint = TOUEndpoint(loop: loop, role: .client, configuration: configuration, dtlsContext: context)
-        let channel: Channel
-        do {
-            channel = try await DatagramBootstrap.endpoint(endpoint)
-                .connect(to: remote)
-                .get()
-        } catch {
-            throw TOUError.unreachable("cannot open a UDP socket to \(remote.ipAndPort): \(AddressText.describe(error))")
-        }
         let serverName = configuration.serverName(connectingTo: host)
         let promise = loop.makePromise(of: TOUConnection.self)
         let cache = configuration.security == .dtls ? configuration.sessionCache : nil
         let saved = cache?.session(serverName: serverName, port: port)
-        loop.execute {
-            endpoint.startClientSession(serverName: serverName, peer: remote, innerRemotePort: UInt16(port),
-                                        resuming: saved, initialData: initialData, promise: promise)
+        // The session starts on the loop as soon as the socket is there: one hop for both.
+        let opened = DatagramBootstrap.endpoint(endpoint).connect(to: remote)
+        opened.whenComplete { result in
+            switch result {
+            case .success:
+                endpoint.startClientSession(serverName: serverName, peer: remote, innerRemotePort: UInt16(port),
+                                            resuming: saved, initialData: initialData, promise: promise)
+            case .failure(let error):
+                promise.fail(TOUError.unreachable("cannot open a UDP socket to \(remote.ipAndPort): \(AddressText.describe(error))"))
+            }
         }
         do {
-            // Queued after the start above, so a cancellation finds the session it abandons.
+            // Both run on the loop: a cancellation before the session starts keeps it from starting.
             let connection = try await withTaskCancellationHandler {
                 try await promise.futureResult.get()
             } onCancel: {
@@ -113,19 +112,19 @@ public final class TOUConnection: Sendable {
             if let fresh = connection.resumableSession { cache?.insert(fresh, port: port) }
             return connection
         } catch let error as CancellationError {
-            channel.close(promise: nil)
+            opened.whenSuccess { $0.close(promise: nil) }
             throw error
         } catch let error as TOUError {
-            channel.close(promise: nil)
-            // A session that led to a failed handshake is not offered again; an address that
-            // cannot be reached (say, one family in Happy Eyeballs) says nothing about it.
+            opened.whenSuccess { $0.close(promise: nil) }
+            // A session that led to a failed handshake is not offered again; one that never met the
+            // server (unreachable, no answer, one family in Happy Eyeballs, abandoned) still may be.
             switch error {
-            case .unreachable, .socketError, .closed: break
+            case .unreachable, .timedOut, .socketError, .closed: break
             default: if saved != nil { cache?.remove(serverName: serverName, port: port) }
             }
             throw error
         } catch {
-            channel.close(promise: nil)
+            opened.whenSuccess { $0.close(promise: nil) }
             throw TOUError.socketError("\(error)")
         }
     }

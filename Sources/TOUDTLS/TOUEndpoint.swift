@@ -27,6 +27,8 @@ final class TOUEndpoint: @unchecked Sendable {
     /// Task executor on `loop`, for callers that want their connection code there.
     let taskExecutor: EventLoopTaskExecutor
     @exclusivity(unchecked) private var sessions: [UInt64: ConnectionCore] = [:]
+    /// Client: the task awaiting `connect` was cancelled (see `cancelConnect`).
+    private var connectCancelled = false
     private var halfOpen: [PeerKey: UInt64] = [:]
     // Admission is a listener's: built on its first attempt, so a client endpoint (one per
     // connect) neither draws keys nor allocates the per-source table.
@@ -66,6 +68,7 @@ final class TOUEndpoint: @unchecked Sendable {
         self.taskExecutor = EventLoopTaskExecutor(loop: loop)
         self.role = role
         self.readsPerWakeup = role == .client ? 4 : 1
+        self.receivesInBulk = role != .client
         self.configuration = configuration
         self.parameters = SessionParameters(configuration)
         self.dtlsContext = dtlsContext
@@ -82,6 +85,11 @@ final class TOUEndpoint: @unchecked Sendable {
     func startClientSession(serverName: String, peer: SocketAddress, innerRemotePort: UInt16,
                             resuming saved: TOUSavedSession? = nil, initialData: ByteBuffer? = nil,
                             promise: EventLoopPromise<TOUConnection>) {
+        guard !connectCancelled else {
+            promise.fail(CancellationError())
+            closeSocket()
+            return
+        }
         let now = NIODeadline.now()
         let session: TOUSession
         do {
@@ -103,6 +111,9 @@ final class TOUEndpoint: @unchecked Sendable {
     /// it is abandoned (the session ends, the socket closes) and `promise` fails with
     /// `CancellationError`. A connection already established is left to its owner.
     func cancelConnect(_ promise: EventLoopPromise<TOUConnection>) {
+        // The socket may still be opening: the session must then not start at all.
+        connectCancelled = true
+        promise.fail(CancellationError())
         let target = ObjectIdentifier(promise.futureResult)
         for core in Array(sessions.values) {
             guard let waiting = core.connectPromise, ObjectIdentifier(waiting.futureResult) == target else { continue }
@@ -125,6 +136,7 @@ final class TOUEndpoint: @unchecked Sendable {
         }
         // GRO: the kernel joined several datagrams from one source; all but the last are full size.
         counters.coalescedReads += 1
+        bulkReceiveWanted = true
         var rest = envelope.data
         while rest.readableBytes > 0, let datagram = rest.readSlice(length: min(segmentSize, rest.readableBytes)) {
             receive(datagram, from: envelope.remoteAddress, now: now)
@@ -456,19 +468,22 @@ final class TOUEndpoint: @unchecked Sendable {
         counters.datagramsSent += run.count
         needsFlush = true
         guard run.count > 1 else {
-            context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: run.datagrams)), promise: nil)
+            context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: run.datagrams)),
+                          promise: watchedWritePromise())
             return
         }
         if segmentationOffload {
             sendSegmented(run, to: address, context: context)
         } else {
             for datagram in run.slices {
-                context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: datagram)), promise: nil)
+                context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: datagram)),
+                              promise: watchedWritePromise())
             }
         }
         // A full run leaves now: holding a whole window until the pump ends would leave the
         // receiver idle while we encrypt, then us idle while it decrypts.
         context.flush()
+        flushWatched = false
     }
 
     private func sendSegmented(_ run: OutboundQueue.Run, to address: SocketAddress, context: ChannelHandlerContext) {
@@ -478,6 +493,7 @@ final class TOUEndpoint: @unchecked Sendable {
         let write = AddressedEnvelope(remoteAddress: address, data: run.datagrams, metadata: metadata)
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenFailure { [weak self] error in
+            self?.noteWriteError(error)
             // EIO/EINVAL: this path cannot segment (no checksum offload, say). TCP resends the lost run.
             guard let self, let code = (error as? IOError)?.errnoCode,
                   code == EIO || code == EINVAL || code == EOPNOTSUPP else { return }
@@ -488,9 +504,27 @@ final class TOUEndpoint: @unchecked Sendable {
         context.write(NIOAny(write), promise: promise)
     }
 
+    /// A client's first write of each flush carries a promise: a send that meets a pending ICMP
+    /// port unreachable is the first of its flush, and SwiftNIO then closes the socket, failing
+    /// the pending writes with that error and telling no one else.
+    private func watchedWritePromise() -> EventLoopPromise<Void>? {
+        guard role == .client, !flushWatched else { return nil }
+        flushWatched = true
+        let promise = loop.makePromise(of: Void.self)
+        promise.futureResult.whenFailure { [weak self] error in self?.noteWriteError(error) }
+        return promise
+    }
+
+    @exclusivity(unchecked) private var flushWatched = false
+
+    private func noteWriteError(_ error: Error) {
+        if (error as? IOError)?.errnoCode == ECONNREFUSED { portUnreachableSeen = true }
+    }
+
     private func flush() {
         guard needsFlush, let context else { return }
         needsFlush = false
+        flushWatched = false
         context.flush()
     }
 
@@ -505,7 +539,28 @@ final class TOUEndpoint: @unchecked Sendable {
         }
     }
 
-    func beginReadBatch() { inReadBatch = true }
+    func beginReadBatch() {
+        inReadBatch = true
+        readsInWakeup += 1
+    }
+
+    /// A client starts reading one datagram per call into one small buffer (a connection that
+    /// only sets up and exchanges a little needs no more), and takes the bulk batch of recvmmsg
+    /// slots once data arrives faster: a coalesced read, or a wakeup that used all its reads.
+    private(set) var receivesInBulk: Bool
+    @exclusivity(unchecked) private var bulkReceiveWanted = false
+    @exclusivity(unchecked) private var readsInWakeup: UInt = 0
+
+    private func receiveInBulkIfWanted() {
+        if readsInWakeup >= readsPerWakeup { bulkReceiveWanted = true }
+        readsInWakeup = 0
+        guard bulkReceiveWanted, !receivesInBulk, let options = context?.channel.syncOptions else { return }
+        receivesInBulk = true
+        let coalescing = configuration.segmentationOffload && System.supportsUDPReceiveOffload
+        let batch = configuration.receiveBatch(coalescing: coalescing, onePeer: role == .client)
+        try? options.setOption(.recvAllocator, value: batch.allocator)
+        try? options.setOption(.datagramVectorReadMessageCount, value: batch.count)
+    }
 
     /// The socket is open: a listener asks for a deep receive queue (all its sessions share it)
     /// and learns what it got.
@@ -537,6 +592,7 @@ final class TOUEndpoint: @unchecked Sendable {
     func endReadBatch() {
         answerBatch()
         inReadBatch = false
+        if !receivesInBulk { receiveInBulkIfWanted() }
     }
 
     /// Lets every session that took datagrams since the last answer reply (ACKs, new data).
@@ -557,6 +613,7 @@ final class TOUEndpoint: @unchecked Sendable {
 
     /// The socket reported an error: port unreachable (ICMP) ends a client's handshake at once.
     func socketError(_ error: Error) {
+        if let ioError = error as? IOError, ioError.errnoCode == ECONNREFUSED { portUnreachableSeen = true }
         guard role == .client, let ioError = error as? IOError, ioError.errnoCode == ECONNREFUSED else {
             logger.debug("socket error", metadata: ["error": "\(error)"])
             return
@@ -595,11 +652,18 @@ final class TOUEndpoint: @unchecked Sendable {
         promise?.succeed(())
     }
 
+    /// An ICMP port unreachable was reported: SwiftNIO closes a connected UDP socket when a send
+    /// hits the pending error, and the user should hear why.
+    @exclusivity(unchecked) private var portUnreachableSeen = false
+
     func channelClosed() {
         context = nil
+        let error: TOUError = role == .client && portUnreachableSeen
+            ? .unreachable("the peer's port is closed (ICMP port unreachable)")
+            : .socketError("the UDP socket was closed")
         for core in Array(sessions.values) {
-            core.session.abort(now: .now(), error: .socketError("the UDP socket was closed"))
-            core.handle(.finished(.socketError("the UDP socket was closed")), now: .now())
+            core.session.abort(now: .now(), error: error)
+            core.handle(.finished(error), now: .now())
         }
         sessions.removeAll()
         halfOpen.removeAll()
@@ -650,7 +714,9 @@ extension DatagramBootstrap {
     /// transfer and batched receives.
     static func endpoint(_ endpoint: TOUEndpoint) -> DatagramBootstrap {
         let receiveOffload = endpoint.configuration.segmentationOffload && System.supportsUDPReceiveOffload
-        let batch = endpoint.configuration.receiveBatch(coalescing: receiveOffload, onePeer: endpoint.role == .client)
+        let batch = endpoint.receivesInBulk
+            ? endpoint.configuration.receiveBatch(coalescing: receiveOffload, onePeer: false)
+            : (count: 0, allocator: endpoint.configuration.firstReceiveSlot(coalescing: receiveOffload))
         return DatagramBootstrap(group: endpoint.loop)
             .channelOption(.maxMessagesPerRead, value: endpoint.readsPerWakeup)
             .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)

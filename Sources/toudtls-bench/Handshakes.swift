@@ -10,7 +10,9 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
     static let configuration = CommandConfiguration(
         abstract: "Repeated connect + 1-byte echo + close against `serve`: setup rate, latency and CPU.",
         discussion: """
-            Each iteration is connect, one byte there and back, half-close, drain, close. CPU per handshake is
+            Each iteration is connect (the byte to echo given to it, so it rides on the SYN as a request
+            written at once does; --write-after-connect writes it afterwards), the echo, half-close, drain,
+            close. CPU per handshake is
             this process's (getrusage) over the timed window divided by the handshakes in it, and with
             --server-pid the server's too (/proc/PID/stat). After the window, --counter-samples more
             connections read the library's endpoint counters: datagrams per set-up and per connection.
@@ -36,6 +38,9 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
 
     @Option(help: "Connections after the timed window whose endpoint counters give datagrams per set-up.")
     var counterSamples: Int = 20
+
+    @Flag(help: "Write the byte after connect returns, instead of handing it to connect to ride on the SYN.")
+    var writeAfterConnect = false
 
     func checkArguments() throws {
         try options.requirePort()
@@ -70,6 +75,7 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
         // One cache for all loops: the round-trip connection below fills it, every later connect resumes.
         if resume { resumable.sessionCache = TOUSessionCache() }
         let configuration = resumable
+        let early = !writeAfterConnect
 
         watchdog.enter("measuring the round-trip time on one connection")
         let rtt = try await Self.roundTrip(options: options, configuration: configuration,
@@ -92,7 +98,7 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
                     while nowNanos() < until {
                         do {
                             samples.append(try await Self.once(options: options, configuration: configuration,
-                                                               watchdog: watchdog))
+                                                               early: early, watchdog: watchdog))
                         } catch {
                             tally.add("failures")
                             if tally["failures"] <= 5 { Output.log("handshakes: a connection failed: \(error)") }
@@ -112,7 +118,8 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
         watchdog.enter("reading endpoint counters of \(counterSamples) more connections")
         var datagrams: [DatagramSample] = []
         for _ in 0..<counterSamples {
-            datagrams.append(try await Self.countDatagrams(options: options, configuration: configuration))
+            datagrams.append(try await Self.countDatagrams(options: options, configuration: configuration,
+                                                           early: early))
             watchdog.progress()
         }
         watchdog.stop()
@@ -161,6 +168,7 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
             ("connection_datagrams_received", .double(mean(\.totalReceived))),
             ("counter_samples", .int(datagrams.count)),
             ("concurrency", .int(concurrency)),
+            ("byte_on_syn", .bool(early)),
         ]
         if failures > 0 { fields.append(("failures", .int(failures))) }
         Output.json(fields)
@@ -168,33 +176,46 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
     }
 
     /// One iteration: connect, one byte there and back, half-close, drain, close.
-    static func once(options: CommonOptions, configuration: TOUConfiguration, watchdog: Watchdog) async throws -> Sample {
+    static func once(options: CommonOptions, configuration: TOUConfiguration, early: Bool,
+                     watchdog: Watchdog) async throws -> Sample {
         let t0 = nowNanos()
         let connection = try await TOUConnection.connect(host: options.host, port: options.port,
-                                                         configuration: configuration)
+                                                         configuration: configuration,
+                                                         initialData: early ? oneByte : nil)
         let t1 = nowNanos()
-        let t2 = try await exchangeAndClose(connection)
+        let t2 = try await exchangeAndClose(connection, written: early)
         watchdog.progress()
         return Sample(connect: t1 - t0, firstByte: t2 - t0, resumed: connection.isResumed)
     }
 
     /// An iteration as in `once`, reading the client endpoint's counters when connect returns and
     /// after the close (each client connection has an endpoint of its own).
-    static func countDatagrams(options: CommonOptions, configuration: TOUConfiguration) async throws -> DatagramSample {
+    static func countDatagrams(options: CommonOptions, configuration: TOUConfiguration,
+                               early: Bool) async throws -> DatagramSample {
         let connection = try await TOUConnection.connect(host: options.host, port: options.port,
-                                                         configuration: configuration)
+                                                         configuration: configuration,
+                                                         initialData: early ? oneByte : nil)
         let setup = await connection.endpointCounters
-        _ = try await exchangeAndClose(connection)
+        _ = try await exchangeAndClose(connection, written: early)
         let total = await connection.endpointCounters
         return DatagramSample(setupSent: setup.datagramsSent, setupReceived: setup.datagramsReceived,
                               totalSent: total.datagramsSent, totalReceived: total.datagramsReceived)
     }
 
-    /// One byte there and back, half-close, drain, close (abort on failure); returns when the echo arrived.
-    static func exchangeAndClose(_ connection: TOUConnection) async throws -> UInt64 {
+    static var oneByte: ByteBuffer { ByteBuffer(bytes: [42]) }
+
+    /// One byte there (unless connect already sent it) and back, half-close, drain, close (abort on
+    /// failure); returns when the echo arrived.
+    static func exchangeAndClose(_ connection: TOUConnection, written: Bool) async throws -> UInt64 {
         do {
             var inbound = connection.inbound.makeAsyncIterator()
-            try await OnConnectionLoop.exchangeOneByte(connection, inbound: &inbound)
+            if written {
+                guard try await inbound.next() != nil else {
+                    throw BenchError.failed("the server closed a connection before echoing")
+                }
+            } else {
+                try await OnConnectionLoop.exchangeOneByte(connection, inbound: &inbound)
+            }
             let echoed = nowNanos()
             try await connection.finishWriting()
             while try await inbound.next() != nil {}

@@ -35,6 +35,7 @@ struct BenchHandshakesTests {
         let full = try Self.handshakes(port: port, serverPid: pid, extra: [])
         let fullCount = try #require(full["handshakes"] as? Int, "\(full)")
         #expect(full["mode"] as? String == "full")
+        #expect(full["byte_on_syn"] as? Bool == true, "\(full)")
         #expect(fullCount > 0)
         #expect(full["resumed_handshakes"] as? Int == 0, "\(full)")
         #expect((full["client_cpu_us_per_handshake"] as? Double ?? 0) > 0, "\(full)")
@@ -42,8 +43,10 @@ struct BenchHandshakesTests {
         #expect((full["setup_datagrams_sent"] as? Double ?? 0) >= 2, "\(full)")
         #expect((full["setup_datagrams_received"] as? Double ?? 0) >= 2, "\(full)")
 
-        let resumed = try Self.handshakes(port: port, serverPid: pid, extra: ["--resume"])
+        // The other way to send the request: written after connect returns.
+        let resumed = try Self.handshakes(port: port, serverPid: pid, extra: ["--resume", "--write-after-connect"])
         let resumedCount = try #require(resumed["handshakes"] as? Int, "\(resumed)")
+        #expect(resumed["byte_on_syn"] as? Bool == false, "\(resumed)")
         #expect(resumed["mode"] as? String == "resumed")
         #expect(resumedCount > 0)
         #expect(resumed["resumed_handshakes"] as? Int == resumedCount, "\(resumed)")

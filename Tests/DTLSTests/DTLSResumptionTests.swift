@@ -51,6 +51,35 @@ import Testing
         #expect(serverSide.readApplicationData() == ByteBuffer(string: "resumed"))
     }
 
+    /// A saved session is decoded once and offered by every later connection, on any thread: each
+    /// offer hands OpenSSL a copy, since OpenSSL changes the session it resumes (a renewed ticket)
+    /// and the one of a connection freed without close_notify (no longer resumable).
+    @Test func oneSavedSessionResumesManyConnectionsAfterItsSourceEndedUncleanly() throws {
+        let server = try Certs.server()
+        // firstSession's pair is freed without a close_notify either way.
+        let saved = try firstSession(server: server)
+        let client = try Certs.client()
+        /// Whether a connection offering `saved` resumed, and whether it got a renewed ticket.
+        @Sendable func resumeOnce() throws -> (resumed: Bool, renewed: Bool) {
+            let connection = try DTLSConnection(client: client, serverName: "localhost", mtu: 1400, resuming: saved)
+            let pair = try Pair(client: connection, serverContext: server)
+            pair.handshake()
+            #expect(pair.clientEvents == [.handshakeCompleted])
+            return (connection.isResumed, connection.resumableSession != nil)
+        }
+        for _ in 0..<3 { #expect(try resumeOnce() == (true, false)) }
+        // A resumption whose ticket the server renews leaves the saved session as it was.
+        server.rotateTicketKeys()
+        #expect(try resumeOnce() == (true, true))
+        #expect(try resumeOnce() == (true, true))
+
+        let resumed = LockedCounter()
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            if (try? resumeOnce())?.resumed == true { resumed.increment() }
+        }
+        #expect(resumed.value == 8)
+    }
+
     @Test func aSessionIsNeverOfferedToAnotherServerNameOrUnderOtherTrust() throws {
         let server = try Certs.server()
         let saved = try firstSession(server: server)
@@ -129,4 +158,12 @@ import Testing
         #expect(resumed.isResumed)
         #expect(try #require(pair.server).peerCertificateSubject != nil)
     }
+}
+
+/// A counter shared by concurrent test work.
+private final class LockedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    func increment() { lock.lock(); count += 1; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return count }
 }

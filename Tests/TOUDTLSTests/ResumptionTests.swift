@@ -95,6 +95,23 @@ struct ResumptionTests {
         try await listener.close()
     }
 
+    @Test("a saved session survives a connect that never reached the server")
+    func sessionSurvivesAnUnreachableServer() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
+        let port = try #require(listener.localAddress.port)
+        let configuration = E2E.clientConfiguration()
+        try await FastSetupTests.connectOnce(listener, port: port, client: configuration)
+        let cache = try #require(configuration.sessionCache)
+        let saved = try #require(cache.session(serverName: "localhost", port: port))
+        try await listener.close()
+
+        // Nothing listens now: ICMP port unreachable ends the attempt at once.
+        await #expect(throws: TOUError.self) {
+            try await TOUConnection.connect(host: "127.0.0.1", port: port, configuration: configuration)
+        }
+        #expect(cache.session(serverName: "localhost", port: port) == saved)
+    }
+
     @Test("saved sessions survive serialization; junk is refused with a reason")
     func serialization() throws {
         let saved = TOUSavedSession(.init(bytes: [1, 2, 3, 4], serverName: "example.org", expires: 1_900_000_000))
@@ -138,5 +155,33 @@ struct ClientContextCacheTests {
         #expect(pinned !== first)
         configuration.trustRoots = .pemFile("\(EndToEndTests.certs)/other-ca.pem")
         #expect(try configuration.makeClientContext() !== pinned)
+    }
+
+    /// A connect looks at the files, not into them: a file replaced on disk takes effect, one
+    /// touched without a change keeps the context, and one removed fails as unreadable.
+    @Test func aTrustFileChangedOnDiskTakesEffect() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-ca-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("ca.pem").path
+        let ca = try Data(contentsOf: URL(fileURLWithPath: "\(EndToEndTests.certs)/ca.pem"))
+        let otherCA = try Data(contentsOf: URL(fileURLWithPath: "\(EndToEndTests.certs)/other-ca.pem"))
+        try ca.write(to: URL(fileURLWithPath: path))
+        var configuration = EndToEndTests.clientConfiguration()
+        configuration.trustRoots = .pemFile(path)
+        let first = try configuration.makeClientContext()
+        #expect(try configuration.makeClientContext() === first)
+
+        // Same bytes, new modification time: read again, same material, same context.
+        try ca.write(to: URL(fileURLWithPath: path))
+        #expect(try configuration.makeClientContext() === first)
+
+        try otherCA.write(to: URL(fileURLWithPath: path), options: .atomic)
+        let replaced = try configuration.makeClientContext()
+        #expect(replaced !== first)
+        #expect(try configuration.makeClientContext() === replaced)
+
+        try FileManager.default.removeItem(atPath: path)
+        #expect(throws: TOUError.self) { try configuration.makeClientContext() }
     }
 }

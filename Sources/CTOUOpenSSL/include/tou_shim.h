@@ -114,6 +114,17 @@ long tou_dtls_conn_export_session(const tou_dtls_conn *conn, uint8_t *out, size_
  * undecodable); the handshake then is a full one. */
 int tou_dtls_conn_offer_session(tou_dtls_conn *conn, const uint8_t *saved, size_t len, int64_t now_unix,
                                 char *err, size_t err_cap);
+/* A saved session decoded once, shared by every connection that offers it (from any thread: no
+ * SSL ever holds it, each offer hands the SSL a copy). */
+typedef struct tou_saved_session tou_saved_session;
+/* Decodes tou_dtls_conn_export_session output; NULL with the reason in err. */
+tou_saved_session *tou_saved_session_decode(const uint8_t *saved, size_t len, char *err, size_t err_cap);
+/* Client, after the handshake: the connection's own session, for the next offer without a decode. */
+tou_saved_session *tou_dtls_conn_live_session(const tou_dtls_conn *conn);
+void tou_saved_session_free(tou_saved_session *session);
+/* tou_dtls_conn_offer_session for a decoded session: the same checks, no DER decode. */
+int tou_dtls_conn_offer_decoded_session(tou_dtls_conn *conn, const tou_saved_session *saved, int64_t now_unix,
+                                        char *err, size_t err_cap);
 /* 1 if the completed handshake resumed a session (the server sent no certificate). */
 int tou_dtls_conn_session_reused(const tou_dtls_conn *conn);
 
