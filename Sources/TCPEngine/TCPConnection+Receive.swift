@@ -74,13 +74,22 @@ extension TCPConnection {
             rcvNxt = rcvNxt &+ 1
             receiveBuffer.discardOutOfOrder()
             sackHistory.removeAll()
-            ackNow = true
             events.append(.peerFinished)
             switch state {
-            case .established: state = .closeWait
-            case .finWait1: state = .closing
-            case .finWait2: enterTimeWait(now: now)
-            default: break
+            case .established:
+                // The ACK waits as a delayed one (as Linux's does): an application that closes at
+                // the end of the stream sends its FIN in it, one segment instead of two.
+                if timers[.delayedACK] == nil, !ackNow {
+                    timers[.delayedACK] = now + configuration.delayedACKTimeout
+                }
+                state = .closeWait
+            case .finWait1:
+                ackNow = true
+                state = .closing
+            case .finWait2:
+                ackNow = true
+                enterTimeWait(now: now)
+            default: ackNow = true
             }
         }
     }

@@ -12,10 +12,10 @@ extension TOUConnection {
     /// most telling failure once all have failed: an authentication failure before others.
     static func connect(to addresses: [SocketAddress], host: String, port: Int, configuration: TOUConfiguration,
                         context: DTLSContext?, initialData: ByteBuffer?,
-                        attemptDelay: TimeAmount = attemptDelay) async throws -> TOUConnection {
+                        attemptDelay: TimeAmount = attemptDelay, loop: EventLoop? = nil) async throws -> TOUConnection {
         if addresses.count == 1 {
             return try await attempt(addresses[0], host: host, port: port, configuration: configuration,
-                                     context: context, initialData: initialData)
+                                     context: context, initialData: initialData, loop: loop)
         }
         enum Outcome: Sendable {
             case connected(TOUConnection)
@@ -35,7 +35,7 @@ extension TOUConnection {
                 group.addTask {
                     do {
                         return .connected(try await attempt(remote, host: host, port: port, configuration: configuration,
-                                                            context: context, initialData: initialData))
+                                                            context: context, initialData: initialData, loop: loop))
                     } catch {
                         return .failed(error)
                     }

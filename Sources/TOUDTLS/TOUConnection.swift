@@ -46,6 +46,11 @@ public final class TOUConnection: Sendable {
     /// Connects to `host`:`port` over UDP and completes the DTLS and TCP handshakes. `host` is a
     /// name or an IP address; an IPv6 address may be in brackets (`[::1]`).
     ///
+    /// Called under `withTaskExecutorPreference(TOUConnection.nextTaskExecutor())`, the connection
+    /// runs on that executor's event loop, and connecting, reading and writing there need no thread
+    /// switch: the fastest set-up. That code then runs on the event loop: it must not block (a
+    /// `host` that is a name is resolved with a blocking lookup; pass an address there).
+    ///
     /// `initialData` (say, a request) is sent first: with DTLS, as much of it as one segment holds
     /// rides on the TCP SYN, which leaves with the client's DTLS Finished, so a server that
     /// answers at once gets its answer here two round trips after `connect` starts (three if the
@@ -78,14 +83,16 @@ public final class TOUConnection: Sendable {
             throw TOUError.unreachable(error.message)
         }
         return try await connect(to: addresses, host: host, port: port, configuration: configuration,
-                                 context: context, initialData: initialData)
+                                 context: context, initialData: initialData,
+                                 loop: EventLoopTaskExecutor.currentLoop())
     }
 
     /// One connection attempt to `remote`: its own endpoint and UDP socket, closed again unless
     /// the attempt succeeds.
+    /// On `loop` (the caller's preferred executor's, see `nextTaskExecutor()`), else any.
     static func attempt(_ remote: SocketAddress, host: String, port: Int, configuration: TOUConfiguration,
-                        context: DTLSContext?, initialData: ByteBuffer?) async throws -> TOUConnection {
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
+                        context: DTLSContext?, initialData: ByteBuffer?, loop: EventLoop? = nil) async throws -> TOUConnection {
+        let loop = loop ?? MultiThreadedEventLoopGroup.singleton.next()
         let endpoint = TOUEndpoint(loop: loop, role: .client, configuration: configuration, dtlsContext: context)
         let serverName = configuration.serverName(connectingTo: host)
         let promise = loop.makePromise(of: TOUConnection.self)
@@ -179,6 +186,13 @@ public final class TOUConnection: Sendable {
         try await withUnsafeThrowingContinuation { continuation in
             future.whenComplete { continuation.resume(with: $0) }
         }
+    }
+
+    /// A task executor on the event loop the next connection would use: connecting under it puts
+    /// the connection on that loop (see `connect`), so a task can connect, write and read without
+    /// a thread switch.
+    public static func nextTaskExecutor() -> any TaskExecutor {
+        EventLoopTaskExecutor.of(MultiThreadedEventLoopGroup.singleton.next())
     }
 
     /// Runs tasks on this connection's event loop. Code under

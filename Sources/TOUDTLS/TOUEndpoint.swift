@@ -1,5 +1,6 @@
 import DTLS
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import TCPEngine
@@ -65,7 +66,7 @@ final class TOUEndpoint: @unchecked Sendable {
 
     init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?) {
         self.loop = loop
-        self.taskExecutor = EventLoopTaskExecutor(loop: loop)
+        self.taskExecutor = EventLoopTaskExecutor.of(loop)
         self.role = role
         self.readsPerWakeup = role == .client ? 4 : 1
         self.receivesInBulk = role != .client
@@ -738,8 +739,28 @@ extension DatagramBootstrap {
 final class EventLoopTaskExecutor: TaskExecutor, Sendable {
     let loop: EventLoop
 
-    init(loop: EventLoop) {
+    private init(loop: EventLoop) {
         self.loop = loop
+    }
+
+    /// One executor per loop, so a task's preference tells which loop it runs on.
+    private static let known = NIOLockedValueBox<[ObjectIdentifier: EventLoopTaskExecutor]>([:])
+
+    static func of(_ loop: EventLoop) -> EventLoopTaskExecutor {
+        known.withLockedValue { known in
+            if let executor = known[ObjectIdentifier(loop)] { return executor }
+            let executor = EventLoopTaskExecutor(loop: loop)
+            known[ObjectIdentifier(loop)] = executor
+            return executor
+        }
+    }
+
+    /// The loop of the executor the current task prefers, if it is one of ours.
+    static func currentLoop() -> EventLoop? {
+        guard let current = withUnsafeCurrentTask(body: { $0?.unownedTaskExecutor }) else { return nil }
+        return known.withLockedValue { known in
+            known.values.first { $0.asUnownedTaskExecutor() == current }?.loop
+        }
     }
 
     func enqueue(_ job: consuming ExecutorJob) {

@@ -73,6 +73,11 @@ public final class TOUListener: Sendable {
         .socketError("cannot bind UDP \(address.ipAndPort): \(AddressText.describe(error))")
     }
 
+    /// Runs tasks on the listener's event loop, where its connections run: a task there takes
+    /// connections from `connections` without a thread switch, and
+    /// `Task(executorPreference: connection.taskExecutor)` serves each on it.
+    public var taskExecutor: any TaskExecutor { endpoint.taskExecutor }
+
     /// Stops accepting new connections; the socket closes once every accepted connection has ended.
     public func close() async throws {
         let promise = endpoint.loop.makePromise(of: Void.self)

@@ -97,8 +97,12 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
                     var samples: [Sample] = []
                     while nowNanos() < until {
                         do {
-                            samples.append(try await Self.once(options: options, configuration: configuration,
-                                                               early: early, watchdog: watchdog))
+                            // Each connection on the loop its connect picks, without thread switches.
+                            let sample = try await withTaskExecutorPreference(TOUConnection.nextTaskExecutor()) {
+                                try await Self.once(options: options, configuration: configuration,
+                                                    early: early, watchdog: watchdog)
+                            }
+                            samples.append(sample)
                         } catch {
                             tally.add("failures")
                             if tally["failures"] <= 5 { Output.log("handshakes: a connection failed: \(error)") }

@@ -42,9 +42,12 @@ struct Serve: AsyncParsableCommand {
         }
         let failures = Tally()
         Task.detached { await Self.logCounters(of: listener) }
-        for await connection in listener.connections {
-            // Unstructured tasks: a task group would keep every finished child's result until the end.
-            Task { await Self.echo(connection, failures: failures) }
+        // Accepting and echoing on the listener's loop: no thread switch per connection.
+        await withTaskExecutorPreference(listener.taskExecutor) {
+            for await connection in listener.connections {
+                // Unstructured tasks: a task group would keep every finished child's result until the end.
+                Task(executorPreference: connection.taskExecutor) { await Self.echo(connection, failures: failures) }
+            }
         }
         withExtendedLifetime(signals) {}
         Output.log("listener closed")

@@ -9,6 +9,9 @@ struct CatRunner: Sendable {
     let streams = StandardStreams()
 
     func run() async -> ExitCode32 {
+        if command.tcpService != nil || command.tcpListenAddress != nil {
+            return await TunnelRunner(command: command).run()
+        }
         do {
             if command.listen {
                 try await runListener()

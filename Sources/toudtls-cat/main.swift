@@ -21,10 +21,19 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         usage: """
             toudtls-cat [options] HOST PORT
             toudtls-cat -l [options] [HOST] PORT
+            toudtls-cat -l [-k] --tcp-connect HOST:PORT [options] [HOST] PORT
+            toudtls-cat --tcp-listen [ADDR:]PORT [options] HOST PORT
             """,
         discussion: """
             HOST is a name or an IP address; an IPv6 address may be in brackets ([::1]).
             At stdin EOF it sends FIN and keeps receiving until the peer's FIN.
+
+            Tunnel mode carries unmodified TCP applications over TOU (stdin and stdout are not used). Server side, in front of a service on port 8080:
+              toudtls-cat -l -k --cert server.pem --key server.key \\
+                --tcp-connect 127.0.0.1:8080 4433
+            Client side, where applications connect to 127.0.0.1:8443:
+              toudtls-cat --ca ca.pem --tcp-listen 8443 server.example 4433
+            Each TCP connection accepted by --tcp-listen gets its own TOU connection (and UDP socket); the listener relays each TOU connection to a new TCP connection to --tcp-connect. Bytes, half-close (FIN) and resets are carried both ways; a connection that cannot be opened (service down, handshake refused) is reset at once with a one-line message. -v logs each connection's open and close with its bytes each way and duration. Without -k the listener relays one connection and exits with its status (4: the service is down). SIGTERM or SIGINT resets every open connection, then exits.
 
             Client: without --ca the server is verified against the system trust store, like curl.
             A HOST with IPv6 and IPv4 addresses gets both tried (IPv6 first, IPv4 250 ms later,
@@ -86,6 +95,16 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
     @Flag(name: .customLong("no-offload"), help: "One datagram per send and receive call: no UDP GSO/GRO (a capture on lo then shows each datagram).")
     var noOffload = false
 
+    @Option(name: .customLong("tcp-connect"), help: ArgumentHelp(
+        "With -l: relay each TOU connection to a new TCP connection to HOST:PORT (tunnel mode).",
+        valueName: "HOST:PORT"))
+    var tcpConnect: String?
+
+    @Option(name: .customLong("tcp-listen"), help: ArgumentHelp(
+        "Client: accept TCP on [ADDR:]PORT (default 127.0.0.1) and carry each connection over its own TOU connection to HOST PORT (tunnel mode).",
+        valueName: "[ADDR:]PORT"))
+    var tcpListen: String?
+
     @Flag(name: [.short, .customLong("verbose")], help: """
         Progress on stderr: about once a second while stderr is a terminal (bytes, rate, RTT, \
         retransmissions), a one-line summary at the end; with -l prints "listening on ADDR:PORT" once ready.
@@ -113,6 +132,9 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
 
     var host: String?
     var port: Int = 0
+    /// Tunnel mode: the TCP service (-l) or the local TCP address to accept on (client).
+    var tcpService: TCPAddress?
+    var tcpListenAddress: TCPAddress?
 
     /// Not `validate()`: see `ArgumentChecking`.
     mutating func checkArguments() throws {
@@ -131,6 +153,17 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
             throw ValidationError("expected [HOST] PORT with -l")
         }
         if keepOpen && !listen { throw ValidationError("-k/--keep-open needs -l") }
+        if let tcpConnect {
+            if !listen { throw ValidationError("--tcp-connect needs -l (the client side of a tunnel uses --tcp-listen)") }
+            tcpService = try TCPAddress.parse(tcpConnect, option: "--tcp-connect", hostRequired: true)
+        }
+        if let tcpListen {
+            if listen { throw ValidationError("--tcp-listen is for the client side; with -l use --tcp-connect") }
+            tcpListenAddress = try TCPAddress.parse(tcpListen, option: "--tcp-listen", hostRequired: false)
+            if sessionFile != nil {
+                throw ValidationError("--session-file is for one connection; a tunnel resumes sessions between its connections by itself")
+            }
+        }
         if requireClientCert && !listen { throw ValidationError("--require-client-cert needs -l") }
         if alwaysCookie && !listen { throw ValidationError("--always-cookie needs -l") }
         if sessionFile != nil && (listen || plain) { throw ValidationError("--session-file is for a DTLS client") }
@@ -180,12 +213,55 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         configuration.alwaysRequireCookie = alwaysCookie
         configuration.userTimeout = .nanoseconds(Int64(timeoutSeconds * 1e9))
         configuration.keepAliveInterval = keepAliveSeconds.map { .nanoseconds(Int64($0 * 1e9)) }
+        // A tunnel forwards what the application's own TCP already sent: holding small
+        // segments back for coalescing (Nagle) would only add a round trip to each exchange.
+        if tcpService != nil || tcpListenAddress != nil { configuration.noDelay = true }
         if verbose {
             var logger = Logger(label: "toudtls")
             logger.logLevel = .info
             configuration.logger = logger
         }
         return configuration
+    }
+}
+
+/// A TCP address from the command line: "HOST:PORT", "[IPV6]:PORT" or, where the host is optional, "PORT".
+struct TCPAddress: Sendable, Codable, CustomStringConvertible {
+    var host: String
+    var port: Int
+
+    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// Without a host (allowed when `hostRequired` is false) the host is 127.0.0.1 and port 0
+    /// (any free port) is allowed.
+    static func parse(_ text: String, option: String, hostRequired: Bool) throws -> TCPAddress {
+        let expected = hostRequired ? "HOST:PORT" : "[ADDR:]PORT"
+        let host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                throw ValidationError("\(option): invalid address \"\(text)\" (expected \(expected), an IPv6 address in brackets)")
+            }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else if let colon = text.lastIndex(of: ":") {
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+            if host.contains(":") {
+                throw ValidationError("\(option): put an IPv6 address in brackets: [ADDR]:PORT")
+            }
+        } else if !hostRequired {
+            host = "127.0.0.1"
+            portText = Substring(text)
+        } else {
+            throw ValidationError("\(option): invalid address \"\(text)\" (expected \(expected))")
+        }
+        guard !host.isEmpty else { throw ValidationError("\(option): missing host in \"\(text)\" (expected \(expected))") }
+        let lowest = hostRequired ? 1 : 0
+        guard let port = Int(portText), (lowest...65_535).contains(port) else {
+            throw ValidationError("\(option): invalid port \"\(portText)\" (expected \(lowest)-65535)")
+        }
+        return TCPAddress(host: String(host), port: port)
     }
 }
 

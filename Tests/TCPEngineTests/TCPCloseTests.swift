@@ -57,7 +57,11 @@ import TOUWire
         var c = establishedConnection()
         c.receive(fromPeer(flags: .fin, payload: bytes("done")), now: at(100))
         #expect(c.state == .closeWait)
-        #expect(c.drain(at: at(100)) == [toPeer(ack: remoteISS &+ 6)])
+        // The FIN's ACK is a delayed one: it goes when the delayed-ACK timer fires.
+        #expect(c.drain(at: at(100)) == [])
+        #expect(c.nextDeadline == at(140))
+        c.handleTimeout(now: at(140))
+        #expect(c.drain(at: at(140)) == [toPeer(ack: remoteISS &+ 6)])
         #expect(c.drainEvents() == [.readable, .peerFinished])
         #expect(c.readAll() == "done")
         // CLOSE-WAIT keeps sending.
@@ -72,6 +76,20 @@ import TOUWire
         #expect(c.state == .closed)
         #expect(c.drainEvents() == [.closed(.normal)])
         #expect(c.isSendQueueEmptyAndAcknowledged)
+    }
+
+    /// An application that closes as soon as the peer's stream ends sends one segment, FIN and
+    /// the ACK of the peer's FIN together (the ACK waited as a delayed one).
+    @Test func peerFINIsAcknowledgedByOurFINWhenTheApplicationClosesAtOnce() {
+        var c = establishedConnection()
+        c.receive(fromPeer(flags: .fin), now: at(100))
+        #expect(c.state == .closeWait)
+        #expect(c.drain(at: at(100)) == [])
+        c.finishWriting()
+        #expect(c.drain(at: at(101)) == [toPeer(ack: remoteISS &+ 2, flags: .fin)])
+        #expect(c.state == .lastAck)
+        c.receive(fromPeer(seq: remoteISS &+ 2, ack: localISS &+ 2), now: at(110))
+        #expect(c.state == .closed)
     }
 
     @Test func dataAfterPeerFINIsIgnored() {

@@ -27,6 +27,48 @@ struct FastSetupTests {
         try await server.value
     }
 
+    /// Under `nextTaskExecutor()` a connection runs on that executor's loop: connect returns, and
+    /// reads and writes resume, on the loop's own thread; the listener's executor serves its
+    /// connections the same way.
+    static func same(_ a: any TaskExecutor, _ b: any TaskExecutor) -> Bool {
+        ObjectIdentifier(a as AnyObject) == ObjectIdentifier(b as AnyObject)
+    }
+
+    @Test("connect under TOUConnection.nextTaskExecutor() puts the connection on that loop: no thread switch")
+    func connectingOnTheLoop() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
+        let port = try #require(listener.localAddress.port)
+        let server = Task(executorPreference: listener.taskExecutor) {
+            var iterator = listener.connections.makeAsyncIterator()
+            for _ in 0..<3 {
+                let connection = try #require(await iterator.next())
+                #expect(Self.same(connection.taskExecutor, listener.taskExecutor))
+                #expect(connection.endpoint.loop.inEventLoop)
+                for try await chunk in connection.inbound {
+                    #expect(connection.endpoint.loop.inEventLoop)
+                    try await connection.write(chunk)
+                }
+                try await connection.close()
+            }
+        }
+        for _ in 0..<3 {
+            let executor = TOUConnection.nextTaskExecutor()
+            try await withTaskExecutorPreference(executor) {
+                let connection = try await TOUConnection.connect(host: "127.0.0.1", port: port,
+                                                                 configuration: E2E.clientConfiguration(),
+                                                                 initialData: ByteBuffer(string: "hi"))
+                #expect(Self.same(connection.taskExecutor, executor))
+                #expect(connection.endpoint.loop.inEventLoop)
+                var inbound = connection.inbound.makeAsyncIterator()
+                #expect(try await inbound.next() == ByteBuffer(string: "hi"))
+                #expect(connection.endpoint.loop.inEventLoop)
+                try await connection.close()
+            }
+        }
+        try await server.value
+        try await listener.close()
+    }
+
     @Test("not under pressure: no HelloVerifyRequest; always-cookie: one")
     func cookieOnlyWhenAskedFor() async throws {
         for always in [false, true] {
