@@ -577,6 +577,34 @@ static int load_trust(SSL_CTX *ctx, const uint8_t *pem, size_t len, char *err, s
     }
 }
 
+/* The system store, as curl and the openssl command use it: OpenSSL's default file and hashed
+ * directory, which the SSL_CERT_FILE and SSL_CERT_DIR environment variables override. The file
+ * is parsed here, once per context; the directory is searched per verification (by subject
+ * hash) and what it finds stays cached in the context's store. */
+static int load_system_trust(SSL_CTX *ctx, char *err, size_t cap) {
+    if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        tou_drain_errors(err, cap, "cannot load the system trust store");
+        return 0;
+    }
+    /* A missing default file or directory is not an error: verification then fails as untrusted. */
+    ERR_clear_error();
+    return 1;
+}
+
+/* What a saved session is bound to: the PEM roots, or for the system store the locations it was
+ * read from (a session made under another SSL_CERT_FILE is not offered). */
+static int digest_trust_source(EVP_MD_CTX *md, const uint8_t *pem, size_t len) {
+    if (pem != NULL) return EVP_DigestUpdate(md, pem, len) == 1;
+    const char *file = getenv(X509_get_default_cert_file_env());
+    const char *dir = getenv(X509_get_default_cert_dir_env());
+    if (file == NULL) file = X509_get_default_cert_file();
+    if (dir == NULL) dir = X509_get_default_cert_dir();
+    static const char tag[] = "system trust store";
+    return EVP_DigestUpdate(md, tag, sizeof tag) == 1 &&
+           EVP_DigestUpdate(md, file, strlen(file) + 1) == 1 &&
+           EVP_DigestUpdate(md, dir, strlen(dir) + 1) == 1;
+}
+
 static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_len,
                               const uint8_t *key, size_t key_len, const char *chain_what,
                               const char *key_what, char *err, size_t cap) {
@@ -701,7 +729,7 @@ tou_dtls_ctx *tou_dtls_ctx_new_client(const uint8_t *trust_pem, size_t trust_len
         tou_set_msg(err, err_cap, "at most 1024 public-key pins");
         return NULL;
     }
-    if (trust_pem == NULL || trust_len == 0 || trust_len > INT32_MAX || chain_len > INT32_MAX || key_len > INT32_MAX) {
+    if ((trust_pem != NULL && trust_len == 0) || trust_len > INT32_MAX || chain_len > INT32_MAX || key_len > INT32_MAX) {
         tou_set_msg(err, err_cap, "trust roots are required");
         return NULL;
     }
@@ -711,7 +739,8 @@ tou_dtls_ctx *tou_dtls_ctx_new_client(const uint8_t *trust_pem, size_t trust_len
     }
     SSL_CTX *ctx = new_base_ctx(0, err, err_cap);
     if (ctx == NULL) return NULL;
-    if (!load_trust(ctx, trust_pem, trust_len, err, err_cap, "trust roots") ||
+    if ((trust_pem != NULL ? !load_trust(ctx, trust_pem, trust_len, err, err_cap, "trust roots")
+                           : !load_system_trust(ctx, err, err_cap)) ||
         (chain_pem != NULL && !load_chain_and_key(ctx, chain_pem, chain_len, key_pem, key_len,
                                                    "client certificate chain", "client private key", err, err_cap))) {
         SSL_CTX_free(ctx);
@@ -734,7 +763,7 @@ tou_dtls_ctx *tou_dtls_ctx_new_client(const uint8_t *trust_pem, size_t trust_len
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned int digest_len = 0;
     if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
-        EVP_DigestUpdate(md, trust_pem, trust_len) != 1 ||
+        !digest_trust_source(md, trust_pem, trust_len) ||
         (pin_count > 0 && EVP_DigestUpdate(md, pins, pin_count * 32) != 1) ||
         EVP_DigestFinal_ex(md, c->trust_digest, &digest_len) != 1) {
         EVP_MD_CTX_free(md);

@@ -17,15 +17,18 @@ public final class DTLSContext: @unchecked Sendable {
         tou_dtls_ctx_free(handle)
     }
 
-    /// A client context that verifies servers against `trustRootsPEM`, optionally presenting a
+    /// A client context that verifies servers against `trustRootsPEM` (nil: the system trust
+    /// store, OpenSSL's default paths, which `SSL_CERT_FILE`/`SSL_CERT_DIR` override; it is read
+    /// once here, not per connection), optionally presenting a
     /// client certificate. With `pinnedPublicKeySHA256` (SHA-256 hashes of DER
     /// SubjectPublicKeyInfo, 32 bytes each) the server's leaf key must also match one of them, in
     /// addition to the normal chain and name checks; otherwise the handshake fails with
     /// `.pinMismatch`. `cipherSuites` are offered in that order.
-    public static func client(trustRootsPEM: [UInt8], certificateChainPEM: [UInt8]? = nil,
+    public static func client(trustRootsPEM: [UInt8]?, certificateChainPEM: [UInt8]? = nil,
                               privateKeyPEM: [UInt8]? = nil,
                               pinnedPublicKeySHA256: [[UInt8]] = [],
                               cipherSuites: [DTLSCipherSuite] = DTLSCipherSuite.allCases) throws(DTLSError) -> DTLSContext {
+        if let trustRootsPEM, trustRootsPEM.isEmpty { throw .invalidConfiguration("the trust roots are empty") }
         var pins: [UInt8] = []
         pins.reserveCapacity(pinnedPublicKeySHA256.count * 32)
         for (index, pin) in pinnedPublicKeySHA256.enumerated() {
@@ -36,11 +39,11 @@ public final class DTLSContext: @unchecked Sendable {
             pins.append(contentsOf: pin)
         }
         var error = [CChar](repeating: 0, count: 512)
-        let handle = trustRootsPEM.withUnsafeBufferPointer { trust in
+        let handle = withOptionalBytes(trustRootsPEM) { trust in
             withOptionalBytes(certificateChainPEM) { chain in
                 withOptionalBytes(privateKeyPEM) { key in
                     pins.withUnsafeBufferPointer { pinBytes in
-                        tou_dtls_ctx_new_client(trust.baseAddress, trust.count,
+                        tou_dtls_ctx_new_client(trust?.baseAddress, trust?.count ?? 0,
                                                 chain?.baseAddress, chain?.count ?? 0,
                                                 key?.baseAddress, key?.count ?? 0,
                                                 pinBytes.baseAddress, pinnedPublicKeySHA256.count,

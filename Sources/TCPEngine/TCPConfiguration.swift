@@ -59,6 +59,12 @@ public struct TCPConfiguration: Sendable {
     public var noDelay: Bool
     /// Keepalive probes; nil (the default) sends none.
     public var keepAlive: TCPKeepAlive?
+    /// RFC 5482's user timeout: the connection closes with `.userTimeout` once sent data has
+    /// been outstanding this long without any of it being acknowledged (each advance of SND.UNA
+    /// starts the wait again), once a closed window has gone this long without a word from the
+    /// peer, or once keepalive probes have gone this long unanswered. It bounds how long a dead
+    /// peer goes unnoticed where the RTO retry limit alone takes minutes. nil (the default): none.
+    public var userTimeout: TimeAmount?
     /// Data on the SYN, as TCP Fast Open (RFC 7413) does but without its cookie: what is written
     /// before the SYN leaves rides on it (as much as one segment holds), a SYN's data is taken at
     /// once, and the listening side may answer from SYN-RECEIVED, before the handshake's last
@@ -84,6 +90,7 @@ public struct TCPConfiguration: Sendable {
         self.pacing = true
         self.noDelay = false
         self.keepAlive = nil
+        self.userTimeout = nil
         self.fastOpen = false
     }
 

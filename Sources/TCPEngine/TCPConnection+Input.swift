@@ -317,6 +317,8 @@ extension TCPConnection {
         consecutiveTimeouts = 0
         countedTimeouts = 0
         timers[.retransmission] = scoreboard.isEmpty ? nil : now + rtt.rto
+        // Progress: the user timeout waits anew for what is still outstanding.
+        if let userTimeout = configuration.userTimeout { timers[.userTimeout] = scoreboard.isEmpty ? nil : now + userTimeout }
         judgeByTimestamp(ack: ack, segment: segment)
 
         if recoveryPhase == .fast {

@@ -135,6 +135,9 @@ extension TCPConnection {
         let segment = makeSegment(sequence: start, flags: flags, payload: payload, now: now)
         sndMax = end
         if timers[.retransmission] == nil { timers[.retransmission] = now + rtt.rto }
+        if let userTimeout = configuration.userTimeout, timers[.userTimeout] == nil {
+            timers[.userTimeout] = now + userTimeout
+        }
         timers[.persist] = nil
         // A probe clamped to the RTO may come sooner now that more than one segment is out.
         if timers[.tailLossProbe] == nil || timers[.tailLossProbe] == timers[.retransmission] {

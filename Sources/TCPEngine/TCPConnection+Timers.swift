@@ -27,6 +27,7 @@ extension TCPConnection {
         case .timeWait: close(.normal)
         case .delayedACK: ackNow = true
         case .pacing: break  // sending resumes in the next pollTransmit
+        case .userTimeout: userTimeoutExpired(now: now)
         case .retransmission: retransmissionTimerExpired(now: now)
         case .tailLossProbe: probeTimerExpired(now: now)
         case .reordering: detectLosses(now: now)
@@ -71,9 +72,24 @@ extension TCPConnection {
         enterTimeoutRecovery(now: now)
     }
 
+    /// Data outstanding without progress for the user timeout. Into a closed window the peer
+    /// drops what we resend but answers it: only its silence counts there.
+    private mutating func userTimeoutExpired(now: NIODeadline) {
+        guard let userTimeout = configuration.userTimeout, !scoreboard.isEmpty else { return }
+        if sndWnd == 0, now - lastHeardAt < userTimeout {
+            timers[.userTimeout] = lastHeardAt + userTimeout
+            return
+        }
+        close(.userTimeout)
+    }
+
     /// A zero-window probe: an ACK carrying SND.UNA-1, which the peer must answer with its
     /// window without it consuming sequence space (as Linux does).
     private mutating func persistTimerExpired(now: NIODeadline) {
+        if let userTimeout = configuration.userTimeout, now - lastHeardAt >= userTimeout {
+            close(.userTimeout)
+            return
+        }
         unansweredProbes += 1
         if unansweredProbes > configuration.maximumRetransmissions {
             close(.timedOut)
@@ -83,13 +99,17 @@ extension TCPConnection {
         enqueueControl(makeSegment(sequence: sndUna &- 1, flags: .ack, now: now))
     }
 
+    /// Backed off like the RTO; with a user timeout, no longer than half of it, so a silent peer
+    /// behind a closed window is noticed within 1.5 user timeouts.
     private var persistInterval: TimeAmount {
+        var limit = configuration.maximumRTO
+        if let userTimeout = configuration.userTimeout { limit = min(limit, max(.nanoseconds(userTimeout.nanoseconds / 2), configuration.minimumRTO)) }
         var interval = rtt.rto
         for _ in 0..<min(persistBackoff, 16) {
             interval = interval + interval
-            if interval >= configuration.maximumRTO { return configuration.maximumRTO }
+            if interval >= limit { return limit }
         }
-        return interval
+        return min(interval, limit)
     }
 
     mutating func updatePersistTimer(now: NIODeadline) {
@@ -120,6 +140,13 @@ extension TCPConnection {
 
     private mutating func keepAliveTimerExpired(now: NIODeadline) {
         guard let keepAlive = configuration.keepAlive else { return }
+        // The first probe went at lastHeardAt + idle; unanswered since, for the user timeout.
+        if keepAliveProbesSent > 0, let userTimeout = configuration.userTimeout,
+            now - (lastHeardAt + keepAlive.idle) >= userTimeout
+        {
+            close(.userTimeout)
+            return
+        }
         if keepAliveProbesSent >= keepAlive.count {
             close(.timedOut)
             return
@@ -130,9 +157,11 @@ extension TCPConnection {
         enqueueControl(makeSegment(sequence: sndUna &- 1, flags: .ack, now: now))
     }
 
-    /// Disarms everything that sends: retransmission, probes, reordering, pacing.
+    /// Disarms everything that sends: retransmission, probes, reordering, pacing (and the user
+    /// timeout that watches what was sent).
     mutating func clearRetransmissionTimers() {
         timers[.retransmission] = nil
+        timers[.userTimeout] = nil
         timers[.persist] = nil
         timers[.tailLossProbe] = nil
         probePending = false

@@ -9,6 +9,9 @@ enum TCPTimer: CaseIterable {
     case delayedACK
     /// The pacer's next release.
     case pacing
+    /// RFC 5482 user timeout: sent data unacknowledged for too long. Before the loss timers, so
+    /// a connection that is over its limit closes instead of resending once more.
+    case userTimeout
     /// RFC 8985 7 tail loss probe. Before the RTO: a probe clamped to the RTO's time stands in
     /// for it (and re-arms it).
     case tailLossProbe
@@ -28,6 +31,7 @@ struct TCPTimerTable {
     private var timeWait: NIODeadline?
     private var delayedACK: NIODeadline?
     private var pacing: NIODeadline?
+    private var userTimeout: NIODeadline?
     private var retransmission: NIODeadline?
     private var tailLossProbe: NIODeadline?
     private var reordering: NIODeadline?
@@ -39,6 +43,7 @@ struct TCPTimerTable {
             case .timeWait: return timeWait
             case .delayedACK: return delayedACK
             case .pacing: return pacing
+            case .userTimeout: return userTimeout
             case .retransmission: return retransmission
             case .tailLossProbe: return tailLossProbe
             case .reordering: return reordering
@@ -50,6 +55,7 @@ struct TCPTimerTable {
             case .timeWait: timeWait = newValue
             case .delayedACK: delayedACK = newValue
             case .pacing: pacing = newValue
+            case .userTimeout: userTimeout = newValue
             case .retransmission: retransmission = newValue
             case .tailLossProbe: tailLossProbe = newValue
             case .reordering: reordering = newValue

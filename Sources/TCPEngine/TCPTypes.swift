@@ -13,6 +13,8 @@ public enum TCPCloseReason: Sendable, Equatable, Hashable {
     case reset
     /// Retransmissions, zero-window probes or keepalive probes went unanswered too long.
     case timedOut
+    /// Sent data (or a probe) stayed unacknowledged for the configured user timeout (RFC 5482).
+    case userTimeout
     /// The local side called `abort()`.
     case aborted
 }

@@ -5,7 +5,8 @@ import NIOConcurrencyHelpers
 /// context is immutable and shared by connections; a new one is built when the material changes.
 final class ClientContextCache: Sendable {
     struct Material: Hashable, Sendable {
-        var trustRoots: [UInt8]
+        /// nil: the system trust store.
+        var trustRoots: [UInt8]?
         var certificateChain: [UInt8]?
         var privateKey: [UInt8]?
         var pins: [String]

@@ -24,6 +24,8 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     @exclusivity(unchecked) private var pendingWrites: Deque<(buffer: ByteBuffer, promise: EventLoopPromise<Void>)> = []
     @exclusivity(unchecked) private var pendingRead: PendingRead?
     private var closePromises: [EventLoopPromise<Void>] = []
+    /// `waitUntilEnded` callers: completed with the outcome, whoever ends the connection.
+    private var endPromises: [EventLoopPromise<Void>] = []
     private var closeTimer: Scheduled<Void>?
     @exclusivity(unchecked) private var writeSideClosed = false
     @exclusivity(unchecked) private var finishAfterPendingWrites = false
@@ -96,9 +98,28 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     }
 
     /// A read from a task already on the loop: its continuation waits here, with no promise, future
-    /// or callback between the receive path and the task.
-    func read(continuation: UnsafeContinuation<ByteBuffer?, Error>, now: NIODeadline) {
-        read(.continuation(continuation), now: now)
+    /// or callback between the receive path and the task. `token` names it for `cancel`.
+    func read(continuation: UnsafeContinuation<ByteBuffer?, Error>, token: WaiterToken, now: NIODeadline) {
+        read(.continuation(continuation, token), now: now)
+    }
+
+    /// The task waiting on `waiter` (a write's, read's or close's promise future, or a read's
+    /// token) was cancelled: if that operation still waits, it ends with `CancellationError` and
+    /// the connection is reset (RST to the peer; other operations then fail with
+    /// `TOUError.closed`), since a partly written or partly read stream cannot be resumed. An
+    /// operation that already completed is left alone.
+    func cancel(_ waiter: ObjectIdentifier, now: NIODeadline) {
+        if let index = pendingWrites.firstIndex(where: { ObjectIdentifier($0.promise.futureResult) == waiter }) {
+            pendingWrites.remove(at: index).promise.fail(CancellationError())
+        } else if let read = pendingRead, read.identifier == waiter {
+            pendingRead = nil
+            read.complete(.failure(CancellationError()))
+        } else if let index = closePromises.firstIndex(where: { ObjectIdentifier($0.futureResult) == waiter }) {
+            closePromises.remove(at: index).fail(CancellationError())
+        } else {
+            return
+        }
+        session.abort(now: now, error: .closed)
     }
 
     private func read(_ waiter: PendingRead, now: NIODeadline) {
@@ -125,6 +146,15 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
         serviceRead(now: now)
         if closeTimer == nil {
             closeTimer = loop.assumeIsolated().scheduleTask(in: timeout) { onTimeout() }
+        }
+    }
+
+    /// Completes `promise` with the outcome once the connection has ended (at once if it has).
+    func whenEnded(_ promise: EventLoopPromise<Void>) {
+        if let outcome {
+            promise.completeWith(outcome.mapError { $0 as Error })
+        } else {
+            endPromises.append(promise)
         }
     }
 
@@ -160,6 +190,10 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
             promise.completeWith(result.mapError { $0 as Error })
         }
         closePromises.removeAll()
+        for promise in endPromises {
+            promise.completeWith(result.mapError { $0 as Error })
+        }
+        endPromises.removeAll()
         if let connectPromise {
             self.connectPromise = nil
             connectPromise.fail(result.failureValue ?? .closed)
@@ -208,15 +242,26 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
 /// Who waits for a read: a promise (a caller off the loop) or a task's continuation (on the loop).
 enum PendingRead {
     case promise(EventLoopPromise<ByteBuffer?>)
-    case continuation(UnsafeContinuation<ByteBuffer?, Error>)
+    case continuation(UnsafeContinuation<ByteBuffer?, Error>, WaiterToken)
 
     func complete(_ result: Result<ByteBuffer?, Error>) {
         switch self {
         case .promise(let promise): promise.completeWith(result)
-        case .continuation(let continuation): continuation.resume(with: result)
+        case .continuation(let continuation, _): continuation.resume(with: result)
+        }
+    }
+
+    /// What a cancellation names this read by.
+    var identifier: ObjectIdentifier {
+        switch self {
+        case .promise(let promise): return ObjectIdentifier(promise.futureResult)
+        case .continuation(_, let token): return ObjectIdentifier(token)
         }
     }
 }
+
+/// Names a waiting read that has no promise, for cancellation.
+final class WaiterToken: Sendable {}
 
 /// Fires a session's timer on the endpoint's loop; one per connection, reused for every arming.
 final class SessionTimer: NIOScheduledCallbackHandler {

@@ -2,14 +2,22 @@ import DTLS
 import Foundation
 import Logging
 import NIOCore
+import TCPEngine
 
 /// Where PEM material comes from.
 public enum PEMSource: Sendable, Hashable {
     case pemFile(String)
     case pemBytes([UInt8])
+    /// Trust roots only: the system's trust store, as curl and the `openssl` command use it
+    /// (OpenSSL's default file and directory, Debian's /etc/ssl/certs; the `SSL_CERT_FILE` and
+    /// `SSL_CERT_DIR` environment variables override them). Read once per configuration, not per
+    /// connection. As a certificate chain or key it is an invalid configuration.
+    case system
 
     func load() throws(TOUError) -> [UInt8] {
         switch self {
+        case .system:
+            throw .invalidConfiguration("the system trust store holds trust roots, not a certificate chain or key")
         case .pemBytes(let bytes):
             return bytes
         case .pemFile(let path):
@@ -27,6 +35,8 @@ public enum PEMSource: Sendable, Hashable {
     /// change times (nil when the file cannot be examined: `load()` then says why).
     var stamp: PEMStamp? {
         switch self {
+        case .system:
+            return .system
         case .pemBytes(let bytes):
             return .bytes(bytes)
         case .pemFile(let path):
@@ -42,6 +52,7 @@ public enum PEMSource: Sendable, Hashable {
         switch self {
         case .pemFile(let path): return path
         case .pemBytes: return "the configured PEM bytes"
+        case .system: return "the system trust store"
         }
     }
 }
@@ -50,6 +61,7 @@ public enum PEMSource: Sendable, Hashable {
 /// has not changed, so a connect need not read it again.
 enum PEMStamp: Hashable, Sendable {
     case absent
+    case system
     case bytes([UInt8])
     case file(path: String, device: UInt64, inode: UInt64, size: Int64, modified: [Int64], changed: [Int64])
 }
@@ -65,6 +77,7 @@ public struct TOUConfiguration: Sendable {
 
     public var security: Security
     /// Trust anchors for the peer's certificate (client: the server's; server: clients').
+    /// `.system` is the system's trust store; `.client(...)` uses it unless told otherwise.
     public var trustRoots: PEMSource?
     /// Our own certificate chain and key (required on a server; optional client certificate).
     public var certificateChain: PEMSource?
@@ -83,6 +96,17 @@ public struct TOUConfiguration: Sendable {
     public var handshakeTimeout: TimeAmount = .seconds(10)
     /// A session with no traffic for this long is ended; `.zero` means never.
     public var idleTimeout: TimeAmount = .minutes(5)
+    /// RFC 5482's user timeout: a connection fails with `TOUError.timedOut` once data it sent has
+    /// stayed unacknowledged this long (each acknowledgment of new data restarts the wait; into
+    /// a closed receive window, only the peer's silence counts). It bounds how long writing to a
+    /// dead peer goes unnoticed. `.zero` turns it off, leaving TCP's retry limit (minutes).
+    public var userTimeout: TimeAmount = .seconds(30)
+    /// Keepalive: after this long without hearing from the peer, an idle connection sends a probe
+    /// the peer must answer, keeping NAT mappings and the peer's idle timeout from ending a quiet
+    /// connection, and noticing a dead peer: unanswered for `userTimeout`, the connection fails
+    /// with `TOUError.timedOut`. nil (the default) sends none, as TCP does; then a dead peer of an
+    /// idle connection is noticed by `idleTimeout`. Behind NAT, 25 s is a common choice.
+    public var keepAliveInterval: TimeAmount? = nil
     /// How long `close()` waits for the peer to finish before it resets the connection.
     public var closeTimeout: TimeAmount = .seconds(30)
     /// TCP buffer sizes; the receive buffer bounds the advertised window.
@@ -134,8 +158,9 @@ public struct TOUConfiguration: Sendable {
         self.requireClientCertificate = requireClientCertificate
     }
 
-    /// A client that verifies the server against `trustRoots` and `serverName` (default: the host).
-    public static func client(trustRoots: PEMSource, serverName: String? = nil,
+    /// A client that verifies the server against `trustRoots` (default: the system trust store,
+    /// like curl) and `serverName` (default: the host). Trust roots given replace the system store.
+    public static func client(trustRoots: PEMSource = .system, serverName: String? = nil,
                               certificateChain: PEMSource? = nil, privateKey: PEMSource? = nil) -> TOUConfiguration {
         TOUConfiguration(security: .dtls, trustRoots: trustRoots, certificateChain: certificateChain,
                          privateKey: privateKey, serverName: serverName)
@@ -186,9 +211,23 @@ public struct TOUConfiguration: Sendable {
         guard maximumSessions > 0, maximumHalfOpenSessions > 0, acceptBacklog > 0 else {
             throw .invalidConfiguration("session limits and the accept backlog must be positive")
         }
+        if let keepAliveInterval, keepAliveInterval <= .zero {
+            throw .invalidConfiguration("the keepalive interval must be positive (nil turns keepalive off)")
+        }
+        guard userTimeout >= .zero else { throw .invalidConfiguration("the user timeout cannot be negative") }
         guard (cookielessHandshakeThreshold ?? 0) >= 0, cookielessAdmissionsPerSecond >= 0 else {
             throw .invalidConfiguration("the cookieless threshold and budget cannot be negative")
         }
+    }
+
+    /// The TCP keepalive of `keepAliveInterval`: after that much silence a probe, then probes a
+    /// quarter of the user timeout apart (at most the interval) until the user timeout says the
+    /// peer is gone; without a user timeout, 9 probes as TCP's default.
+    var tcpKeepAlive: TCPKeepAlive? {
+        guard let interval = keepAliveInterval, interval > .zero else { return nil }
+        guard userTimeout > .zero else { return TCPKeepAlive(idle: interval, interval: interval, count: 9) }
+        let quarter = TimeAmount.nanoseconds(max(userTimeout.nanoseconds / 4, 100_000_000))
+        return TCPKeepAlive(idle: interval, interval: min(interval, quarter), count: Int.max)
     }
 
     /// Client: the name a connection to `host` verifies the server's certificate against and saves
@@ -202,13 +241,14 @@ public struct TOUConfiguration: Sendable {
             throw .invalidConfiguration("a DTLS client needs trust roots (--ca) to verify the server")
         }
         // New files on disk take effect: looked at on every connect, read and parsed only when changed.
+        // The system store (nil roots) is read when its context is built, once per configuration.
         let stamps = [trustRoots, certificateChain, privateKey].compactMap { source in
             source.map { $0.stamp } ?? PEMStamp.absent
         }
         if stamps.count == 3, let context = clientContexts.context(for: stamps, pins: pinnedPublicKeys) {
             return context
         }
-        let roots = try trustRoots.load()
+        let roots = trustRoots == .system ? nil : try trustRoots.load()
         let chain = try certificateChain?.load()
         let key = try privateKey?.load()
         if (chain == nil) != (key == nil) {
@@ -236,6 +276,9 @@ public struct TOUConfiguration: Sendable {
         }
         let chain = try certificateChain.load()
         let key = try privateKey.load()
+        if trustRoots == .system {
+            throw .invalidConfiguration("a server verifies client certificates against a CA file (--ca), not the system store")
+        }
         let roots = try trustRoots?.load()
         if requireClientCertificate && roots == nil {
             throw .invalidConfiguration("requiring client certificates needs trust roots (--ca) to verify them")

@@ -55,7 +55,15 @@ public final class TOUConnection: Sendable {
     /// rides on the TCP SYN, which leaves with the client's DTLS Finished, so a server that
     /// answers at once gets its answer here two round trips after `connect` starts (three if the
     /// listener asks for a cookie). The rest follows as ordinary data. At most `sendBufferSize` bytes.
-    /// - Throws: `TOUError` (configuration, unreachable, handshake or certificate failures, timeout).
+    /// When HOST resolves to both IPv6 and IPv4 addresses, both are tried (Happy Eyeballs,
+    /// RFC 8305): IPv6 first, the next address 250 ms later if no handshake has completed; the
+    /// first to complete both handshakes is kept, the others are closed.
+    ///
+    /// Cancelling the task ends `connect` promptly with `CancellationError` and leaves nothing
+    /// behind: the handshakes in progress are abandoned and their UDP sockets closed. (A
+    /// connection that completed before the cancellation arrived is returned.)
+    /// - Throws: `TOUError` (configuration, unreachable, handshake or certificate failures,
+    ///   timeout), or `CancellationError`.
     public static func connect(host: String, port: Int, configuration: TOUConfiguration,
                                initialData: ByteBuffer? = nil) async throws -> TOUConnection {
         try configuration.validate()
@@ -67,14 +75,25 @@ public final class TOUConnection: Sendable {
                                                 + "\(configuration.sendBufferSize)-byte send buffer")
         }
         let context: DTLSContext? = configuration.security == .dtls ? try configuration.makeClientContext() : nil
-        let loop = EventLoopTaskExecutor.currentLoop() ?? MultiThreadedEventLoopGroup.singleton.next()
-        let endpoint = TOUEndpoint(loop: loop, role: .client, configuration: configuration, dtlsContext: context)
-        let remote: SocketAddress
+        try Task.checkCancellation()
+        let addresses: [SocketAddress]
         do {
-            remote = try AddressText.resolve(host, port: port)
+            addresses = try AddressText.resolveAll(host, port: port)
         } catch {
             throw TOUError.unreachable(error.message)
         }
+        return try await connect(to: addresses, host: host, port: port, configuration: configuration,
+                                 context: context, initialData: initialData,
+                                 loop: EventLoopTaskExecutor.currentLoop())
+    }
+
+    /// One connection attempt to `remote`: its own endpoint and UDP socket, closed again unless
+    /// the attempt succeeds.
+    /// On `loop` (the caller's preferred executor's, see `nextTaskExecutor()`), else any.
+    static func attempt(_ remote: SocketAddress, host: String, port: Int, configuration: TOUConfiguration,
+                        context: DTLSContext?, initialData: ByteBuffer?, loop: EventLoop? = nil) async throws -> TOUConnection {
+        let loop = loop ?? MultiThreadedEventLoopGroup.singleton.next()
+        let endpoint = TOUEndpoint(loop: loop, role: .client, configuration: configuration, dtlsContext: context)
         let serverName = configuration.serverName(connectingTo: host)
         let promise = loop.makePromise(of: TOUConnection.self)
         let cache = configuration.security == .dtls ? configuration.sessionCache : nil
@@ -91,15 +110,23 @@ public final class TOUConnection: Sendable {
             }
         }
         do {
-            let connection = try await promise.futureResult.get()
+            // Both run on the loop: a cancellation before the session starts keeps it from starting.
+            let connection = try await withTaskCancellationHandler {
+                try await promise.futureResult.get()
+            } onCancel: {
+                loop.execute { endpoint.cancelConnect(promise) }
+            }
             if let fresh = connection.resumableSession { cache?.insert(fresh, port: port) }
             return connection
+        } catch let error as CancellationError {
+            opened.whenSuccess { $0.close(promise: nil) }
+            throw error
         } catch let error as TOUError {
             opened.whenSuccess { $0.close(promise: nil) }
             // A session that led to a failed handshake is not offered again; one that never met the
-            // server (unreachable, no answer) still may be.
+            // server (unreachable, no answer, one family in Happy Eyeballs, abandoned) still may be.
             switch error {
-            case .unreachable, .timedOut, .socketError: break
+            case .unreachable, .timedOut, .socketError, .closed: break
             default: if saved != nil { cache?.remove(serverName: serverName, port: port) }
             }
             throw error
@@ -113,6 +140,10 @@ public final class TOUConnection: Sendable {
 
     /// Sends `buffer`, suspending while the send buffer is full. Returns once every byte is queued
     /// for TCP (which will deliver it or fail the connection).
+    ///
+    /// Cancelling the task while the write waits for room ends it with `CancellationError` and
+    /// resets the connection (the peer sees a reset; later operations throw `TOUError.closed`):
+    /// how much of `buffer` went out is unknown, so the stream cannot go on.
     ///
     /// Under `withTaskExecutorPreference(taskExecutor)`, a write TCP takes at once completes
     /// without suspending and without a thread switch.
@@ -129,7 +160,25 @@ public final class TOUConnection: Sendable {
         onLoop { [endpoint, rest] in
             endpoint.withCore(core) { core, now in core.write(rest, promise: promise, now: now) }
         }
-        try await Self.value(of: promise.futureResult)
+        try await cancellable(promise.futureResult)
+    }
+
+    /// Awaits an operation's `future`; cancelling the task cancels the operation (see `cancel`).
+    /// The operation is queued on the loop before this runs, so the cancellation finds it there.
+    private nonisolated(nonsending) func cancellable<Value: Sendable>(_ future: EventLoopFuture<Value>) async throws -> Value {
+        try await withTaskCancellationHandler {
+            try await Self.value(of: future)
+        } onCancel: {
+            cancelOnLoop(ObjectIdentifier(future))
+        }
+    }
+
+    /// Ends the waiting operation named `waiter` with `CancellationError` and resets the connection.
+    private func cancelOnLoop(_ waiter: ObjectIdentifier) {
+        let core = self.core
+        endpoint.loop.execute { [endpoint] in
+            endpoint.withCore(core) { core, now in core.cancel(waiter, now: now) }
+        }
     }
 
     /// Awaits `future` and resumes where the caller runs (under `taskExecutor`: on the loop).
@@ -171,6 +220,7 @@ public final class TOUConnection: Sendable {
     /// Ends the connection gracefully: finishes writing, discards unread inbound bytes, and returns
     /// once our data is acknowledged and the session has closed (or throws; after
     /// `configuration.closeTimeout` the connection is reset and `TOUError.timedOut` thrown).
+    /// Cancelling the task while it waits resets the connection at once and throws `CancellationError`.
     public func close() async throws {
         let promise = endpoint.loop.makePromise(of: Void.self)
         let core = self.core
@@ -184,7 +234,26 @@ public final class TOUConnection: Sendable {
                 }
             }
         }
-        try await promise.futureResult.get()
+        try await withTaskCancellationHandler {
+            try await promise.futureResult.get()
+        } onCancel: {
+            cancelOnLoop(ObjectIdentifier(promise.futureResult))
+        }
+    }
+
+    /// Returns once the connection has ended, by `close()` or the peer, or throws how it failed
+    /// (reset, timed out, ...). For noticing a failure while nothing is being read or written,
+    /// say after the peer's FIN while our side still waits for something to send. Cancelling the
+    /// task only stops the waiting; the connection goes on.
+    public func waitUntilEnded() async throws {
+        let promise = endpoint.loop.makePromise(of: Void.self)
+        let core = self.core
+        endpoint.loop.execute { core.whenEnded(promise) }
+        try await withTaskCancellationHandler {
+            try await promise.futureResult.get()
+        } onCancel: {
+            promise.fail(CancellationError())
+        }
     }
 
     /// Resets the connection at once (TCP RST); pending and later operations fail. Returns once
@@ -219,6 +288,10 @@ public final class TOUConnection: Sendable {
     }
 
     /// The peer's bytes, in order, until its FIN. Throws `TOUError` if the connection fails.
+    ///
+    /// Cancelling the task while a read waits for bytes ends it with `CancellationError` and
+    /// resets the connection (the peer sees a reset; later operations throw `TOUError.closed`).
+    /// Bytes already there are still returned to a cancelled task.
     public var inbound: Inbound { Inbound(connection: self) }
 
     fileprivate nonisolated(nonsending) func read() async throws -> ByteBuffer? {
@@ -228,15 +301,21 @@ public final class TOUConnection: Sendable {
             endpoint.withCore(core) { core, now in immediate = core.readWithoutWaiting(now: now) }
             if let immediate { return try immediate.get() }
             // Still on the loop (the body runs before the task suspends): wait on a continuation.
-            return try await withUnsafeThrowingContinuation { continuation in
-                endpoint.withCore(core) { core, now in core.read(continuation: continuation, now: now) }
+            // A cancellation hops to the loop, so it runs after the read is registered.
+            let token = WaiterToken()
+            return try await withTaskCancellationHandler {
+                try await withUnsafeThrowingContinuation { continuation in
+                    endpoint.withCore(core) { core, now in core.read(continuation: continuation, token: token, now: now) }
+                }
+            } onCancel: {
+                cancelOnLoop(ObjectIdentifier(token))
             }
         }
         let promise = endpoint.loop.makePromise(of: ByteBuffer?.self)
         onLoop { [endpoint] in
             endpoint.withCore(core) { core, now in core.read(promise: promise, now: now) }
         }
-        return try await Self.value(of: promise.futureResult)
+        return try await cancellable(promise.futureResult)
     }
 
     public struct Inbound: AsyncSequence, Sendable {

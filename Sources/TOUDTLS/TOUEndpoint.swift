@@ -28,6 +28,8 @@ final class TOUEndpoint: @unchecked Sendable {
     /// Task executor on `loop`, for callers that want their connection code there.
     let taskExecutor: EventLoopTaskExecutor
     @exclusivity(unchecked) private var sessions: [UInt64: ConnectionCore] = [:]
+    /// Client: the task awaiting `connect` was cancelled (see `cancelConnect`).
+    private var connectCancelled = false
     private var halfOpen: [PeerKey: UInt64] = [:]
     // Admission is a listener's: built on its first attempt, so a client endpoint (one per
     // connect) neither draws keys nor allocates the per-source table.
@@ -84,6 +86,11 @@ final class TOUEndpoint: @unchecked Sendable {
     func startClientSession(serverName: String, peer: SocketAddress, innerRemotePort: UInt16,
                             resuming saved: TOUSavedSession? = nil, initialData: ByteBuffer? = nil,
                             promise: EventLoopPromise<TOUConnection>) {
+        guard !connectCancelled else {
+            promise.fail(CancellationError())
+            closeSocket()
+            return
+        }
         let now = NIODeadline.now()
         let session: TOUSession
         do {
@@ -99,6 +106,24 @@ final class TOUEndpoint: @unchecked Sendable {
         core.connectPromise = promise
         sessions[session.localSID] = core
         drive(core, now: now)
+    }
+
+    /// The task awaiting `promise` in `connect` was cancelled: a handshake still in progress for
+    /// it is abandoned (the session ends, the socket closes) and `promise` fails with
+    /// `CancellationError`. A connection already established is left to its owner.
+    func cancelConnect(_ promise: EventLoopPromise<TOUConnection>) {
+        // The socket may still be opening: the session must then not start at all.
+        connectCancelled = true
+        promise.fail(CancellationError())
+        let target = ObjectIdentifier(promise.futureResult)
+        for core in Array(sessions.values) {
+            guard let waiting = core.connectPromise, ObjectIdentifier(waiting.futureResult) == target else { continue }
+            core.connectPromise = nil
+            waiting.fail(CancellationError())
+            let now = NIODeadline.now()
+            core.session.abort(now: now, error: .closed)
+            drive(core, now: now)
+        }
     }
 
     // MARK: Datagrams in

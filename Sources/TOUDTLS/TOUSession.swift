@@ -24,6 +24,8 @@ struct SessionParameters {
     var sendBufferSize: Int
     var noDelay: Bool
     var congestionControl: TCPCongestionControlAlgorithm
+    var userTimeout: TimeAmount?
+    var keepAlive: TCPKeepAlive?
     /// The wire format's "Fast setup" (padded ClientHello, SYN after the initiator's Finished with
     /// data on it, the target answering from SYN-RECEIVED). Off reproduces the earlier sequence,
     /// SYN after the whole DTLS handshake, which a peer may still use (interop tests).
@@ -37,6 +39,8 @@ struct SessionParameters {
         receiveBufferSize = configuration.receiveBufferSize
         sendBufferSize = configuration.sendBufferSize
         noDelay = configuration.noDelay
+        userTimeout = configuration.userTimeout > .zero ? configuration.userTimeout : nil
+        keepAlive = configuration.tcpKeepAlive
         switch configuration.congestionControl {
         case .newReno: congestionControl = .newReno
         case .cubic: congestionControl = .cubic
@@ -203,6 +207,8 @@ final class TOUSession {
         configuration.sendBufferSize = parameters.sendBufferSize
         configuration.noDelay = parameters.noDelay
         configuration.congestionControl = parameters.congestionControl
+        configuration.userTimeout = parameters.userTimeout
+        configuration.keepAlive = parameters.keepAlive
         // Data on the SYN needs no cookie here: every segment is authenticated and replay-protected.
         configuration.fastOpen = parameters.security == .dtls && parameters.fastSetup
         return configuration
@@ -541,6 +547,9 @@ final class TOUSession {
                 case .normal: tcpClosedNormally = true
                 case .reset: fail(.connectionReset)
                 case .timedOut: fail(.timedOut("the peer stopped acknowledging data"))
+                case .userTimeout:
+                    let seconds = Double(parameters.userTimeout?.nanoseconds ?? 0) / 1e9
+                    fail(.timedOut("the peer acknowledged nothing for \(String(format: "%g", seconds)) s (the user timeout)"))
                 case .aborted: break
                 }
             }

@@ -26,6 +26,9 @@ struct CatRunner: Sendable {
     }
 
     private func describe(_ error: Error) -> String {
+        if let error = error as? TOUError, case .untrustedCertificate = error, command.caFile == nil, !command.listen {
+            return error.description + " (checked against the system trust store; --ca FILE trusts another CA)"
+        }
         if let error = error as? TOUError { return error.description }
         return "\(error)"
     }
@@ -132,21 +135,53 @@ struct CatRunner: Sendable {
             }
             try await connection.finishWriting()
         }
+        let report = TransferReport(connection: connection)
+        let progress = command.verbose ? report.progressWhileTerminal() : nil
         do {
             try await receive(connection)
-            try await sender.value
+            try await senderOrFailure(sender, connection)
             try await connection.close()
         } catch {
             sender.cancel()
+            progress?.cancel()
             await connection.abort()
+            await finalReport(report, outcome: "\(error)")
             throw error
         }
+        progress?.cancel()
         if command.verbose {
             CommandLineTool.printToStandardError("toudtls-cat: \(await connection.stats)")
             if !command.listen {
                 CommandLineTool.printToStandardError("toudtls-cat: \(await connection.endpointCounters)")
             }
         }
+        await finalReport(report, outcome: "ok")
+    }
+
+    /// -v: the summary line; --stats-json: the final counters. Failed connections too.
+    private func finalReport(_ report: TransferReport, outcome: String) async {
+        guard command.verbose || command.statsJSONFile != nil else { return }
+        let stats = await report.connection.stats
+        if command.verbose { CommandLineTool.printToStandardError(report.summary(stats)) }
+        if let path = command.statsJSONFile {
+            let endpoint = await report.connection.endpointCounters
+            TransferReport.write(report.json(stats, endpoint: endpoint, outcome: outcome), to: path)
+        }
+    }
+
+    /// After the peer's FIN the sender may sit in a stdin read for a long time (a terminal, an
+    /// idle pipe): a connection that fails meanwhile (user timeout, reset) ends the wait at once
+    /// rather than at the next line of input.
+    private func senderOrFailure(_ sender: Task<Void, Error>, _ connection: TOUConnection) async throws {
+        let (done, finish) = AsyncThrowingStream<Void, Error>.makeStream()
+        Task {
+            do { try await sender.value; finish.finish() } catch { finish.finish(throwing: error) }
+        }
+        let watch = Task {
+            do { try await connection.waitUntilEnded() } catch { finish.finish(throwing: error) }
+        }
+        defer { watch.cancel() }
+        for try await _ in done {}
     }
 
     private func receive(_ connection: TOUConnection) async throws {

@@ -35,6 +35,11 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
               toudtls-cat --ca ca.pem --tcp-listen 8443 server.example 4433
             Each TCP connection accepted by --tcp-listen gets its own TOU connection (and UDP socket); the listener relays each TOU connection to a new TCP connection to --tcp-connect. Bytes, half-close (FIN) and resets are carried both ways; a connection that cannot be opened (service down, handshake refused) is reset at once with a one-line message. -v logs each connection's open and close with its bytes each way and duration. Without -k the listener relays one connection and exits with its status (4: the service is down). SIGTERM or SIGINT resets every open connection, then exits.
 
+            Client: without --ca the server is verified against the system trust store, like curl.
+            A HOST with IPv6 and IPv4 addresses gets both tried (IPv6 first, IPv4 250 ms later,
+            Happy Eyeballs); the first to complete its handshake is used. A peer that stops
+            acknowledging for --timeout seconds (default 30) ends the connection with exit 4.
+
             Exit status:
               0  both directions finished
               1  anything else: port in use, socket error, truncated or closed session
@@ -52,7 +57,10 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
     @Flag(name: [.short, .customLong("keep-open")], help: "With -l: keep serving connections until killed.")
     var keepOpen = false
 
-    @Option(name: .customLong("ca"), help: ArgumentHelp("PEM trust anchors for the peer's certificate.", valueName: "FILE"))
+    @Option(name: .customLong("ca"), help: ArgumentHelp(
+        "PEM trust anchors for the peer's certificate. A client without it trusts the system store "
+            + "(OpenSSL's default paths; SSL_CERT_FILE and SSL_CERT_DIR override them), as curl does.",
+        valueName: "FILE"))
     var caFile: String?
 
     @Option(name: .customLong("cert"), help: ArgumentHelp("Own certificate chain (PEM); required with -l.", valueName: "FILE"))
@@ -97,8 +105,27 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         valueName: "[ADDR:]PORT"))
     var tcpListen: String?
 
-    @Flag(name: [.short, .customLong("verbose")], help: "Progress on stderr; with -l prints \"listening on ADDR:PORT\" once ready.")
+    @Flag(name: [.short, .customLong("verbose")], help: """
+        Progress on stderr: about once a second while stderr is a terminal (bytes, rate, RTT, \
+        retransmissions), a one-line summary at the end; with -l prints "listening on ADDR:PORT" once ready.
+        """)
     var verbose = false
+
+    // MARK: Client behaviour: dead-peer detection and statistics (issue 12)
+
+    @Option(name: .customLong("timeout"), help: ArgumentHelp(
+        "Fail (exit 4, \"timed out\") once sent data stays unacknowledged this long; 0 turns it off (TCP's retry limit, minutes).",
+        valueName: "SECONDS"))
+    var timeoutSeconds: Double = 30
+
+    @Option(name: .customLong("keepalive"), help: ArgumentHelp(
+        "Probe an idle connection after SECONDS of silence (keeps NAT mappings and the peer's idle timeout at bay); an unanswered probe fails it after --timeout. Default: no probes.",
+        valueName: "SECONDS"))
+    var keepAliveSeconds: Double?
+
+    @Option(name: .customLong("stats-json"), help: ArgumentHelp(
+        "Write the connection's final counters (TCP, DTLS, path, drops) as JSON to FILE.", valueName: "FILE"))
+    var statsJSONFile: String?
 
     @Argument(help: ArgumentHelp("[HOST] PORT", valueName: "HOST-PORT"))
     var positional: [String] = []
@@ -142,6 +169,11 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         if sessionFile != nil && (listen || plain) { throw ValidationError("--session-file is for a DTLS client") }
         if !pins.isEmpty && (listen || plain) { throw ValidationError("--pin is for a DTLS client") }
         if !(576...65_535).contains(mtu) { throw ValidationError("--mtu must be within 576...65535") }
+        if !(0...86_400).contains(timeoutSeconds) { throw ValidationError("--timeout must be within 0...86400 seconds") }
+        if let keepAliveSeconds, !(0.1...86_400).contains(keepAliveSeconds) {
+            throw ValidationError("--keepalive must be within 0.1...86400 seconds")
+        }
+        if statsJSONFile != nil && keepOpen { throw ValidationError("--stats-json is for one connection: drop -k") }
         if plain {
             if caFile != nil || certFile != nil || keyFile != nil || requireClientCert {
                 throw ValidationError("--plain has no certificates: drop --ca, --cert, --key and --require-client-cert")
@@ -150,7 +182,6 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
             if certFile == nil || keyFile == nil { throw ValidationError("-l needs --cert FILE and --key FILE") }
             if requireClientCert && caFile == nil { throw ValidationError("--require-client-cert needs --ca FILE") }
         } else {
-            if caFile == nil { throw ValidationError("a client needs --ca FILE to verify the server (or --plain)") }
             if (certFile == nil) != (keyFile == nil) { throw ValidationError("--cert and --key go together") }
         }
     }
@@ -172,7 +203,7 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
                                     clientTrustRoots: caFile.map { .pemFile($0) },
                                     requireClientCertificate: requireClientCert)
         } else {
-            configuration = .client(trustRoots: .pemFile(caFile ?? ""), serverName: serverName,
+            configuration = .client(trustRoots: caFile.map { .pemFile($0) } ?? .system, serverName: serverName,
                                     certificateChain: certFile.map { .pemFile($0) },
                                     privateKey: keyFile.map { .pemFile($0) })
         }
@@ -180,6 +211,8 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         configuration.pathMTU = mtu
         configuration.segmentationOffload = !noOffload
         configuration.alwaysRequireCookie = alwaysCookie
+        configuration.userTimeout = .nanoseconds(Int64(timeoutSeconds * 1e9))
+        configuration.keepAliveInterval = keepAliveSeconds.map { .nanoseconds(Int64($0 * 1e9)) }
         // A tunnel forwards what the application's own TCP already sent: holding small
         // segments back for coalescing (Nagle) would only add a round trip to each exchange.
         if tcpService != nil || tcpListenAddress != nil { configuration.noDelay = true }

@@ -45,12 +45,20 @@ struct CLIProcess {
 
     /// With `closeStdout`, the reading end of stdout is closed at once, so the process's writes
     /// to stdout fail (EPIPE) as they would after `| head -c 0`.
-    init(_ arguments: [String], tool: String = "toudtls-cat", stdin: URL? = nil, closeStdout: Bool = false) throws {
+    /// `environment` is added to (and overrides) the test process's own environment; `stdinPipe`
+    /// (instead of `stdin`) feeds the process from another process or the test.
+    init(_ arguments: [String], tool: String = "toudtls-cat", stdin: URL? = nil, closeStdout: Bool = false,
+         environment: [String: String] = [:], stdinPipe: Pipe? = nil) throws {
         process.executableURL = Self.executable(tool)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardOutput = stdout
         process.standardError = stderr
-        if let stdin {
+        if let stdinPipe {
+            process.standardInput = stdinPipe
+        } else if let stdin {
             process.standardInput = try FileHandle(forReadingFrom: stdin)
         } else {
             process.standardInput = FileHandle.nullDevice

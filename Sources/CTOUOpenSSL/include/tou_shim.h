@@ -60,7 +60,9 @@ enum {
 
 /* Contexts. PEM inputs are read from memory. On failure NULL is returned and err holds a
  * NUL-terminated message. A client with pin_count > 0 pins (32 bytes each, concatenated) also
- * requires the SHA-256 of the server leaf's DER SubjectPublicKeyInfo to be one of them. */
+ * requires the SHA-256 of the server leaf's DER SubjectPublicKeyInfo to be one of them. A client
+ * with trust_pem NULL verifies against the system trust store (OpenSSL's default paths, which
+ * SSL_CERT_FILE and SSL_CERT_DIR override), loaded once for the context. */
 tou_dtls_ctx *tou_dtls_ctx_new_client(const uint8_t *trust_pem, size_t trust_len,
                                       const uint8_t *chain_pem, size_t chain_len,
                                       const uint8_t *key_pem, size_t key_len,

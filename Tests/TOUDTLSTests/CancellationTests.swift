@@ -1,0 +1,174 @@
+import Foundation
+import NIOCore
+import Testing
+@testable import TOUDTLS
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Cancelling the task that awaits `connect`, `write`, a read of `inbound` or `close` ends that
+/// operation with `CancellationError`; connect leaves nothing behind, the others reset the
+/// connection. Real UDP sockets on loopback, real OpenSSL.
+@Suite("Cancellation", .serialized)
+struct CancellationTests {
+    /// UDP sockets in this network namespace connected to 127.0.0.1:`port` (from /proc/net/udp).
+    static func socketsConnected(toPort port: UInt16) -> Int {
+        guard let table = try? String(contentsOfFile: "/proc/net/udp", encoding: .utf8) else { return -1 }
+        let remote = "0100007F:" + String(format: "%04X", port)
+        return table.split(separator: "\n").dropFirst().filter { line in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            return fields.count > 2 && fields[2] == remote
+        }.count
+    }
+
+    static func isCancellation(_ error: any Error) -> Bool { error is CancellationError }
+
+    /// A listener and a connected client; the server's side is handed to `server`.
+    static func connectedPair(_ client: TOUConfiguration = EndToEndTests.clientConfiguration(),
+                              server: TOUConfiguration = EndToEndTests.serverConfiguration())
+        async throws -> (TOUListener, TOUConnection, TOUConnection)
+    {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: server)
+        let port = try #require(listener.localAddress.port)
+        async let accepted: TOUConnection? = {
+            var iterator = listener.connections.makeAsyncIterator()
+            return await iterator.next()
+        }()
+        let connection = try await TOUConnection.connect(host: "127.0.0.1", port: port, configuration: client)
+        let serverSide = try #require(await accepted)
+        return (listener, connection, serverSide)
+    }
+
+    /// Reads until the end or a failure; returns the failure.
+    static func drainUntilFailure(_ connection: TOUConnection) async -> (any Error)? {
+        do {
+            for try await _ in connection.inbound {}
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test("connect to a peer that never answers: cancelled promptly, its socket closed")
+    func connectCancelled() async throws {
+        let silent = try RawUDPSocket()  // receives the ClientHello, answers nothing
+        defer { silent.close() }
+        var configuration = EndToEndTests.clientConfiguration()
+        configuration.handshakeTimeout = .seconds(600)
+        let attempt = Task {
+            try await TOUConnection.connect(host: "127.0.0.1", port: Int(silent.port), configuration: configuration)
+        }
+        // The attempt is under way once its first datagram arrives.
+        var heard = false
+        for _ in 0..<500 where !heard {
+            heard = pollReadable([silent], milliseconds: 20)[0] && silent.receive() != nil
+        }
+        #expect(heard)
+        #expect(Self.socketsConnected(toPort: silent.port) == 1)
+        attempt.cancel()
+        let result = await attempt.result
+        #expect(throws: CancellationError.self) { try result.get() }
+        // The socket goes with it (closing completes on the loop just after the failure).
+        var open = Self.socketsConnected(toPort: silent.port)
+        for _ in 0..<250 where open != 0 {
+            try await Task.sleep(for: .milliseconds(20))
+            open = Self.socketsConnected(toPort: silent.port)
+        }
+        #expect(open == 0, "the client's UDP socket is still open")
+        // Nothing is sent after the cancellation: no retransmitted ClientHello.
+        while silent.receive() != nil {}
+        try await Task.sleep(for: .milliseconds(1500))  // past the first DTLS retransmission (1 s)
+        #expect(silent.receive() == nil)
+    }
+
+    @Test("connect in a task cancelled before it starts throws CancellationError and opens nothing that stays")
+    func connectAlreadyCancelled() async throws {
+        let silent = try RawUDPSocket()
+        defer { silent.close() }
+        let attempt = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await TOUConnection.connect(host: "127.0.0.1", port: Int(silent.port),
+                                                   configuration: EndToEndTests.clientConfiguration())
+        }
+        let result = await attempt.result
+        #expect(throws: CancellationError.self) { try result.get() }
+        var open = Self.socketsConnected(toPort: silent.port)
+        for _ in 0..<250 where open != 0 {
+            try await Task.sleep(for: .milliseconds(20))
+            open = Self.socketsConnected(toPort: silent.port)
+        }
+        #expect(open == 0)
+    }
+
+    @Test("a read waiting for bytes: cancelled with CancellationError, the connection reset")
+    func readCancelled() async throws {
+        let (listener, connection, serverSide) = try await Self.connectedPair()
+        let reader = Task { await Self.drainUntilFailure(connection) }
+        try await Task.sleep(for: .milliseconds(100))  // let it wait (cancelling earlier ends it the same way)
+        reader.cancel()
+        let failure = await reader.value
+        #expect(failure.map(Self.isCancellation) == true, "\(String(describing: failure))")
+        // Reset: the peer hears it, and our later operations fail.
+        let peerFailure = await Self.drainUntilFailure(serverSide)
+        #expect(peerFailure as? TOUError == .connectionReset, "\(String(describing: peerFailure))")
+        await #expect(throws: TOUError.self) { try await connection.write(ByteBuffer(string: "late")) }
+        try await listener.close()
+    }
+
+    @Test("a write waiting for room: cancelled with CancellationError, the connection reset")
+    func writeCancelled() async throws {
+        var client = EndToEndTests.clientConfiguration()
+        client.sendBufferSize = 16 << 10
+        var server = EndToEndTests.serverConfiguration()
+        server.receiveBufferSize = 16 << 10
+        let (listener, connection, serverSide) = try await Self.connectedPair(client, server: server)
+        // The server reads nothing, so the writes soon wait for room.
+        let writer = Task {
+            let chunk = ByteBuffer(repeating: 0x61, count: 64 << 10)
+            while true { try await connection.write(chunk) }
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        writer.cancel()
+        let result = await writer.result
+        #expect(throws: CancellationError.self) { try result.get() }
+        let peerFailure = await Self.drainUntilFailure(serverSide)
+        #expect(peerFailure as? TOUError == .connectionReset, "\(String(describing: peerFailure))")
+        await #expect(throws: TOUError.self) { try await connection.write(ByteBuffer(string: "late")) }
+        try await listener.close()
+    }
+
+    @Test("close waiting for the peer: cancelled with CancellationError, the connection reset")
+    func closeCancelled() async throws {
+        let (listener, connection, serverSide) = try await Self.connectedPair()
+        // The server never finishes, so close() waits (up to the 30 s close timeout).
+        let closing = Task { try await connection.close() }
+        try await Task.sleep(for: .milliseconds(100))
+        closing.cancel()
+        let result = await closing.result
+        #expect(throws: CancellationError.self) { try result.get() }
+        // Reset on our side: whatever the peer does next, our connection is over.
+        await #expect(throws: TOUError.closed) { try await connection.write(ByteBuffer(string: "late")) }
+        await #expect(throws: TOUError.closed) { try await connection.close() }
+        _ = try? await serverSide.close()
+        try await listener.close()
+    }
+
+    @Test("a completed operation is not undone by a later cancellation")
+    func completedReadSurvives() async throws {
+        let (listener, connection, serverSide) = try await Self.connectedPair()
+        try await serverSide.write(ByteBuffer(string: "hello"))
+        try await serverSide.finishWriting()
+        let reader = Task {
+            var text = ""
+            for try await chunk in connection.inbound { text += String(buffer: chunk) }
+            return text
+        }
+        let text = try await reader.value
+        reader.cancel()
+        #expect(text == "hello")
+        try await connection.close()
+        try await serverSide.close()
+        try await listener.close()
+    }
+}
