@@ -111,7 +111,7 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         """)
     var verbose = false
 
-    // MARK: Client behaviour: dead-peer detection and statistics (issue 12)
+    // MARK: Dead-peer detection and statistics
 
     @Option(name: .customLong("timeout"), help: ArgumentHelp(
         "Fail (exit 4, \"timed out\") once sent data stays unacknowledged this long; 0 turns it off (TCP's retry limit, minutes).",
@@ -119,7 +119,7 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
     var timeoutSeconds: Double = 30
 
     @Option(name: .customLong("keepalive"), help: ArgumentHelp(
-        "Probe an idle connection after SECONDS of silence (keeps NAT mappings and the peer's idle timeout at bay); an unanswered probe fails it after --timeout. Default: no probes.",
+        "Probe an idle connection after SECONDS of silence (keeps NAT mappings and the peer's idle timeout at bay); an unanswered probe fails it after --timeout. Default: no probes (25 s in tunnel mode).",
         valueName: "SECONDS"))
     var keepAliveSeconds: Double?
 
@@ -213,9 +213,14 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         configuration.alwaysRequireCookie = alwaysCookie
         configuration.userTimeout = .nanoseconds(Int64(timeoutSeconds * 1e9))
         configuration.keepAliveInterval = keepAliveSeconds.map { .nanoseconds(Int64($0 * 1e9)) }
-        // A tunnel forwards what the application's own TCP already sent: holding small
-        // segments back for coalescing (Nagle) would only add a round trip to each exchange.
-        if tcpService != nil || tcpListenAddress != nil { configuration.noDelay = true }
+        if tcpService != nil || tcpListenAddress != nil {
+            // A tunnel forwards what the application's own TCP already sent: holding small
+            // segments back for coalescing (Nagle) would only add a round trip to each exchange.
+            configuration.noDelay = true
+            // An application's idle TCP connection (a pooled database client, say) must outlive
+            // TOU's idle timeout and NAT mappings, as it would over the kernel's TCP.
+            if keepAliveSeconds == nil { configuration.keepAliveInterval = .seconds(25) }
+        }
         if verbose {
             var logger = Logger(label: "toudtls")
             logger.logLevel = .info

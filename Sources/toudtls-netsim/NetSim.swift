@@ -19,7 +19,7 @@ struct NetSim: ParsableCommand {
     }
 }
 
-/// The goodput benchmark on the simulator: a bulk sender over a bottleneck with a
+/// The goodput benchmark on the simulator: a bulk sender over a bottleneck with a
 /// drop-tail queue, at several random loss rates, per congestion controller. A table goes to
 /// stderr and one JSON object to stdout.
 struct Goodput: ParsableCommand {
