@@ -32,15 +32,28 @@ final class TOUEndpoint: @unchecked Sendable {
     private var connectCancelled = false
     private var halfOpen: [PeerKey: UInt64] = [:]
     // Admission is a listener's: built on its first attempt, so a client endpoint (one per
-    // connect) neither draws keys nor allocates the per-source table.
-    private lazy var admission = StatelessAdmission(now: .now())
-    private lazy var admitted = AdmittedAttemptCache()
-    private lazy var rateLimiter = SourceRateLimiter(ratePerSecond: configuration.newSessionsPerSecondPerSource,
-                                                     burst: configuration.newSessionBurstPerSource)
-    private lazy var cookieless = CookielessAdmission(
-        alwaysRequireCookie: configuration.alwaysRequireCookie,
-        halfOpenThreshold: configuration.cookielessHandshakeThreshold ?? configuration.maximumHalfOpenSessions / 4,
-        budgetPerSecond: configuration.cookielessAdmissionsPerSecond, now: .now())
+    // connect) neither draws keys nor allocates the per-source table. A class, so the tables are
+    // changed in place: a lazy property of struct type is read, changed and written back whole,
+    // which copied the 4,096-slot source table and every admitted attempt on each new attempt.
+    private lazy var admissionState = ListenerAdmission(configuration, now: .now())
+    private var admission: StatelessAdmission {
+        get { admissionState.admission }
+        _modify { yield &admissionState.admission }
+    }
+    private var admitted: AdmittedAttemptCache {
+        get { admissionState.admitted }
+        _modify { yield &admissionState.admitted }
+    }
+    private var rateLimiter: SourceRateLimiter {
+        get { admissionState.rateLimiter }
+        _modify { yield &admissionState.rateLimiter }
+    }
+    private var cookieless: CookielessAdmission {
+        get { admissionState.cookieless }
+        _modify { yield &admissionState.cookieless }
+    }
+    /// Times the per-source table was copied to take a token (tests: 0).
+    var sourceTableCopies: Int { admissionState.rateLimiter.sharedMutations }
     /// Listener: refused and failed connection attempts worth a (rate-limited) log line.
     private var refusedAttempts = RefusedAttemptLog()
     @exclusivity(unchecked) private(set) var counters = TOUEndpointCounters()

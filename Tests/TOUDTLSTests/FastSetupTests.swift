@@ -30,6 +30,20 @@ struct FastSetupTests {
     /// Under `nextTaskExecutor()` a connection runs on that executor's loop: connect returns, and
     /// reads and writes resume, on the loop's own thread; the listener's executor serves its
     /// connections the same way.
+    /// Admission changes its tables in place: an attempt costs the same whether the listener has
+    /// seen ten or ten thousand. (Held as lazy struct properties, the 4,096-slot per-source table
+    /// and the admitted-attempt map were copied whole on every attempt.)
+    @Test("admission tables are changed in place, not copied per attempt")
+    func admissionTablesStayPut() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
+        let port = try #require(listener.localAddress.port)
+        let endpoint = listener.endpoint
+        for _ in 0..<4 { try await Self.connectOnce(listener, port: port) }
+        #expect(await listener.counters.sessionsAccepted == 4)
+        #expect(try await endpoint.loop.submit { endpoint.sourceTableCopies }.get() == 0)
+        try await listener.close()
+    }
+
     static func same(_ a: any TaskExecutor, _ b: any TaskExecutor) -> Bool {
         ObjectIdentifier(a as AnyObject) == ObjectIdentifier(b as AnyObject)
     }

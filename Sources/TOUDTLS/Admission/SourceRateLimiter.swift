@@ -33,6 +33,12 @@ struct SourceRateLimiter: Sendable {
     /// Slots actually allocated: `capacity` rounded up to a whole number of sets.
     var capacity: Int { slots.count }
 
+    /// How many times `allow` ran on a copy of the table that shared its slots with another: each
+    /// such call copied all of them. Its owner must change it in place (tests check this stays 0).
+    private(set) var sharedMutations = 0
+    private var owner = Owner()
+    private final class Owner: Sendable {}
+
     init(ratePerSecond: Double = 100, burst: Double = 200, capacity: Int = 4_096) {
         // Clamped so the integer conversions below can never trap on odd configuration.
         self.ratePerSecond = ratePerSecond.isNaN ? 0 : min(max(ratePerSecond, 0), 1e9)
@@ -48,6 +54,10 @@ struct SourceRateLimiter: Sendable {
 
     /// Takes one token from `address`'s bucket if it has one.
     mutating func allow(_ address: IPAddressBytes, now: NIODeadline) -> Bool {
+        if !isKnownUniquelyReferenced(&owner) {
+            sharedMutations += 1
+            owner = Owner()
+        }
         let nowNanos = now.uptimeNanoseconds
         let base = setIndex(address) * Self.ways
         var empty: Int?
