@@ -1,5 +1,8 @@
 import DTLS
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOCore
 import TCPEngine
@@ -21,13 +24,27 @@ public enum PEMSource: Sendable, Hashable {
         case .pemBytes(let bytes):
             return bytes
         case .pemFile(let path):
-            do {
-                let data = try Data(contentsOf: URL(fileURLWithPath: path))
-                return [UInt8](data)
-            } catch {
-                let reason = (error as NSError).localizedFailureReason ?? (error as NSError).localizedDescription
-                throw .unreadableFile(path: path, reason: reason)
+            return try Self.readWhole(path)
+        }
+    }
+
+    /// The whole file, or why it cannot be read (the system's own words: "No such file or directory").
+    private static func readWhole(_ path: String) throws(TOUError) -> [UInt8] {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw .unreadableFile(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(descriptor) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16 << 10)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .unreadableFile(path: path, reason: String(cString: strerror(errno)))
             }
+            if count == 0 { return bytes }
+            bytes += chunk[0..<count]
+            // A PEM file is small; a device or a huge file is not one.
+            guard bytes.count <= 16 << 20 else { throw .unreadableFile(path: path, reason: "larger than 16 MiB") }
         }
     }
 

@@ -57,7 +57,12 @@ public struct TOUConnectionStats: Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        let srtt = smoothedRTT.map { String(format: "%.3f ms", Double($0.nanoseconds) / 1e6) } ?? "-"
+        // Microseconds as "m.uuu ms".
+        let srtt = smoothedRTT.map { rtt -> String in
+            let microseconds = Int((Double(rtt.nanoseconds) / 1e3).rounded())
+            let fraction = String(microseconds % 1000)
+            return "\(microseconds / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction + " ms"
+        } ?? "-"
         return "sent \(bytesSent) B in \(segmentsSent) segments, received \(bytesReceived) B in "
             + "\(segmentsReceived) segments, \(retransmissions) retransmissions "
             + "(\(retransmissionTimeouts) timeouts, \(fastRetransmits) fast, \(spuriousRetransmissions) spurious, "

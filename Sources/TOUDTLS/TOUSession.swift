@@ -548,8 +548,9 @@ final class TOUSession {
                 case .reset: fail(.connectionReset)
                 case .timedOut: fail(.timedOut("the peer stopped acknowledging data"))
                 case .userTimeout:
-                    let seconds = Double(parameters.userTimeout?.nanoseconds ?? 0) / 1e9
-                    fail(.timedOut("the peer acknowledged nothing for \(String(format: "%g", seconds)) s (the user timeout)"))
+                    let milliseconds = (parameters.userTimeout?.nanoseconds ?? 0) / 1_000_000
+                    let seconds = milliseconds % 1000 == 0 ? "\(milliseconds / 1000)" : "\(Double(milliseconds) / 1000)"
+                    fail(.timedOut("the peer acknowledged nothing for \(seconds) s (the user timeout)"))
                 case .aborted: break
                 }
             }

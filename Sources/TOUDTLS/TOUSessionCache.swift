@@ -1,5 +1,5 @@
 import DTLS
-import Foundation
+import FoundationEssentials
 import NIOConcurrencyHelpers
 
 /// A session a client saved for resumption: the next connection to the same server name and port

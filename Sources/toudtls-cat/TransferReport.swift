@@ -1,5 +1,5 @@
 import CommandLineSupport
-import Foundation
+import FoundationEssentials
 import NIOCore
 import TOUDTLS
 
@@ -39,65 +39,83 @@ struct TransferReport: Sendable {
         let seconds = Self.seconds(ContinuousClock.now - started)
         let rate = Double(stats.bytesSent + stats.bytesReceived) / max(seconds, 1e-3)
         return "toudtls-cat: summary: sent \(stats.bytesSent) B, received \(stats.bytesReceived) B in "
-            + String(format: "%.2f s", seconds) + " (\(Self.amount(Int(rate)))/s), rtt \(Self.milliseconds(stats.smoothedRTT)), "
+            + TextFormatting.fixed(seconds, places: 2) + " s (\(Self.amount(Int(rate)))/s), rtt \(Self.milliseconds(stats.smoothedRTT)), "
             + "\(stats.retransmissions) retransmissions, \(stats.droppedDatagrams) dropped datagrams"
     }
 
     /// The final counters as a JSON object: TCP, DTLS, the path, and drops (this connection's and
     /// its UDP endpoint's, by reason).
-    func json(_ stats: TOUConnectionStats, endpoint: TOUEndpointCounters, outcome: String) -> [String: Any] {
-        func nanoseconds(_ amount: TimeAmount?) -> Any { amount.map { Int($0.nanoseconds) } ?? NSNull() }
-        return [
-            "outcome": outcome,
-            "durationSeconds": Self.seconds(ContinuousClock.now - started),
-            "tcp": [
-                "bytesSent": stats.bytesSent, "bytesReceived": stats.bytesReceived,
-                "segmentsSent": stats.segmentsSent, "segmentsReceived": stats.segmentsReceived,
-                "retransmissions": stats.retransmissions, "retransmissionTimeouts": stats.retransmissionTimeouts,
-                "fastRetransmits": stats.fastRetransmits, "spuriousRetransmissions": stats.spuriousRetransmissions,
-                "tailLossProbes": stats.tailLossProbes, "sackBlocksSent": stats.sackBlocksSent,
-                "sackBlocksReceived": stats.sackBlocksReceived,
-                "smoothedRTTNanoseconds": nanoseconds(stats.smoothedRTT),
-                "rttVarianceNanoseconds": nanoseconds(stats.rttVariance),
-                "retransmissionTimeoutNanoseconds": Int(stats.retransmissionTimeout.nanoseconds),
-                "congestionWindow": stats.congestionWindow, "slowStartThreshold": stats.slowStartThreshold,
-                "pacingRate": stats.pacingRate.map { $0 as Any } ?? NSNull(),
-            ] as [String: Any],
-            "dtls": [
-                "cipherSuite": stats.cipherSuite.map { $0 as Any } ?? NSNull(),
-                "resumed": connection.isResumed,
-                "peerCertificateSubject": connection.peerCertificateSubject.map { $0 as Any } ?? NSNull(),
-            ] as [String: Any],
-            "path": [
-                "localAddress": connection.localAddress.map { $0.ipAndPort as Any } ?? NSNull(),
-                "remoteAddress": connection.remoteAddress.ipAndPort,
-                "addressChanges": stats.addressChanges,
-                "amplificationLimitedDatagrams": stats.amplificationLimitedDatagrams,
-            ] as [String: Any],
-            "drops": [
-                "connectionDroppedDatagrams": stats.droppedDatagrams,
-                "connectionMalformedSegments": stats.malformedSegments,
-                "endpointMalformed": endpoint.droppedMalformed,
-                "endpointUnknownSession": endpoint.droppedUnknownSession,
-                "endpointBadAttempt": endpoint.droppedBadAttempt,
-                "endpointOverLimit": endpoint.droppedOverLimit,
-                "endpointInSession": endpoint.droppedBySession,
-                "endpointTotal": endpoint.totalDropped,
-            ] as [String: Any],
-            "endpoint": [
-                "datagramsReceived": endpoint.datagramsReceived, "datagramsSent": endpoint.datagramsSent,
-                "segmentationWrites": endpoint.segmentationWrites, "coalescedReads": endpoint.coalescedReads,
-            ] as [String: Any],
+    func json(_ stats: TOUConnectionStats, endpoint: TOUEndpointCounters, outcome: String) -> JSONDocument {
+        func nanoseconds(_ amount: TimeAmount?) -> JSONDocument { .optional(amount.map { Int($0.nanoseconds) }) }
+        let tcp: [String: JSONDocument] = [
+            "bytesSent": .int(stats.bytesSent), "bytesReceived": .int(stats.bytesReceived),
+            "segmentsSent": .int(stats.segmentsSent), "segmentsReceived": .int(stats.segmentsReceived),
+            "retransmissions": .int(stats.retransmissions), "retransmissionTimeouts": .int(stats.retransmissionTimeouts),
+            "fastRetransmits": .int(stats.fastRetransmits), "spuriousRetransmissions": .int(stats.spuriousRetransmissions),
+            "tailLossProbes": .int(stats.tailLossProbes), "sackBlocksSent": .int(stats.sackBlocksSent),
+            "sackBlocksReceived": .int(stats.sackBlocksReceived),
+            "smoothedRTTNanoseconds": nanoseconds(stats.smoothedRTT),
+            "rttVarianceNanoseconds": nanoseconds(stats.rttVariance),
+            "retransmissionTimeoutNanoseconds": .int(Int(stats.retransmissionTimeout.nanoseconds)),
+            "congestionWindow": .int(stats.congestionWindow), "slowStartThreshold": .int(stats.slowStartThreshold),
+            "pacingRate": .optional(stats.pacingRate),
         ]
+        let dtls: [String: JSONDocument] = [
+            "cipherSuite": .optional(stats.cipherSuite),
+            "resumed": .bool(connection.isResumed),
+            "peerCertificateSubject": .optional(connection.peerCertificateSubject),
+        ]
+        let path: [String: JSONDocument] = [
+            "localAddress": .optional(connection.localAddress?.ipAndPort),
+            "remoteAddress": .string(connection.remoteAddress.ipAndPort),
+            "addressChanges": .int(stats.addressChanges),
+            "amplificationLimitedDatagrams": .int(stats.amplificationLimitedDatagrams),
+        ]
+        let drops: [String: JSONDocument] = [
+            "connectionDroppedDatagrams": .int(stats.droppedDatagrams),
+            "connectionMalformedSegments": .int(stats.malformedSegments),
+            "endpointMalformed": .int(endpoint.droppedMalformed),
+            "endpointUnknownSession": .int(endpoint.droppedUnknownSession),
+            "endpointBadAttempt": .int(endpoint.droppedBadAttempt),
+            "endpointOverLimit": .int(endpoint.droppedOverLimit),
+            "endpointInSession": .int(endpoint.droppedBySession),
+            "endpointTotal": .int(endpoint.totalDropped),
+        ]
+        let endpointCounters: [String: JSONDocument] = [
+            "datagramsReceived": .int(endpoint.datagramsReceived), "datagramsSent": .int(endpoint.datagramsSent),
+            "segmentationWrites": .int(endpoint.segmentationWrites), "coalescedReads": .int(endpoint.coalescedReads),
+        ]
+        return .object([
+            "outcome": .string(outcome),
+            "durationSeconds": .double(Self.seconds(ContinuousClock.now - started)),
+            "tcp": .object(tcp), "dtls": .object(dtls), "path": .object(path), "drops": .object(drops),
+            "endpoint": .object(endpointCounters),
+        ])
     }
 
-    /// Writes `object` to `path`; a failure is reported, never fatal (the transfer is done).
-    static func write(_ object: [String: Any], to path: String) {
-        do {
-            let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
-            try data.write(to: URL(fileURLWithPath: path))
-        } catch {
-            CommandLineTool.printToStandardError("toudtls-cat: warning: cannot write --stats-json \(path): \(error.localizedDescription)")
+    /// Writes `document` to `path`; a failure is reported, never fatal (the transfer is done).
+    static func write(_ document: JSONDocument, to path: String) {
+        let bytes = Array((document.pretty() + "\n").utf8)
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        var failure: Int32?
+        if descriptor < 0 {
+            failure = errno
+        } else {
+            var offset = 0
+            while offset < bytes.count {
+                let written = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + offset, bytes.count - offset) }
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    failure = errno
+                    break
+                }
+                offset += written
+            }
+            close(descriptor)
+        }
+        if let failure {
+            CommandLineTool.printToStandardError(
+                "toudtls-cat: warning: cannot write --stats-json \(path): \(String(cString: strerror(failure)))")
         }
     }
 
@@ -115,10 +133,10 @@ struct TransferReport: Sendable {
             value /= 1000
             unit += 1
         }
-        return unit == 0 ? "\(bytes) B" : String(format: "%.2f %@", value, units[unit])
+        return unit == 0 ? "\(bytes) B" : TextFormatting.fixed(value, places: 2) + " " + units[unit]
     }
 
     static func milliseconds(_ amount: TimeAmount?) -> String {
-        amount.map { String(format: "%.3f ms", Double($0.nanoseconds) / 1e6) } ?? "-"
+        amount.map { TextFormatting.fixed(Double($0.nanoseconds) / 1e6, places: 3) + " ms" } ?? "-"
     }
 }

@@ -1,5 +1,6 @@
 import CommandLineSupport
-import Foundation
+import Dispatch
+import FoundationEssentials
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -250,7 +251,7 @@ enum TunnelEnd: Sendable {
     func summary(towardTOU: String, towardTCP: String, since start: ContinuousClock.Instant) -> String {
         let elapsed = ContinuousClock.now - start
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        let duration = String(format: "%.3f s", seconds)
+        let duration = TextFormatting.fixed(seconds, places: 3) + " s"
         switch self {
         case .finished(let toTOU, let toTCP):
             return "\(toTOU) bytes \(towardTOU), \(toTCP) bytes \(towardTCP), \(duration), finished both ways"
