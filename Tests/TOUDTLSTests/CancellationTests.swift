@@ -50,6 +50,17 @@ struct CancellationTests {
         }
     }
 
+    /// After a cancelled read or write: the peer hears a reset, and our later operations fail.
+    static func expectReset(_ connection: TOUConnection, peer: TOUConnection,
+                            sourceLocation: SourceLocation = #_sourceLocation) async {
+        let peerFailure = await drainUntilFailure(peer)
+        #expect(peerFailure as? TOUError == .connectionReset, "\(String(describing: peerFailure))",
+                sourceLocation: sourceLocation)
+        await #expect(throws: TOUError.self, sourceLocation: sourceLocation) {
+            try await connection.write(ByteBuffer(string: "late"))
+        }
+    }
+
     @Test("connect to a peer that never answers: cancelled promptly, its socket closed")
     func connectCancelled() async throws {
         let silent = try RawUDPSocket()  // receives the ClientHello, answers nothing
@@ -109,10 +120,7 @@ struct CancellationTests {
         reader.cancel()
         let failure = await reader.value
         #expect(failure.map(Self.isCancellation) == true, "\(String(describing: failure))")
-        // Reset: the peer hears it, and our later operations fail.
-        let peerFailure = await Self.drainUntilFailure(serverSide)
-        #expect(peerFailure as? TOUError == .connectionReset, "\(String(describing: peerFailure))")
-        await #expect(throws: TOUError.self) { try await connection.write(ByteBuffer(string: "late")) }
+        await Self.expectReset(connection, peer: serverSide)
         try await listener.close()
     }
 
@@ -132,9 +140,7 @@ struct CancellationTests {
         writer.cancel()
         let result = await writer.result
         #expect(throws: CancellationError.self) { try result.get() }
-        let peerFailure = await Self.drainUntilFailure(serverSide)
-        #expect(peerFailure as? TOUError == .connectionReset, "\(String(describing: peerFailure))")
-        await #expect(throws: TOUError.self) { try await connection.write(ByteBuffer(string: "late")) }
+        await Self.expectReset(connection, peer: serverSide)
         try await listener.close()
     }
 

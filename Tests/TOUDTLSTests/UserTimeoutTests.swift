@@ -6,19 +6,25 @@ import Testing
 /// TOUConfiguration.userTimeout end to end: real sockets, a relay that stops passing anything.
 @Suite("User timeout", .serialized)
 struct UserTimeoutTests {
-    @Test("one write on an idle connection to a vanished peer fails the waiting read with timedOut")
-    func idleWriteToVanishedPeer() async throws {
+    /// A listener behind a relay (stop the relay and the peer vanishes), reading whatever its one
+    /// connection sends. Its idle timeout is 2 s, so its side ends too and `close()` returns.
+    static func listenerBehindRelay() async throws -> (TOUListener, CapturingRelay, Task<Void, any Error>) {
         var server = EndToEndTests.serverConfiguration()
-        server.idleTimeout = .seconds(2)  // the server side ends too, so the listener's close returns
+        server.idleTimeout = .seconds(2)
         let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: server)
         let relay = try CapturingRelay(listenerPort: UInt16(try #require(listener.localAddress.port)))
-        defer { relay.stop() }
         let serverSide = Task {
             var iterator = listener.connections.makeAsyncIterator()
             let connection = try #require(await iterator.next())
             _ = try? await EndToEndTests.receive(connection, seed: 3)
         }
-        defer { serverSide.cancel() }
+        return (listener, relay, serverSide)
+    }
+
+    @Test("one write on an idle connection to a vanished peer fails the waiting read with timedOut")
+    func idleWriteToVanishedPeer() async throws {
+        let (listener, relay, serverSide) = try await Self.listenerBehindRelay()
+        defer { relay.stop(); serverSide.cancel() }
         var configuration = EndToEndTests.clientConfiguration()
         configuration.userTimeout = .seconds(1)
         let connection = try await TOUConnection.connect(host: "127.0.0.1", port: Int(relay.port),
@@ -71,17 +77,8 @@ struct UserTimeoutTests {
 
     @Test("keepalive notices a vanished peer of an idle connection after the user timeout")
     func keepAliveNoticesVanishedPeer() async throws {
-        var server = EndToEndTests.serverConfiguration()
-        server.idleTimeout = .seconds(2)
-        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: server)
-        let relay = try CapturingRelay(listenerPort: UInt16(try #require(listener.localAddress.port)))
-        defer { relay.stop() }
-        let serverSide = Task {
-            var iterator = listener.connections.makeAsyncIterator()
-            let connection = try #require(await iterator.next())
-            _ = try? await EndToEndTests.receive(connection, seed: 3)
-        }
-        defer { serverSide.cancel() }
+        let (listener, relay, serverSide) = try await Self.listenerBehindRelay()
+        defer { relay.stop(); serverSide.cancel() }
         var configuration = EndToEndTests.clientConfiguration()
         configuration.keepAliveInterval = .milliseconds(500)
         configuration.userTimeout = .seconds(1)
