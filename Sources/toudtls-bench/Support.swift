@@ -1,3 +1,4 @@
+import CommandLineSupport
 import Foundation
 
 /// One JSON value of an output line. Keys keep the order they are given in, as the contract shows them.
@@ -19,25 +20,7 @@ enum JSONValue: Sendable {
         }
     }
 
-    static func quote(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    out += String(format: "\\u%04x", scalar.value)
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
-    }
+    static func quote(_ text: String) -> String { JSONDocument.quote(text) }
 }
 
 /// Output channels: exactly one JSON object per stdout line (the harness parses them), progress on stderr.
