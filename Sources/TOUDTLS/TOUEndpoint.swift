@@ -756,7 +756,8 @@ final class EventLoopTaskExecutor: TaskExecutor, Sendable {
         self.loop = loop
     }
 
-    /// One executor per loop, so a task's preference tells which loop it runs on.
+    /// One executor per loop, so a task's preference tells which loop it runs on. Endpoints run on
+    /// the singleton group's loops only, so this holds as many entries as that group has loops.
     private static let known = NIOLockedValueBox<[ObjectIdentifier: EventLoopTaskExecutor]>([:])
 
     static func of(_ loop: EventLoop) -> EventLoopTaskExecutor {
