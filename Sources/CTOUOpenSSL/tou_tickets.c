@@ -173,7 +173,7 @@ long tou_dtls_conn_export_session(const tou_dtls_conn *c, uint8_t *out, size_t c
         if (der_len <= 0) {
             result = 0;
         } else if (need > cap) {
-            result = -1;
+            result = -(long)need;
         } else {
             uint8_t *p = out;
             memcpy(p, ENVELOPE_MAGIC, 4); p += 4;

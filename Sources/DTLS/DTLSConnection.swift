@@ -82,10 +82,13 @@ public final class DTLSConnection {
     /// Client, after the handshake: the session to offer next time, if the server issued a ticket
     /// (nil after a resumption under the offered ticket: that session is still the one to keep).
     public var resumableSession: DTLSSavedSession? {
-        var bytes = [UInt8](repeating: 0, count: 8192)
         var expires: Int64 = 0
+        // Asked for its size first: a session holds the server's certificate, of any size.
+        let needed = tou_dtls_conn_export_session(handle, nil, 0, &expires)
+        guard needed < 0, let serverName else { return nil }
+        var bytes = [UInt8](repeating: 0, count: Int(-needed))
         let length = tou_dtls_conn_export_session(handle, &bytes, bytes.count, &expires)
-        guard length > 0, let serverName else { return nil }
+        guard length > 0 else { return nil }
         // The live session serves the next offer as it is: no decode of what was just encoded.
         let live = tou_dtls_conn_live_session(handle).map(DecodedSavedSession.init(handle:))
         return DTLSSavedSession(bytes: Array(bytes[0..<length]), serverName: serverName, expires: expires,

@@ -80,6 +80,50 @@ import Testing
         #expect(resumed.value == 8)
     }
 
+    /// A session holds the server's certificate, however large: one of 10 KB or more (hundreds of
+    /// names) is saved and resumed like any other. (Export used a fixed 8 KB buffer and returned no
+    /// session for a larger one, silently.)
+    @Test func aSessionWithALargeServerCertificateIsSavedAndResumes() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-bigcert-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let names = ["DNS:localhost"] + (0..<400).map { "DNS:host-\($0).a-rather-long-name.example.org" }
+        let key = directory.appendingPathComponent("large.key").path
+        let request = directory.appendingPathComponent("large.csr").path
+        let certificate = directory.appendingPathComponent("large.pem").path
+        let extensions = directory.appendingPathComponent("large.ext").path
+        try ("subjectAltName=" + names.joined(separator: ",") + "\n").write(toFile: extensions, atomically: true, encoding: .utf8)
+        try Self.openssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key])
+        try Self.openssl(["req", "-new", "-key", key, "-subj", "/CN=localhost", "-out", request])
+        try Self.openssl(["x509", "-req", "-in", request, "-CA", Certs.path("ca.pem"), "-CAkey", Certs.path("ca.key"),
+                          "-CAcreateserial", "-CAserial", directory.appendingPathComponent("ca.srl").path,
+                          "-days", "2", "-sha256", "-extfile", extensions, "-out", certificate])
+        let server = try DTLSContext.server(certificateChainPEM: [UInt8](try Data(contentsOf: URL(fileURLWithPath: certificate))),
+                                            privateKeyPEM: [UInt8](try Data(contentsOf: URL(fileURLWithPath: key))))
+        let first = try Pair(client: Certs.client(), server: server)
+        first.handshake()
+        try #require(first.clientEvents == [.handshakeCompleted])
+        #expect(Self.certificateMessages(in: first.serverSent) > 1)  // fragmented across datagrams
+        let saved = try #require(first.client.resumableSession)
+        #expect(saved.bytes.count > 12_000, "\(saved.bytes.count) bytes")
+        let resumed = try DTLSConnection(client: Certs.client(), serverName: "localhost", mtu: 1400, resuming: saved)
+        let pair = try Pair(client: resumed, serverContext: server)
+        pair.handshake()
+        #expect(pair.clientEvents == [.handshakeCompleted])
+        #expect(resumed.isResumed)
+    }
+
+    static func openssl(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        try #require(process.terminationStatus == 0, "openssl \(arguments.joined(separator: " ")) failed")
+    }
+
     @Test func aSessionIsNeverOfferedToAnotherServerNameOrUnderOtherTrust() throws {
         let server = try Certs.server()
         let saved = try firstSession(server: server)

@@ -106,8 +106,8 @@ int tou_dtls_listen(tou_dtls_ctx *ctx, const uint8_t *dgram, size_t dgram_len,
 /* Client, after the handshake: the session in a form tou_dtls_conn_offer_session takes back
  * (OpenSSL's DER in an envelope naming the server and the trust it was verified under), if the
  * server issued a ticket other than the one offered. Returns the length written, 0 when there is
- * nothing new to resume with, or -1 if out is too small; *expires_unix is when the ticket's
- * lifetime ends. */
+ * nothing new to resume with, or minus the length needed if cap is smaller (out may then be NULL);
+ * *expires_unix is when the ticket's lifetime ends. */
 long tou_dtls_conn_export_session(const tou_dtls_conn *conn, uint8_t *out, size_t cap, int64_t *expires_unix);
 /* Client, before tou_dtls_conn_start: offer a saved session for an abbreviated handshake.
  * Returns 1, or 0 with the reason in err (not ours, another server name or trust, expired,
