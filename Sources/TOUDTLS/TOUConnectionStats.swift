@@ -83,6 +83,9 @@ public struct TOUEndpointCounters: Sendable, CustomStringConvertible {
     public var droppedMalformed = 0
     /// No session for D and not an acceptable new-session attempt.
     public var droppedUnknownSession = 0
+    /// Arrived for a session that ended moments ago (the peer's close_notify after ours, a
+    /// retransmitted FIN): discarded as expected, not counted as a drop.
+    public var datagramsAfterEnd = 0
     /// A new-session attempt that was not a ClientHello (or SYN in plain mode), or that DTLS refused.
     public var droppedBadAttempt = 0
     /// Over the half-open, session or per-source rate limit.
@@ -109,7 +112,8 @@ public struct TOUEndpointCounters: Sendable, CustomStringConvertible {
     public var description: String {
         "datagrams received \(datagramsReceived) (\(coalescedReads) coalesced reads), "
             + "sent \(datagramsSent) (\(segmentationWrites) GSO writes); dropped: malformed \(droppedMalformed), "
-            + "unknown session \(droppedUnknownSession), bad attempt \(droppedBadAttempt), "
+            + "unknown session \(droppedUnknownSession) (\(datagramsAfterEnd) more after their session ended), "
+            + "bad attempt \(droppedBadAttempt), "
             + "over limit \(droppedOverLimit), in session \(droppedBySession); "
             + "hello-verify-requests \(helloVerifyRequestsSent), replayed attempts \(replayedAttempts), "
             + "cookieless admissions \(cookielessAdmissions)"

@@ -31,6 +31,9 @@ final class TOUEndpoint: @unchecked Sendable {
     /// Client: the task awaiting `connect` was cancelled (see `cancelConnect`).
     private var connectCancelled = false
     private var halfOpen: [PeerKey: UInt64] = [:]
+    /// A listener's sessions that ended in the last seconds: the peer's last datagrams (its
+    /// close_notify always arrives after ours ended the session) are expected, not drops.
+    private var recentlyEnded = RecentSessionIDs()
     // Admission is a listener's: built on its first attempt, so a client endpoint (one per
     // connect) neither draws keys nor allocates the per-source table. A class, so the tables are
     // changed in place: a lazy property of struct type is read, changed and written back whole,
@@ -173,9 +176,16 @@ final class TOUEndpoint: @unchecked Sendable {
             return
         }
         // 1. D names a local session: that session, whatever the source address.
-        if let destination = header.destinationSID, let core = sessions[destination] {
-            deliver(header: header, payload: payload, from: remoteAddress, to: core, now: now)
-            return
+        if let destination = header.destinationSID {
+            if let core = sessions[destination] {
+                deliver(header: header, payload: payload, from: remoteAddress, to: core, now: now)
+                return
+            }
+            // Without S it is no new attempt (a replayed ClientHello carries S: admission answers it).
+            if header.sourceSID == nil, recentlyEnded.contains(destination, now: now) {
+                counters.datagramsAfterEnd += 1
+                return
+            }
         }
         // 2. S present: a new-session attempt keyed by (address, port, S).
         guard role == .listener, let source = header.sourceSID,
@@ -421,6 +431,7 @@ final class TOUEndpoint: @unchecked Sendable {
         core.timer = nil
         if let key = core.admissionKey { halfOpen[key] = nil }
         sessions[core.session.localSID] = nil
+        if role == .listener { recentlyEnded.insert(core.session.localSID, now: .now()) }
         adaptReadsPerWakeup()
         if role == .client || (!accepting && sessions.isEmpty) {
             // Let the final datagrams leave before the socket goes.

@@ -95,6 +95,7 @@ struct Serve: AsyncParsableCommand {
          ("dropped", .int(counters.totalDropped)),
          ("dropped_malformed", .int(counters.droppedMalformed)),
          ("dropped_unknown_session", .int(counters.droppedUnknownSession)),
+         ("datagrams_after_end", .int(counters.datagramsAfterEnd)),
          ("dropped_bad_attempt", .int(counters.droppedBadAttempt)),
          ("dropped_over_limit", .int(counters.droppedOverLimit)),
          ("dropped_by_session", .int(counters.droppedBySession))]

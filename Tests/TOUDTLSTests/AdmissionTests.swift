@@ -291,3 +291,22 @@ private func address(_ n: Int) -> IPAddressBytes {
         do { let ok = infinite.allow(a, now: t0); #expect(ok) }
     }
 }
+
+@Suite struct RecentSessionIDsTests {
+    @Test func remembersForItsLifetimeAndEvictsTheOldestWhenFull() {
+        var recent = RecentSessionIDs(capacity: 3, lifetime: .seconds(10))
+        for sid in UInt64(1)...3 { recent.insert(sid, now: t0 + .seconds(Int64(sid))) }
+        var seen = recent.contains(1, now: t0 + .seconds(4))
+        #expect(seen)
+        recent.insert(4, now: t0 + .seconds(4))  // full: 1 goes
+        seen = recent.contains(1, now: t0 + .seconds(4))
+        #expect(!seen)
+        seen = recent.contains(2, now: t0 + .seconds(11))
+        #expect(seen)
+        seen = recent.contains(2, now: t0 + .seconds(12))  // ended 10 s ago
+        #expect(!seen)
+        seen = recent.contains(4, now: t0 + .seconds(13))
+        #expect(seen)
+        #expect(recent.count == 1)  // 3 ended at 3 s, gone at 13 s
+    }
+}

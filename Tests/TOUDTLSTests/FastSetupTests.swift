@@ -44,6 +44,26 @@ struct FastSetupTests {
         try await listener.close()
     }
 
+    /// The client's close_notify always reaches the listener after the listener's session ended
+    /// (it ends as soon as its own close_notify is out): that is expected, so it is counted apart
+    /// and not as a datagram for an unknown session (one such "drop" per connection before).
+    @Test("a connection's last datagrams after its session ended are not counted as drops")
+    func lateDatagramsAreNotDrops() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
+        let port = try #require(listener.localAddress.port)
+        for _ in 0..<3 { try await Self.connectOnce(listener, port: port) }
+        var counters = await listener.counters
+        let deadline = ContinuousClock.now + .seconds(10)
+        while counters.datagramsAfterEnd < 3, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+            counters = await listener.counters
+        }
+        #expect(counters.datagramsAfterEnd == 3, "\(counters)")
+        #expect(counters.droppedUnknownSession == 0, "\(counters)")
+        #expect(counters.totalDropped == 0, "\(counters)")
+        try await listener.close()
+    }
+
     static func same(_ a: any TaskExecutor, _ b: any TaskExecutor) -> Bool {
         ObjectIdentifier(a as AnyObject) == ObjectIdentifier(b as AnyObject)
     }
