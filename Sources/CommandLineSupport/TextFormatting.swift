@@ -38,8 +38,8 @@ public indirect enum JSONDocument: Sendable {
         case .object(let members):
             guard !members.isEmpty else { return "{}" }
             let inner = indent + "  "
-            let lines = members.keys.sorted().map { key in
-                inner + Self.quote(key) + " : " + members[key]!.pretty(indent: inner)
+            let lines = members.sorted { $0.key < $1.key }.map { key, value in
+                inner + Self.quote(key) + " : " + value.pretty(indent: inner)
             }
             return "{\n" + lines.joined(separator: ",\n") + "\n" + indent + "}"
         }

@@ -38,25 +38,9 @@ final class TOUEndpoint: @unchecked Sendable {
     // connect) neither draws keys nor allocates the per-source table. A class, so the tables are
     // changed in place: a lazy property of struct type is read, changed and written back whole,
     // which copied the 4,096-slot source table and every admitted attempt on each new attempt.
-    private lazy var admissionState = ListenerAdmission(configuration, now: .now())
-    private var admission: StatelessAdmission {
-        get { admissionState.admission }
-        _modify { yield &admissionState.admission }
-    }
-    private var admitted: AdmittedAttemptCache {
-        get { admissionState.admitted }
-        _modify { yield &admissionState.admitted }
-    }
-    private var rateLimiter: SourceRateLimiter {
-        get { admissionState.rateLimiter }
-        _modify { yield &admissionState.rateLimiter }
-    }
-    private var cookieless: CookielessAdmission {
-        get { admissionState.cookieless }
-        _modify { yield &admissionState.cookieless }
-    }
+    private lazy var admission = ListenerAdmission(configuration, now: .now())
     /// Times the per-source table was copied to take a token (tests: 0).
-    var sourceTableCopies: Int { admissionState.rateLimiter.sharedMutations }
+    var sourceTableCopies: Int { admission.rateLimiter.sharedMutations }
     /// Listener: refused and failed connection attempts worth a (rate-limited) log line.
     private var refusedAttempts = RefusedAttemptLog()
     @exclusivity(unchecked) private(set) var counters = TOUEndpointCounters()
@@ -238,17 +222,18 @@ final class TOUEndpoint: @unchecked Sendable {
             refused(address, "its first datagram is not a ClientHello", now: now)
             return
         }
-        admission.rotateIfNeeded(now: now)
-        let derivedSID = admission.derivedSID(for: key)
+        let admission = self.admission
+        admission.keys.rotateIfNeeded(now: now)
+        let derivedSID = admission.keys.derivedSID(for: key)
         // A D that is not the SID we would derive now means a stale attempt: cookie it again.
         let destinationCurrent = header.destinationSID == derivedSID
-        let acceptable = destinationCurrent ? admission.acceptableCookies(for: key) : []
+        let acceptable = destinationCurrent ? admission.keys.acceptableCookies(for: key) : []
         let mtu = parameters.pathMTU - (address.isIPv4OrMapped ? 20 : 40) - 8 - 24
         let udpPayloadBytes = header.encodedLength + payload.readableBytes
-        let withoutCookie = cookieless.admitsWithoutCookie(
+        let withoutCookie = admission.cookieless.admitsWithoutCookie(
             summary, udpPayloadBytes: udpPayloadBytes, halfOpen: halfOpen.count, now: now,
-            sourceAllows: { rateLimiter.allow(key.address, now: now) })
-        let result = dtlsContext.listen(datagram: payload, cookieToIssue: admission.cookieToIssue(for: key),
+            sourceAllows: { admission.rateLimiter.allow(key.address, now: now) })
+        let result = dtlsContext.listen(datagram: payload, cookieToIssue: admission.keys.cookieToIssue(for: key),
                                         acceptableCookies: acceptable, requireCookie: !withoutCookie, mtu: mtu, now: now)
         switch result {
         case .helloVerifyRequest(let request):
@@ -265,12 +250,12 @@ final class TOUEndpoint: @unchecked Sendable {
                 refused(address, limit.reason, now: now)
                 return
             }
-            guard admitted.insertIfNew(key, now: now) else {
+            guard admission.admitted.insertIfNew(key, now: now) else {
                 // A captured ClientHello+cookie replayed: never a second session from it.
                 counters.replayedAttempts += 1
                 refused(address, "a replayed ClientHello (a cookie opens one session only)", now: now)
                 if case .helloVerifyRequest(let request) = dtlsContext.listen(
-                    datagram: payload, cookieToIssue: admission.cookieToIssue(for: key),
+                    datagram: payload, cookieToIssue: admission.keys.cookieToIssue(for: key),
                     acceptableCookies: [], mtu: mtu, now: now) {
                     sendHelloVerifyRequest(request, derivedSID: derivedSID, key: key, to: address)
                 }
@@ -326,7 +311,7 @@ final class TOUEndpoint: @unchecked Sendable {
     private func limitReached(key: PeerKey, chargingSource: Bool = true, now: NIODeadline) -> AdmissionLimit? {
         if halfOpen.count >= configuration.maximumHalfOpenSessions { return .halfOpen(configuration.maximumHalfOpenSessions) }
         if sessions.count >= configuration.maximumSessions { return .sessions(configuration.maximumSessions) }
-        if chargingSource, !rateLimiter.allow(key.address, now: now) { return .sourceRate }
+        if chargingSource, !admission.rateLimiter.allow(key.address, now: now) { return .sourceRate }
         return nil
     }
 

@@ -2,13 +2,14 @@ import NIOCore
 
 /// A listener's admission state, in one reference so the endpoint changes its tables in place.
 final class ListenerAdmission {
-    var admission: StatelessAdmission
+    /// The keys that derive SIDs and cookies.
+    var keys: StatelessAdmission
     var admitted = AdmittedAttemptCache()
     var rateLimiter: SourceRateLimiter
     var cookieless: CookielessAdmission
 
     init(_ configuration: TOUConfiguration, now: NIODeadline) {
-        admission = StatelessAdmission(now: now)
+        keys = StatelessAdmission(now: now)
         rateLimiter = SourceRateLimiter(ratePerSecond: configuration.newSessionsPerSecondPerSource,
                                         burst: configuration.newSessionBurstPerSource)
         cookieless = CookielessAdmission(
