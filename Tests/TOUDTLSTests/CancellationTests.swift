@@ -40,6 +40,16 @@ struct CancellationTests {
         return (listener, connection, serverSide)
     }
 
+    /// Sockets connected to `port`, once they have closed or 5 s have passed.
+    static func socketsConnectedOnceSettled(toPort port: UInt16) async throws -> Int {
+        var open = socketsConnected(toPort: port)
+        for _ in 0..<250 where open != 0 {
+            try await Task.sleep(for: .milliseconds(20))
+            open = socketsConnected(toPort: port)
+        }
+        return open
+    }
+
     /// Reads until the end or a failure; returns the failure.
     static func drainUntilFailure(_ connection: TOUConnection) async -> (any Error)? {
         do {
@@ -81,12 +91,7 @@ struct CancellationTests {
         let result = await attempt.result
         #expect(throws: CancellationError.self) { try result.get() }
         // The socket goes with it (closing completes on the loop just after the failure).
-        var open = Self.socketsConnected(toPort: silent.port)
-        for _ in 0..<250 where open != 0 {
-            try await Task.sleep(for: .milliseconds(20))
-            open = Self.socketsConnected(toPort: silent.port)
-        }
-        #expect(open == 0, "the client's UDP socket is still open")
+        #expect(try await Self.socketsConnectedOnceSettled(toPort: silent.port) == 0, "the client's UDP socket is still open")
         // Nothing is sent after the cancellation: no retransmitted ClientHello.
         while silent.receive() != nil {}
         try await Task.sleep(for: .milliseconds(1500))  // past the first DTLS retransmission (1 s)
@@ -104,12 +109,7 @@ struct CancellationTests {
         }
         let result = await attempt.result
         #expect(throws: CancellationError.self) { try result.get() }
-        var open = Self.socketsConnected(toPort: silent.port)
-        for _ in 0..<250 where open != 0 {
-            try await Task.sleep(for: .milliseconds(20))
-            open = Self.socketsConnected(toPort: silent.port)
-        }
-        #expect(open == 0)
+        #expect(try await Self.socketsConnectedOnceSettled(toPort: silent.port) == 0)
     }
 
     @Test("a read waiting for bytes: cancelled with CancellationError, the connection reset")
