@@ -106,10 +106,20 @@ struct CLIProcess {
 
     /// Waits until stderr shows `text` (e.g. "listening on").
     func waitForError(containing text: String, timeout: TimeInterval = 30) -> Bool {
+        waitFor(text, in: { $0.errorOutput }, timeout: timeout)
+    }
+
+    /// Waits until stdout shows `text`: another process's log line or report comes when that
+    /// process gets to it, not when the event that causes it is seen elsewhere.
+    func waitForOutput(containing text: String, timeout: TimeInterval = 30) -> Bool {
+        waitFor(text, in: { $0.outputText }, timeout: timeout)
+    }
+
+    private func waitFor(_ text: String, in stream: (CLIProcess) -> String, timeout: TimeInterval) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if errorOutput.contains(text) { return true }
-            if !process.isRunning { return errorOutput.contains(text) }
+            if stream(self).contains(text) { return true }
+            if !process.isRunning { return stream(self).contains(text) }
             Thread.sleep(forTimeInterval: 0.02)
         }
         return false

@@ -113,7 +113,8 @@ struct TunnelTests {
         }
         // -v: one open and one close line per connection on each side, all finished cleanly.
         let deadline = Date().addingTimeInterval(10)
-        while tunnel.server.errorOutput.components(separatedBy: "finished both ways").count < 4, Date() < deadline {
+        while [tunnel.server, tunnel.client].contains(where: { $0.errorOutput.components(separatedBy: "finished both ways").count < 4 }),
+              Date() < deadline {
             Thread.sleep(forTimeInterval: 0.05)
         }
         #expect(tunnel.server.errorOutput.components(separatedBy: "finished both ways").count == 4,
@@ -184,7 +185,7 @@ struct TunnelTests {
         #expect(late.wait(timeout: 120) == 0, "client: \(late.outputText) \(late.errorOutput)")
         let sent = try #require(late.outputText.split(separator: " ").last).trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(late.outputText.hasPrefix("banner hello, then FIN"), "client: \(late.outputText)")
-        #expect(banner.outputText.contains("received 200000 \(sent)"), "service: \(banner.outputText)")
+        #expect(banner.waitForOutput(containing: "received 200000 \(sent)"), "service: \(banner.outputText)")
     }
 
     @Test("a reset on either side ends the other with a reset: the TCP client's reaches the service, the service's reaches the TCP client",
@@ -196,11 +197,11 @@ struct TunnelTests {
         defer { tunnel.stop() }
         let client = try python(["reset", "\(tunnel.port)"])
         #expect(client.wait(timeout: 60) == 0, "client: \(client.outputText) \(client.errorOutput)")
-        let deadline = Date().addingTimeInterval(30)
-        while !service.outputText.contains("write failed"), Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
-        #expect(service.outputText.contains("write failed: ConnectionResetError"), "service: \(service.outputText)")
-        #expect(tunnel.client.errorOutput.contains("reset: tcp"), "tunnel client: \(tunnel.client.errorOutput)")
-        #expect(tunnel.server.errorOutput.contains("reset: tou"), "listener: \(tunnel.server.errorOutput)")
+        #expect(service.waitForOutput(containing: "write failed: ConnectionResetError"), "service: \(service.outputText)")
+        // Each end logs a pair's end after both directions have wound down, which may be after the
+        // service has seen its reset.
+        #expect(tunnel.client.waitForError(containing: "reset: tcp"), "tunnel client: \(tunnel.client.errorOutput)")
+        #expect(tunnel.server.waitForError(containing: "reset: tou"), "listener: \(tunnel.server.errorOutput)")
 
         // The other way: the service resets, the local client sees a reset (not a clean end).
         let (resetting, resettingPort) = try startService("serve-reset")
@@ -210,7 +211,7 @@ struct TunnelTests {
         let probe = try python(["until-closed", "\(second.port)"])
         #expect(probe.wait(timeout: 60) == 0, "probe: \(probe.outputText) \(probe.errorOutput)")
         #expect(probe.outputText.contains("ConnectionResetError"), "probe: \(probe.outputText)")
-        #expect(second.server.errorOutput.contains("reset: tcp: connection reset by peer"),
+        #expect(second.server.waitForError(containing: "reset: tcp: connection reset by peer"),
                 "listener: \(second.server.errorOutput)")
     }
 
@@ -295,6 +296,7 @@ struct TunnelTests {
         let tunnel = try startTunnel(service: servicePort)
         defer { tunnel.stop() }
         try expectClosedPromptly(port: tunnel.port)
+        #expect(tunnel.server.waitForError(containing: "cannot connect to tcp"), "listener: \(tunnel.server.errorOutput)")
         let failures = tunnel.server.errorOutput.split(separator: "\n").filter { $0.contains("cannot connect to tcp") }
         #expect(failures.count == 1, "listener: \(tunnel.server.errorOutput)")
         #expect(failures.first?.contains("connection refused") == true, "listener: \(tunnel.server.errorOutput)")
@@ -315,9 +317,11 @@ struct TunnelTests {
         let tunnel = try startTunnel(service: servicePort, serverExtra: ["--ca", "\(certs)/ca.pem", "--require-client-cert"])
         defer { tunnel.stop() }
         try expectClosedPromptly(port: tunnel.port)
+        // The tunnel client logs after it has reset the local connection.
+        #expect(tunnel.client.waitForError(containing: "cannot open a TOU connection"), "tunnel client: \(tunnel.client.errorOutput)")
         let failures = tunnel.client.errorOutput.split(separator: "\n").filter { $0.contains("cannot open a TOU connection") }
         #expect(failures.count == 1, "tunnel client: \(tunnel.client.errorOutput)")
-        #expect(tunnel.server.errorOutput.contains("required client certificate"), "listener: \(tunnel.server.errorOutput)")
+        #expect(tunnel.server.waitForError(containing: "required client certificate"), "listener: \(tunnel.server.errorOutput)")
 
         // A client with a certificate gets through the same listener, which is still serving.
         let good = try startClient(udpPort: tunnel.udpPort,
