@@ -23,15 +23,36 @@ public final class TOUListener: Sendable {
     /// Binds a UDP socket on `host` (nil: all addresses, IPv6 and IPv4; an IPv6 address may be in
     /// brackets) and `port` (0: any). A port another socket holds fails with "address in use".
     public static func bind(host: String? = nil, port: Int, configuration: TOUConfiguration) async throws -> TOUListener {
+        let (stream, continuation) = AsyncStream.makeStream(of: TOUConnection.self,
+                                                            bufferingPolicy: .bufferingOldest(configuration.acceptBacklog))
+        let listener = try await bind(host: host, port: port, configuration: configuration,
+                                      on: MultiThreadedEventLoopGroup.singleton.next(), connections: stream) { connection in
+            if case .dropped(let connection) = continuation.yield(connection) {
+                // Nobody takes connections this fast: refuse rather than queue without bound.
+                connection.abortOnLoop()
+            }
+        }
+        listener.channel.closeFuture.whenComplete { _ in continuation.finish() }
+        return listener
+    }
+
+    /// `bind` on `loop` (a NIOPosix loop), where `onAccept` is called with each connection that
+    /// completed both handshakes (TOUNIO makes a channel of it there); `connections` stays empty.
+    package static func bind(host: String?, port: Int, configuration: TOUConfiguration, on loop: EventLoop,
+                             onAccept: @escaping @Sendable (TOUConnection) -> Void) async throws -> TOUListener {
+        try await bind(host: host, port: port, configuration: configuration, on: loop,
+                       connections: AsyncStream { $0.finish() }, onAccept: onAccept)
+    }
+
+    private static func bind(host: String?, port: Int, configuration: TOUConfiguration, on loop: EventLoop,
+                             connections stream: AsyncStream<TOUConnection>,
+                             onAccept: @escaping @Sendable (TOUConnection) -> Void) async throws -> TOUListener {
         try configuration.validate()
         guard (0...65_535).contains(port) else {
             throw TOUError.invalidConfiguration("port \(port) is outside 0...65535")
         }
         let context = configuration.security == .dtls ? try configuration.makeServerContext() : nil
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
         let endpoint = TOUEndpoint(loop: loop, role: .listener, configuration: configuration, dtlsContext: context)
-        let (stream, continuation) = AsyncStream.makeStream(of: TOUConnection.self,
-                                                            bufferingPolicy: .bufferingOldest(configuration.acceptBacklog))
         // No SO_REUSEADDR: on UDP it lets a second process bind the same port and take part of
         // its traffic, so a port that is taken fails here with "address in use". Sharing a port
         // on purpose is for one listener's own workers (SO_REUSEPORT), set where they are made.
@@ -57,15 +78,7 @@ public final class TOUListener: Sendable {
         } catch {
             throw bindFailure(address, error)
         }
-        try await loop.submit {
-            endpoint.onAccept = { connection in
-                if case .dropped(let connection) = continuation.yield(connection) {
-                    // Nobody takes connections this fast: refuse rather than queue without bound.
-                    connection.abortOnLoop()
-                }
-            }
-        }.get()
-        channel.closeFuture.whenComplete { _ in continuation.finish() }
+        try await loop.submit { endpoint.onAccept = onAccept }.get()
         return try TOUListener(endpoint: endpoint, channel: channel, connections: stream)
     }
 
@@ -90,5 +103,15 @@ public final class TOUListener: Sendable {
         get async {
             (try? await endpoint.loop.submit { [endpoint] in endpoint.counters }.get()) ?? TOUEndpointCounters()
         }
+    }
+}
+
+extension TOUListener {
+    package var eventLoop: EventLoop { endpoint.loop }
+
+    /// On the loop: `close()` without waiting (no new connections; the socket closes once every
+    /// accepted connection has ended).
+    package func stopAcceptingOnLoop() {
+        endpoint.stopAccepting(promise: nil)
     }
 }

@@ -1,0 +1,179 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import TOUDTLS
+
+/// The listening side as a `Channel` (what `TOUServerBootstrap.bind` returns): each accepted
+/// connection passes through its pipeline as a `TOUChannel`, as a `ServerSocketChannel` passes
+/// its children. Closing it stops accepting; connections already accepted go on, and the UDP
+/// socket closes once the last of them has ended.
+public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {  // state confined to eventLoop
+    public let eventLoop: EventLoop
+    public var parent: Channel? { nil }
+    public let allocator = ByteBufferAllocator()
+    public var pipeline: ChannelPipeline { _pipeline }
+    public var _channelCore: ChannelCore { self }
+    public var closeFuture: EventLoopFuture<Void> { closePromise.futureResult }
+    /// Accepting never blocks: the listener's own limits (half-open sessions, rates) apply instead.
+    public var isWritable: Bool { false }
+
+    private var _pipeline: ChannelPipeline!
+    private let closePromise: EventLoopPromise<Void>
+
+    private enum Lifecycle { case idle, registered, active, closed }
+    private var lifecycle = Lifecycle.idle
+    private let shared = NIOLockedValueBox<(listener: TOUListener?, active: Bool)>((nil, false))
+    private var listener: TOUListener?
+    private var autoRead = true
+
+    init(eventLoop: EventLoop) {
+        self.eventLoop = eventLoop
+        self.closePromise = eventLoop.makePromise()
+        self._pipeline = ChannelPipeline(channel: self)
+    }
+
+    public var isActive: Bool { shared.withLockedValue { $0.active } }
+    public var localAddress: SocketAddress? { shared.withLockedValue { $0.listener?.localAddress } }
+    public var remoteAddress: SocketAddress? { nil }
+
+    /// The listener's counters: sessions accepted, datagrams dropped by reason, ...
+    public var counters: TOUEndpointCounters? {
+        get async { await shared.withLockedValue { $0.listener }?.counters }
+    }
+
+    public func setOption<Option: ChannelOption>(_ option: Option, value: Option.Value) -> EventLoopFuture<Void> {
+        eventLoop.submit { try self.setOption0(option, value: value) }
+    }
+
+    public func getOption<Option: ChannelOption>(_ option: Option) -> EventLoopFuture<Option.Value> {
+        eventLoop.submit { try self.getOption0(option) }
+    }
+
+    func setOption0<Option: ChannelOption>(_ option: Option, value: Option.Value) throws {
+        eventLoop.preconditionInEventLoop()
+        guard lifecycle != .closed else { throw ChannelError.ioOnClosedChannel }
+        switch option {
+        case is ChannelOptions.Types.AutoReadOption:
+            // Accepted connections are handed on as they complete; a server channel that does not
+            // read would have to refuse them, which the listener's limits do instead.
+            guard value as! Bool else { throw ChannelError.operationUnsupported }
+        default:
+            throw ChannelError.operationUnsupported
+        }
+    }
+
+    func getOption0<Option: ChannelOption>(_ option: Option) throws -> Option.Value {
+        eventLoop.preconditionInEventLoop()
+        guard lifecycle != .closed else { throw ChannelError.ioOnClosedChannel }
+        switch option {
+        case is ChannelOptions.Types.AutoReadOption:
+            return autoRead as! Option.Value
+        default:
+            throw ChannelError.operationUnsupported
+        }
+    }
+
+    // MARK: ChannelCore
+
+    public func localAddress0() throws -> SocketAddress {
+        guard let address = listener?.localAddress else { throw ChannelError.ioOnClosedChannel }
+        return address
+    }
+
+    public func remoteAddress0() throws -> SocketAddress {
+        throw ChannelError.operationUnsupported
+    }
+
+    public func register0(promise: EventLoopPromise<Void>?) {
+        guard lifecycle == .idle else {
+            promise?.fail(ChannelError.inappropriateOperationForState)
+            return
+        }
+        lifecycle = .registered
+        promise?.succeed(())
+        pipeline.syncOperations.fireChannelRegistered()
+    }
+
+    public func registerAlreadyConfigured0(promise: EventLoopPromise<Void>?) {
+        promise?.fail(ChannelError.operationUnsupported)
+    }
+
+    public func bind0(to address: SocketAddress, promise: EventLoopPromise<Void>?) {
+        // Binding needs the TOU configuration: `TOUServerBootstrap.bind`.
+        promise?.fail(ChannelError.operationUnsupported)
+    }
+
+    public func connect0(to address: SocketAddress, promise: EventLoopPromise<Void>?) {
+        promise?.fail(ChannelError.operationUnsupported)
+    }
+
+    public func write0(_ data: NIOAny, promise: EventLoopPromise<Void>?) {
+        promise?.fail(ChannelError.operationUnsupported)
+    }
+
+    public func flush0() {}
+
+    public func read0() {}
+
+    public func close0(error: Error, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard mode == .all else {
+            promise?.fail(ChannelError.operationUnsupported)
+            return
+        }
+        let previous = lifecycle
+        guard previous != .closed else {
+            promise?.fail(ChannelError.alreadyClosed)
+            return
+        }
+        lifecycle = .closed
+        shared.withLockedValue { $0.active = false }
+        listener?.stopAcceptingOnLoop()
+        if previous == .active { pipeline.syncOperations.fireChannelInactive() }
+        if previous != .idle { pipeline.syncOperations.fireChannelUnregistered() }
+        promise?.succeed(())
+        eventLoop.execute {
+            self.removeHandlers(pipeline: self.pipeline)
+            self.closePromise.succeed(())
+        }
+    }
+
+    public func triggerUserOutboundEvent0(_ event: Any, promise: EventLoopPromise<Void>?) {
+        promise?.fail(ChannelError.operationUnsupported)
+    }
+
+    public func channelRead0(_ data: NIOAny) {}
+
+    public func errorCaught0(error: Error) {}
+
+    // MARK: The bootstrap and the listener
+
+    /// The listener is bound: the channel is active. A channel closed meanwhile closes the listener.
+    func bound(to listener: TOUListener) {
+        eventLoop.preconditionInEventLoop()
+        guard lifecycle == .registered else {
+            listener.stopAcceptingOnLoop()
+            return
+        }
+        self.listener = listener
+        lifecycle = .active
+        shared.withLockedValue { $0 = (listener, true) }
+        pipeline.syncOperations.fireChannelActive()
+    }
+
+    func bindFailed(_ error: Error) {
+        eventLoop.preconditionInEventLoop()
+        guard lifecycle != .closed else { return }
+        close0(error: error, mode: .all, promise: nil)
+    }
+
+    /// A connection completed both handshakes: its channel goes through the pipeline.
+    func accept(_ connection: TOUConnection) {
+        eventLoop.preconditionInEventLoop()
+        guard lifecycle == .active else {
+            connection.closeOnLoop(promise: nil)
+            return
+        }
+        let child = TOUChannel(acceptedConnection: connection, parent: self)
+        pipeline.syncOperations.fireChannelRead(NIOAny(child))
+        pipeline.syncOperations.fireChannelReadComplete()
+    }
+}
