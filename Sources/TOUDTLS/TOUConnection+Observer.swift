@@ -49,6 +49,9 @@ extension TOUConnection {
     /// Bytes TCP holds that nobody has read yet (at most its receive buffer).
     package var bufferedInboundBytes: Int { core.session.readableBytes }
 
+    /// TCP's receive buffer as it is now (auto-tuning grows it from the configured size).
+    package var receiveBufferLimit: Int { core.session.tcp?.stats.receiveBufferSize ?? 0 }
+
     /// On the loop: FIN after everything queued; reading goes on.
     package func finishWritingOnLoop() {
         endpoint.withCore(core) { core, now in core.finishWriting(now: now) }

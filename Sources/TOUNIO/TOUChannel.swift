@@ -48,6 +48,7 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
     /// Written but not flushed: NIO's writes wait for `flush()`.
     private var unflushed: Deque<(ByteBuffer, EventLoopPromise<Void>?)> = []
     private var unflushedBytes = 0
+    private var flushWhenActive = false
     private var writable = true
 
     /// The pipeline asked for a read that has not been answered yet.
@@ -231,7 +232,8 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
     }
 
     public func write0(_ data: NIOAny, promise: EventLoopPromise<Void>?) {
-        guard lifecycle == .active else {
+        // Before the connection is up, writes wait (as on a connecting socket) for the first flush after it.
+        guard lifecycle != .closed, lifecycle != .idle else {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
@@ -250,7 +252,11 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
     }
 
     public func flush0() {
-        guard lifecycle == .active, let connection, !unflushed.isEmpty else { return }
+        guard lifecycle == .active, let connection else {
+            flushWhenActive = lifecycle == .registered || lifecycle == .connecting
+            return
+        }
+        guard !unflushed.isEmpty else { return }
         let writes = unflushed
         unflushed.removeAll()
         unflushedBytes = 0
@@ -328,6 +334,10 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
         shared.withLockedValue { $0.active = true }
         promise?.succeed(())
         pipeline.syncOperations.fireChannelActive()
+        if flushWhenActive {
+            flushWhenActive = false
+            flush0()
+        }
         // Observing last: an ended connection reports at once, after channelActive.
         connection.setObserverOnLoop(self)
         readIfNeeded()
@@ -335,6 +345,8 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
 
     /// Bytes TCP holds that the pipeline has not read: at most the receive buffer (tests).
     var bufferedInboundBytes: Int { connection?.bufferedInboundBytes ?? 0 }
+    /// TCP's receive buffer as it is now (tests).
+    var receiveBufferLimit: Int { connection?.receiveBufferLimit ?? 0 }
 
     // MARK: Reading
 
@@ -355,6 +367,8 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
             var ending: Result<Void, TOUError>?
             while delivered < options.maxMessagesPerRead, lifecycle == .active,
                   let result = connection.readOnLoop(maximumBytes: Self.readChunk) {
+                // Reading drives the session, whose events may have closed the channel meanwhile.
+                guard lifecycle == .active else { return }
                 switch result {
                 case .success(let data?):
                     delivered += 1

@@ -1,0 +1,297 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+import TOUDTLS
+@testable import TOUNIO
+
+/// Server side of the backpressure test: reads nothing (autoRead off) until `resume`, then reads
+/// everything, checking it against `Pattern`, until the peer's FIN closes the channel.
+final class PausedReader: ChannelInboundHandler, @unchecked Sendable {  // on its channel's loop
+    typealias InboundIn = ByteBuffer
+
+    var received = 0
+    var intact = true
+    /// What the channel read and what TCP held when the pause ended.
+    var receivedDuringPause = 0
+    var bufferedAtResume = 0
+    var receiveBufferAtResume = 0
+    let done: EventLoopPromise<Void>
+    let pause: TimeAmount
+
+    init(done: EventLoopPromise<Void>, pause: TimeAmount) {
+        self.done = done
+        self.pause = pause
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let channel = context.channel as! TOUChannel
+        context.eventLoop.assumeIsolated().scheduleTask(in: pause) {
+            self.receivedDuringPause = self.received
+            self.bufferedAtResume = channel.bufferedInboundBytes
+            self.receiveBufferAtResume = channel.receiveBufferLimit
+            _ = channel.setOption(.autoRead, value: true)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let chunk = unwrapInboundIn(data)
+        if intact, !Pattern.matches(chunk, offset: received) { intact = false }
+        received += chunk.readableBytes
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        done.succeed(())
+    }
+}
+
+/// Client side: writes `total` bytes of `Pattern` as writability allows, then half-closes.
+final class WritabilityWatchingWriter: ChannelInboundHandler, @unchecked Sendable {  // on its channel's loop
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let total: Int
+    var sent = 0
+    var becameUnwritable = false
+    var becameWritableAgain = false
+    let allWritten: EventLoopPromise<Void>
+
+    init(total: Int, allWritten: EventLoopPromise<Void>) {
+        self.total = total
+        self.allWritten = allWritten
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        writeMore(context: context)
+        context.fireChannelActive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            if becameUnwritable { becameWritableAgain = true }
+            writeMore(context: context)
+        } else {
+            becameUnwritable = true
+        }
+    }
+
+    private func writeMore(context: ChannelHandlerContext) {
+        while sent < total && context.channel.isWritable {
+            let chunk = Pattern.chunk(offset: sent, count: total - sent)
+            sent += chunk.readableBytes
+            context.writeAndFlush(wrapOutboundOut(chunk), promise: nil)
+        }
+        if sent == total {
+            sent += 1  // once
+            context.close(mode: .output, promise: nil)
+            allWritten.succeed(())
+        }
+    }
+}
+
+/// Records what reaches the end of a pipeline.
+final class EventRecorder: ChannelInboundHandler, @unchecked Sendable {  // on its channel's loop
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    var received = ByteBuffer()
+    var events: [String] = []
+    var errors: [Error] = []
+    /// Written back once the input is closed (the half-closure test's server).
+    let answerOnInputClosed: Bool
+
+    init(answerOnInputClosed: Bool = false) {
+        self.answerOnInputClosed = answerOnInputClosed
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var chunk = unwrapInboundIn(data)
+        received.writeBuffer(&chunk)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event as? ChannelEvent {
+        case .inputClosed?:
+            events.append("inputClosed")
+            if answerOnInputClosed {
+                let answer = ByteBuffer(string: "got \(received.readableBytes) bytes")
+                context.writeAndFlush(wrapOutboundOut(answer)).whenComplete { _ in context.close(promise: nil) }
+            }
+        case .outputClosed?:
+            events.append("outputClosed")
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        errors.append(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        events.append("inactive")
+    }
+}
+
+@Suite("TOUChannel semantics")
+struct ChannelSemanticsTests {
+    @Test("a server that stops reading holds the client back within its receive buffer; every byte arrives")
+    func backpressure() async throws {
+        let total = 50 << 20
+        let serverDone = TestSetup.group.next().makePromise(of: Void.self)
+        let readers = NIOLockedValueBox<[PausedReader]>([])
+        let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let reader = PausedReader(done: serverDone, pause: .seconds(5))
+                    readers.withLockedValue { $0.append(reader) }
+                    try channel.pipeline.syncOperations.addHandler(reader)
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(server.localAddress?.port)
+        let allWritten = TestSetup.group.next().makePromise(of: Void.self)
+        let writer = WritabilityWatchingWriter(total: total, allWritten: allWritten)
+        let client = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(writer) }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await serverDone.futureResult.get()
+        try await allWritten.futureResult.get()
+        try await client.closeFuture.get()
+
+        let reader = try #require(readers.withLockedValue { $0.first })
+        try await server.eventLoop.submit {
+            #expect(reader.receivedDuringPause == 0, "the channel read while autoRead was off")
+            #expect(reader.bufferedAtResume > 0)
+            // TCP's receive buffer auto-tunes up from the configured 4 MiB to at most 16 MiB (its
+            // current size is reported below); what the connection holds stays within that, a
+            // fraction of the 50 MB the client tried to send.
+            #expect(reader.bufferedAtResume <= 16 << 20,
+                    "TCP held \(reader.bufferedAtResume) bytes (its buffer: \(reader.receiveBufferAtResume))")
+            #expect(reader.received == total)
+            #expect(reader.intact)
+        }.get()
+        try await client.eventLoop.submit {
+            #expect(writer.becameUnwritable)
+            #expect(writer.becameWritableAgain)
+        }.get()
+        try await server.close()
+    }
+
+    @Test("with allowRemoteHalfClosure the server sees inputClosed and still answers; close(mode: .output) sends FIN")
+    func halfClosure() async throws {
+        let serverRecorder = NIOLockedValueBox<EventRecorder?>(nil)
+        let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let recorder = EventRecorder(answerOnInputClosed: true)
+                    serverRecorder.withLockedValue { $0 = recorder }
+                    try channel.pipeline.syncOperations.addHandler(recorder)
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(server.localAddress?.port)
+        let clientRecorder = EventRecorder()
+        let client = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(clientRecorder) }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        #expect(client.remoteAddress?.port == port)
+        #expect(client.localAddress?.port != nil)
+        try await client.writeAndFlush(ByteBuffer(string: "hello, half-closed world"))
+        try await client.close(mode: .output)
+        await #expect(throws: ChannelError.outputClosed) {
+            try await client.writeAndFlush(ByteBuffer(string: "too late"))
+        }
+        try await client.closeFuture.get()
+        try await client.eventLoop.submit {
+            #expect(String(buffer: clientRecorder.received) == "got 24 bytes")
+            #expect(clientRecorder.events == ["outputClosed", "inactive"])
+            #expect(clientRecorder.errors.isEmpty)
+        }.get()
+        let recorder = try #require(serverRecorder.withLockedValue { $0 })
+        try await server.eventLoop.submit {
+            #expect(recorder.events.first == "inputClosed")
+            #expect(recorder.errors.isEmpty)
+        }.get()
+        try await server.close()
+    }
+
+    @Test("options TOU cannot honour fail with operationUnsupported; the ones it has work")
+    func unsupportedOptions() async throws {
+        await #expect(throws: ChannelError.operationUnsupported) {
+            _ = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
+                .serverChannelOption(.backlog, value: 256)
+                .bind(host: "127.0.0.1", port: 0).get()
+        }
+        let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(server.localAddress?.port)
+        await #expect(throws: ChannelError.operationUnsupported) {
+            _ = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
+                .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .connect(host: "127.0.0.1", port: port).get()
+        }
+        let client = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
+            .channelOption(.writeBufferWaterMark, value: .init(low: 1024, high: 4096))
+            .connect(host: "127.0.0.1", port: port).get()
+        let waterMark = try await client.getOption(.writeBufferWaterMark).get()
+        #expect(waterMark.low == 1024 && waterMark.high == 4096)
+        #expect(try await client.getOption(.tcpOption(.tcp_nodelay)).get() == 0)
+        await #expect(throws: ChannelError.operationUnsupported) {
+            try await client.setOption(.tcpOption(.tcp_nodelay), value: 1).get()
+        }
+        await #expect(throws: ChannelError.operationUnsupported) {
+            try await client.setOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator()).get()
+        }
+        await #expect(throws: ChannelError.operationUnsupported) {
+            try await client.close(mode: .input)
+        }
+        try await client.close()
+        try await server.close()
+    }
+
+    @Test("a reset by the peer reaches errorCaught as TOUError, then the channel closes")
+    func resetReachesErrorCaught() async throws {
+        // The peer is a TOUConnection: the channel and the async API interoperate.
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: TestSetup.server)
+        let recorder = EventRecorder()
+        let client = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(recorder) }
+            }
+            .connect(host: "127.0.0.1", port: try #require(listener.localAddress.port)).get()
+        try await client.writeAndFlush(ByteBuffer(string: "ping"))
+        var accepted = listener.connections.makeAsyncIterator()
+        let connection = try #require(await accepted.next())
+        var inbound = connection.inbound.makeAsyncIterator()
+        #expect(try await inbound.next().map { String(buffer: $0) } == "ping")
+        await connection.abort()
+        try await client.closeFuture.get()
+        try await client.eventLoop.submit {
+            #expect(recorder.errors.map { $0 as? TOUError } == [.connectionReset])
+            #expect(recorder.events == ["inactive"])
+        }.get()
+        try await listener.close()
+    }
+
+    @Test("a server whose certificate is not trusted fails the connect with TOUError")
+    func untrustedServer() async throws {
+        let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
+            .bind(host: "127.0.0.1", port: 0).get()
+        var configuration = TestSetup.client
+        configuration.serverName = "not-localhost.example"
+        let error = await #expect(throws: TOUError.self) {
+            _ = try await TOUClientBootstrap(group: TestSetup.group, configuration: configuration)
+                .connect(host: "127.0.0.1", port: try #require(server.localAddress?.port)).get()
+        }
+        #expect(error?.isAuthenticationFailure == true)
+        try await server.close()
+    }
+}
