@@ -138,6 +138,26 @@ let package = Package(
             ],
             path: "Examples/PortForward"
         ),
+        .executableTarget(
+            name: "HTTPServer",
+            dependencies: [
+                "TOUDTLS", "TOUNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Examples/HTTPServer"
+        ),
+        .executableTarget(
+            name: "HTTPClient",
+            dependencies: [
+                "TOUDTLS", "TOUNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Examples/HTTPClient"
+        ),
         .testTarget(name: "TOUWireTests", dependencies: ["TOUWire"]),
         .testTarget(
             name: "TCPEngineTests",
