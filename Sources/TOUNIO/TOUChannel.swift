@@ -60,16 +60,22 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
         var allowRemoteHalfClosure = false
         var maxMessagesPerRead: UInt = 4
         var waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
-        var connectTimeout: TimeAmount? = .seconds(10)
+        var connectTimeout: TimeAmount = .seconds(10)
     }
 
     /// Largest buffer handed to one `channelRead` (bytes TCP holds are sliced, not copied).
     static let readChunk = 64 * 1024
 
+    /// The configuration's TCP_NODELAY, known before the connection is.
+    private let noDelay: Bool
+    /// Abandons the handshakes of a client channel closed while connecting.
+    private var cancelConnecting: (() -> Void)?
+
     /// A client channel: connected later by `TOUClientBootstrap`.
-    init(eventLoop: EventLoop) {
+    init(eventLoop: EventLoop, configuration: TOUConfiguration) {
         self.eventLoop = eventLoop
         self.parent = nil
+        self.noDelay = configuration.noDelay
         self.closePromise = eventLoop.makePromise()
         self._pipeline = ChannelPipeline(channel: self)
     }
@@ -78,6 +84,7 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
     init(acceptedConnection connection: TOUConnection, parent: Channel) {
         self.eventLoop = connection.eventLoop
         self.parent = parent
+        self.noDelay = connection.noDelay
         self.closePromise = eventLoop.makePromise()
         self.connection = connection
         self.shared.withLockedValue { $0.connection = connection }
@@ -151,11 +158,11 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
             options.waterMark = value as! ChannelOptions.Types.WriteBufferWaterMark
             updateWritability()
         case is ChannelOptions.Types.ConnectTimeoutOption:
-            options.connectTimeout = value as? TimeAmount
+            options.connectTimeout = value as! TimeAmount
         case let socketOption as ChannelOptions.Types.SocketOption:
             // TCP_NODELAY is the configuration's, fixed per connection: setting it to what it is is fine.
-            guard socketOption == .init(level: .tcp, name: .tcp_nodelay), let connection,
-                  (value as! SocketOptionValue != 0) == connection.noDelay else {
+            guard socketOption == .init(level: .tcp, name: .tcp_nodelay),
+                  (value as! SocketOptionValue != 0) == noDelay else {
                 throw ChannelError.operationUnsupported
             }
         default:
@@ -178,10 +185,10 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
         case is ChannelOptions.Types.ConnectTimeoutOption:
             return options.connectTimeout as! Option.Value
         case let socketOption as ChannelOptions.Types.SocketOption:
-            guard socketOption == .init(level: .tcp, name: .tcp_nodelay), let connection else {
+            guard socketOption == .init(level: .tcp, name: .tcp_nodelay) else {
                 throw ChannelError.operationUnsupported
             }
-            return SocketOptionValue(connection.noDelay ? 1 : 0) as! Option.Value
+            return SocketOptionValue(noDelay ? 1 : 0) as! Option.Value
         case is ChannelOptions.Types.BufferedWritableBytesOption:
             return (unflushedBytes + (connection?.queuedWriteBytes ?? 0)) as! Option.Value
         default:
@@ -296,8 +303,12 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
 
     // MARK: Connecting (the bootstrap)
 
-    /// Client: the bootstrap is connecting; `promise` completes when `connected` or `connectFailed` runs.
-    func beginConnecting(promise: EventLoopPromise<Void>?) -> Bool {
+    /// The `connectTimeout` option (the bootstrap's `connectTimeout(_:)` sets it).
+    var connectTimeout: TimeAmount { options.connectTimeout }
+
+    /// Client: the bootstrap is connecting; `promise` completes when `connected` or `connectFailed`
+    /// runs. `cancel` abandons the handshakes if the channel closes first.
+    func beginConnecting(promise: EventLoopPromise<Void>?, cancel: @escaping () -> Void) -> Bool {
         eventLoop.preconditionInEventLoop()
         guard lifecycle == .registered else {
             promise?.fail(lifecycle == .closed ? ChannelError.ioOnClosedChannel : ChannelError.inappropriateOperationForState)
@@ -305,6 +316,7 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
         }
         lifecycle = .connecting
         connectPromise = promise
+        cancelConnecting = cancel
         return true
     }
 
@@ -317,6 +329,7 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
         }
         self.connection = connection
         shared.withLockedValue { $0.connection = connection }
+        cancelConnecting = nil
         let promise = connectPromise
         connectPromise = nil
         becomeActive(promise: promise)
@@ -479,6 +492,10 @@ public final class TOUChannel: Channel, ChannelCore, @unchecked Sendable {  // s
         if let connectPromise {
             self.connectPromise = nil
             connectPromise.fail(error)
+        }
+        if let cancelConnecting {
+            self.cancelConnecting = nil
+            cancelConnecting()
         }
         if previous == .active { pipeline.syncOperations.fireChannelInactive() }
         if previous != .idle { pipeline.syncOperations.fireChannelUnregistered() }

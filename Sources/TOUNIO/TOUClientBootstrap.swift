@@ -18,7 +18,6 @@ public struct TOUClientBootstrap: Sendable {
     private let configuration: TOUConfiguration
     private var initializer: (@Sendable (Channel) -> EventLoopFuture<Void>)?
     private var options = ChannelOptions.Storage()
-    private var connectTimeout: TimeAmount = .seconds(10)
 
     public init(group: EventLoopGroup, configuration: TOUConfiguration) {
         self.group = group
@@ -43,9 +42,7 @@ public struct TOUClientBootstrap: Sendable {
     /// How long the DTLS and TCP handshakes may take before the connect fails with
     /// `ChannelError.connectTimeout` (default 10 s; the configuration's `handshakeTimeout` applies too).
     public func connectTimeout(_ timeout: TimeAmount) -> Self {
-        var copy = self
-        copy.connectTimeout = timeout
-        return copy
+        channelOption(.connectTimeout, value: timeout)
     }
 
     /// Connects to `host`:`port` (a name or an IP address; both families tried as
@@ -78,11 +75,10 @@ public struct TOUClientBootstrap: Sendable {
             return loop.makeFailedFuture(TOUError.invalidConfiguration(
                 "TOU channels need a NIOPosix MultiThreadedEventLoopGroup; \(type(of: loop)) is not one of its loops"))
         }
-        let channel = TOUChannel(eventLoop: loop)
+        let channel = TOUChannel(eventLoop: loop, configuration: configuration)
         let options = self.options
         let initializer = self.initializer
         let configuration = self.configuration
-        let timeout = connectTimeout
         return loop.flatSubmit {
             options.applyAllChannelOptions(to: channel).flatMap {
                 initializer?(channel) ?? loop.makeSucceededVoidFuture()
@@ -91,7 +87,7 @@ public struct TOUClientBootstrap: Sendable {
             }.flatMap {
                 channel.register()
             }.flatMap {
-                Self.establish(channel, host: host, port: port, configuration: configuration, timeout: timeout)
+                Self.establish(channel, host: host, port: port, configuration: configuration)
             }.map {
                 channel
             }.flatMapError { error in
@@ -103,11 +99,11 @@ public struct TOUClientBootstrap: Sendable {
 
     /// The handshakes run as `TOUConnection.connect` on the channel's loop; the channel becomes
     /// active on their success, or the connect fails (timeout: the attempt is cancelled).
-    private static func establish(_ channel: TOUChannel, host: String, port: Int, configuration: TOUConfiguration,
-                                  timeout: TimeAmount) -> EventLoopFuture<Void> {
+    private static func establish(_ channel: TOUChannel, host: String, port: Int,
+                                  configuration: TOUConfiguration) -> EventLoopFuture<Void> {
         let loop = channel.eventLoop
         let promise = loop.makePromise(of: Void.self)
-        guard channel.beginConnecting(promise: promise) else { return promise.futureResult }
+        let timeout = channel.connectTimeout
         let attempt = Task {
             do {
                 let connection = try await TOUConnection.connect(host: host, port: port, configuration: configuration,
@@ -116,6 +112,10 @@ public struct TOUClientBootstrap: Sendable {
             } catch {
                 loop.execute { channel.connectFailed(error) }
             }
+        }
+        guard channel.beginConnecting(promise: promise, cancel: { attempt.cancel() }) else {
+            attempt.cancel()
+            return promise.futureResult
         }
         let timer = loop.scheduleTask(in: timeout) {
             attempt.cancel()

@@ -97,12 +97,18 @@ final class EventRecorder: ChannelInboundHandler, @unchecked Sendable {  // on i
 
     var received = ByteBuffer()
     var events: [String] = []
+    var addressesAtActive: (local: SocketAddress?, remote: SocketAddress?)
     var errors: [Error] = []
     /// Written back once the input is closed (the half-closure test's server).
     let answerOnInputClosed: Bool
 
     init(answerOnInputClosed: Bool = false) {
         self.answerOnInputClosed = answerOnInputClosed
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        addressesAtActive = (context.channel.localAddress, context.channel.remoteAddress)
+        context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -216,9 +222,12 @@ struct ChannelSemanticsTests {
             #expect(clientRecorder.errors.isEmpty)
         }.get()
         let recorder = try #require(serverRecorder.withLockedValue { $0 })
+        let clientLocal = try #require(client.localAddress)
         try await server.eventLoop.submit {
             #expect(recorder.events.first == "inputClosed")
             #expect(recorder.errors.isEmpty)
+            #expect(recorder.addressesAtActive.remote == clientLocal)
+            #expect(recorder.addressesAtActive.local?.port == port)
         }.get()
         try await server.close()
     }
@@ -238,8 +247,10 @@ struct ChannelSemanticsTests {
                 .channelOption(.socketOption(.so_reuseaddr), value: 1)
                 .connect(host: "127.0.0.1", port: port).get()
         }
+        // TCP_NODELAY as the configuration has it (off) is accepted, before the connection is up too.
         let client = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
             .channelOption(.writeBufferWaterMark, value: .init(low: 1024, high: 4096))
+            .channelOption(.tcpOption(.tcp_nodelay), value: 0)
             .connect(host: "127.0.0.1", port: port).get()
         let waterMark = try await client.getOption(.writeBufferWaterMark).get()
         #expect(waterMark.low == 1024 && waterMark.high == 4096)
@@ -279,6 +290,20 @@ struct ChannelSemanticsTests {
             #expect(recorder.events == ["inactive"])
         }.get()
         try await listener.close()
+    }
+
+    @Test("a peer that never answers fails the connect with connectTimeout")
+    func connectTimeout() async throws {
+        // A UDP socket that takes every datagram and answers none.
+        let silent = try await DatagramBootstrap(group: TestSetup.group).bind(host: "127.0.0.1", port: 0).get()
+        let started = NIODeadline.now()
+        await #expect(throws: ChannelError.connectTimeout(.milliseconds(300))) {
+            _ = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
+                .connectTimeout(.milliseconds(300))
+                .connect(host: "127.0.0.1", port: try #require(silent.localAddress?.port)).get()
+        }
+        #expect(NIODeadline.now() - started < .seconds(5))
+        try await silent.close()
     }
 
     @Test("a server whose certificate is not trusted fails the connect with TOUError")
