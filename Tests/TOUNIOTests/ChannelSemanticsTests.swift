@@ -292,6 +292,61 @@ struct ChannelSemanticsTests {
         try await listener.close()
     }
 
+    @Test("remoteAddress follows the client when a NAT between them rebinds; answers reach it there")
+    func remoteAddressFollowsRebinding() async throws {
+        let serverRecorder = NIOLockedValueBox<(EventRecorder, Channel)?>(nil)
+        let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let recorder = EventRecorder()
+                    serverRecorder.withLockedValue { $0 = (recorder, channel) }
+                    try channel.pipeline.syncOperations.addHandler(recorder)
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let relay = try await RebindingRelay.start(toward: try #require(server.localAddress), on: TestSetup.group.next())
+        let clientRecorder = EventRecorder()
+        let client = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(clientRecorder) }
+            }
+            .connect(host: "127.0.0.1", port: try #require(relay.frontAddress?.port)).get()
+
+        /// Waits (at most 10 s: a correctness bound, not a speed one) until `condition` holds on the loop.
+        func eventually(on channel: Channel, _ condition: @escaping @Sendable () -> Bool) async throws -> Bool {
+            for _ in 0..<1000 {
+                if try await channel.eventLoop.submit(condition).get() { return true }
+                try await Task.sleep(nanoseconds: 10_000_000)
+            }
+            return false
+        }
+
+        try await client.writeAndFlush(ByteBuffer(string: "before "))
+        let (recorder, child) = try #require(await {
+            for _ in 0..<1000 {
+                if let found = serverRecorder.withLockedValue({ $0 }) { return found }
+                try? await Task.sleep(nanoseconds: 10_000_000)
+            }
+            return nil
+        }())
+        #expect(try await eventually(on: child) { recorder.received.readableBytes == 7 })
+        let firstPort = try await relay.upstreamPort
+        #expect(child.remoteAddress?.port == firstPort)
+
+        let secondPort = try await relay.rebind()
+        #expect(secondPort != firstPort)
+        try await client.writeAndFlush(ByteBuffer(string: "after"))
+        #expect(try await eventually(on: child) { String(buffer: recorder.received) == "before after" })
+        #expect(child.remoteAddress?.port == secondPort)
+        try await child.writeAndFlush(ByteBuffer(string: "answer"))
+        #expect(try await eventually(on: client) { String(buffer: clientRecorder.received) == "answer" })
+
+        try await client.close()
+        try await child.closeFuture.get()  // the client's FIN arrived through the relay
+        try await relay.close()
+        try await server.close()
+    }
+
     @Test("a peer that never answers fails the connect with connectTimeout")
     func connectTimeout() async throws {
         // A UDP socket that takes every datagram and answers none.
