@@ -29,28 +29,26 @@ final class TOUEndpoint: @unchecked Sendable {
     /// use: the registry of executors keeps each loop for good, and TOUNIO's endpoints may run on
     /// loops of groups their users shut down.
     var taskExecutor: EventLoopTaskExecutor { EventLoopTaskExecutor.of(loop) }
-    @exclusivity(unchecked) private var sessions: [UInt64: ConnectionCore] = [:]
+    /// The session table and admission: what to do with each datagram.
+    let demultiplexer: Demultiplexer<ConnectionCore>
     /// Client: the task awaiting `connect` was cancelled (see `cancelConnect`).
     private var connectCancelled = false
-    private var halfOpen: [PeerKey: UInt64] = [:]
-    /// A listener's sessions that ended in the last seconds: the peer's last datagrams (its
-    /// close_notify always arrives after ours ended the session) are expected, not drops.
-    private var recentlyEnded = RecentSessionIDs()
-    // Admission is a listener's: built on its first attempt, so a client endpoint (one per
-    // connect) neither draws keys nor allocates the per-source table. A class, so the tables are
-    // changed in place: a lazy property of struct type is read, changed and written back whole,
-    // which copied the 4,096-slot source table and every admitted attempt on each new attempt.
-    private lazy var admission = ListenerAdmission(configuration, now: .now())
     /// Times the per-source table was copied to take a token (tests: 0).
-    var sourceTableCopies: Int { admission.rateLimiter.sharedMutations }
+    var sourceTableCopies: Int { demultiplexer.sourceTableCopies }
     /// Listener: refused and failed connection attempts worth a (rate-limited) log line.
     private var refusedAttempts = RefusedAttemptLog()
-    @exclusivity(unchecked) private(set) var counters = TOUEndpointCounters()
+    private(set) var counters: TOUEndpointCounters {
+        get { demultiplexer.counters }
+        _modify { yield &demultiplexer.counters }
+    }
 
     /// Listener: called with each connection that completed both handshakes.
     var onAccept: ((TOUConnection) -> Void)?
     /// Listener: no new sessions once closed; the socket closes when the last session ends.
-    private var accepting = true
+    private var accepting: Bool {
+        get { demultiplexer.accepting }
+        set { demultiplexer.accepting = newValue }
+    }
     private var closePromise: EventLoopPromise<Void>?
     @exclusivity(unchecked) private var inReadBatch = false
     @exclusivity(unchecked) private var needsFlush = false
@@ -58,7 +56,7 @@ final class TOUEndpoint: @unchecked Sendable {
     /// Listener: payload the socket's receive queue holds before it drops, shared out among the
     /// sessions as TCP windows so that together they cannot overflow it.
     private var receiveQueueBudget = 4 << 20
-    private var windowShare: Int { receiveQueueBudget / max(1, sessions.count) }
+    private var windowShare: Int { receiveQueueBudget / max(1, demultiplexer.count) }
     /// Sessions that took datagrams in this read batch and have not answered yet.
     @exclusivity(unchecked) private var batchSessions: [ConnectionCore] = []
     @exclusivity(unchecked) private var datagramsInBatch = 0
@@ -74,12 +72,14 @@ final class TOUEndpoint: @unchecked Sendable {
         self.configuration = configuration
         self.parameters = SessionParameters(configuration)
         self.dtlsContext = dtlsContext
+        self.demultiplexer = Demultiplexer(role: role == .client ? .client : .listener, configuration: configuration,
+                                           parameters: parameters, dtlsContext: dtlsContext)
         self.segmentationOffload = configuration.segmentationOffload && System.supportsUDPSegmentationOffload
     }
 
-    var sessionCount: Int { sessions.count }
+    var sessionCount: Int { demultiplexer.count }
     /// Sessions whose handshakes are still in progress.
-    var halfOpenCount: Int { halfOpen.count }
+    var halfOpenCount: Int { demultiplexer.halfOpenCount }
 
     // MARK: Client
 
@@ -105,7 +105,7 @@ final class TOUEndpoint: @unchecked Sendable {
         }
         let core = ConnectionCore(session: session)
         core.connectPromise = promise
-        sessions[session.localSID] = core
+        demultiplexer.insert(core, sid: session.localSID)
         drive(core, now: now)
     }
 
@@ -117,7 +117,7 @@ final class TOUEndpoint: @unchecked Sendable {
         connectCancelled = true
         promise.fail(CancellationError())
         let target = ObjectIdentifier(promise.futureResult)
-        for core in Array(sessions.values) {
+        for core in Array(demultiplexer.handles) {
             guard let waiting = core.connectPromise, ObjectIdentifier(waiting.futureResult) == target else { continue }
             core.connectPromise = nil
             waiting.fail(CancellationError())
@@ -146,53 +146,17 @@ final class TOUEndpoint: @unchecked Sendable {
     }
 
     private func receive(_ datagram: ByteBuffer, from remoteAddress: SocketAddress, now: NIODeadline) {
-        counters.datagramsReceived += 1
-        var payload = datagram
-        let header: GUEHeader
-        do {
-            header = try GUEHeader.parse(from: &payload, mode: mode)
-        } catch {
-            counters.droppedMalformed += 1
-            if error == .modeMismatch {
-                refused(remoteAddress, mode == .secure
-                        ? "it sends cleartext (plain mode) and this listener requires DTLS"
-                        : "it sends DTLS and this listener is in plain mode", now: now)
-            }
-            return
-        }
-        // 1. D names a local session: that session, whatever the source address.
-        if let destination = header.destinationSID {
-            if let core = sessions[destination] {
-                deliver(header: header, payload: payload, from: remoteAddress, to: core, now: now)
-                return
-            }
-            // Without S it is no new attempt (a replayed ClientHello carries S: admission answers it).
-            if header.sourceSID == nil, recentlyEnded.contains(destination, now: now) {
-                counters.datagramsAfterEnd += 1
-                return
-            }
-        }
-        // 2. S present: a new-session attempt keyed by (address, port, S).
-        guard role == .listener, let source = header.sourceSID,
-              let address = IPAddressBytes(from: remoteAddress),
-              let port = remoteAddress.port else {
-            counters.droppedUnknownSession += 1
-            return
-        }
-        let key = PeerKey(address: address, port: UInt16(truncatingIfNeeded: port), sid: source)
-        if let sid = halfOpen[key], let core = sessions[sid] {
+        switch demultiplexer.route(datagram, from: remoteAddress, now: now) {
+        case .deliver(let core, let header, let payload):
             deliver(header: header, payload: payload, from: remoteAddress, to: core, now: now)
-            return
-        }
-        guard accepting else {
-            counters.droppedOverLimit += 1
-            return
-        }
-        switch mode {
-        case .secure:
-            admitSecure(header: header, payload: payload, key: key, from: remoteAddress, now: now)
-        case .plain:
-            admitPlain(header: header, payload: payload, key: key, from: remoteAddress, now: now)
+        case .newSession(let session, let key):
+            register(session, key: key, now: now)
+        case .reply(let datagram, let refusal):
+            if let refusal { refused(remoteAddress, refusal.description, now: now) }
+            emit(datagram, to: remoteAddress)
+            flushIfOutsideReadBatch()
+        case .drop(let drop):
+            if let refusal = drop.refusal { refused(remoteAddress, refusal.description, now: now) }
         }
     }
 
@@ -216,106 +180,6 @@ final class TOUEndpoint: @unchecked Sendable {
         }
     }
 
-    private func admitSecure(header: GUEHeader, payload: ByteBuffer, key: PeerKey, from address: SocketAddress,
-                             now: NIODeadline) {
-        guard let dtlsContext, let summary = DTLSDatagramSummary.scan(payload), summary.isClientHello else {
-            counters.droppedBadAttempt += 1
-            refused(address, "its first datagram is not a ClientHello", now: now)
-            return
-        }
-        let admission = self.admission
-        admission.keys.rotateIfNeeded(now: now)
-        let derivedSID = admission.keys.derivedSID(for: key)
-        // A D that is not the SID we would derive now means a stale attempt: cookie it again.
-        let destinationCurrent = header.destinationSID == derivedSID
-        let acceptable = destinationCurrent ? admission.keys.acceptableCookies(for: key) : []
-        let mtu = parameters.pathMTU - (address.isIPv4OrMapped ? 20 : 40) - 8 - 24
-        let udpPayloadBytes = header.encodedLength + payload.readableBytes
-        let withoutCookie = admission.cookieless.admitsWithoutCookie(
-            summary, udpPayloadBytes: udpPayloadBytes, halfOpen: halfOpen.count, now: now,
-            sourceAllows: { admission.rateLimiter.allow(key.address, now: now) })
-        let result = dtlsContext.listen(datagram: payload, cookieToIssue: admission.keys.cookieToIssue(for: key),
-                                        acceptableCookies: acceptable, requireCookie: !withoutCookie, mtu: mtu, now: now)
-        switch result {
-        case .helloVerifyRequest(let request):
-            sendHelloVerifyRequest(request, derivedSID: derivedSID, key: key, to: address)
-        case .dropped(let reason):
-            counters.droppedBadAttempt += 1
-            refused(address, "unusable ClientHello: \(reason)", now: now)
-        case .accepted(let connection):
-            // Limits first: a refused attempt must not burn its (address, port, S) in the replay cache.
-            // A cookieless admission has taken its source's token already.
-            if let limit = limitReached(key: key, chargingSource: !withoutCookie, now: now)
-                ?? (sessions[derivedSID] == nil ? nil : .sessionExists) {
-                counters.droppedOverLimit += 1
-                refused(address, limit.reason, now: now)
-                return
-            }
-            guard admission.admitted.insertIfNew(key, now: now) else {
-                // A captured ClientHello+cookie replayed: never a second session from it.
-                counters.replayedAttempts += 1
-                refused(address, "a replayed ClientHello (a cookie opens one session only)", now: now)
-                if case .helloVerifyRequest(let request) = dtlsContext.listen(
-                    datagram: payload, cookieToIssue: admission.keys.cookieToIssue(for: key),
-                    acceptableCookies: [], mtu: mtu, now: now) {
-                    sendHelloVerifyRequest(request, derivedSID: derivedSID, key: key, to: address)
-                }
-                return
-            }
-            if withoutCookie { counters.cookielessAdmissions += 1 }
-            let session = TOUSession.accept(dtls: connection, localSID: derivedSID, remoteSID: key.sid,
-                                            peer: address, parameters: parameters,
-                                            unprovenBytesReceived: withoutCookie ? udpPayloadBytes : nil, now: now)
-            register(session, key: key, now: now)
-        }
-    }
-
-    private func admitPlain(header: GUEHeader, payload: ByteBuffer, key: PeerKey, from address: SocketAddress,
-                            now: NIODeadline) {
-        guard let syn = try? TCPSegment.parse(payload, checksum: .addressFree),
-              syn.flags.contains(.syn), !syn.flags.contains(.ack) else {
-            counters.droppedBadAttempt += 1
-            refused(address, "its first datagram is not a TCP SYN", now: now)
-            return
-        }
-        if let limit = limitReached(key: key, now: now) {
-            counters.droppedOverLimit += 1
-            refused(address, limit.reason, now: now)
-            return
-        }
-        var localSID = SessionID.random()
-        while sessions[localSID] != nil { localSID = SessionID.random() }
-        guard let session = TOUSession.acceptPlain(syn: syn, localSID: localSID, remoteSID: key.sid,
-                                                   peer: address, parameters: parameters, now: now) else {
-            counters.droppedBadAttempt += 1
-            refused(address, "its SYN is unusable", now: now)
-            return
-        }
-        register(session, key: key, now: now)
-    }
-
-    /// What refuses a new session once its attempt is otherwise good.
-    private enum AdmissionLimit {
-        case halfOpen(Int), sessions(Int), sourceRate, sessionExists
-
-        var reason: String {
-            switch self {
-            case .halfOpen(let limit): return "\(limit) handshakes are in progress already (the limit)"
-            case .sessions(let limit): return "\(limit) sessions are open already (the limit)"
-            case .sourceRate: return "its address is over the limit of new sessions per second"
-            case .sessionExists: return "its session exists already"
-            }
-        }
-    }
-
-    /// Which admission limit refuses a new session, or nil when it may start.
-    private func limitReached(key: PeerKey, chargingSource: Bool = true, now: NIODeadline) -> AdmissionLimit? {
-        if halfOpen.count >= configuration.maximumHalfOpenSessions { return .halfOpen(configuration.maximumHalfOpenSessions) }
-        if sessions.count >= configuration.maximumSessions { return .sessions(configuration.maximumSessions) }
-        if chargingSource, !admission.rateLimiter.allow(key.address, now: now) { return .sourceRate }
-        return nil
-    }
-
     /// One log line per refused attempt, rate-limited; nothing at all, not even the reason's text,
     /// unless the logger shows info (a flood of refused attempts costs no formatting).
     private func refused(_ address: SocketAddress, _ reason: @autoclosure () -> String, now: NIODeadline) {
@@ -335,22 +199,10 @@ final class TOUEndpoint: @unchecked Sendable {
     private func register(_ session: TOUSession, key: PeerKey, now: NIODeadline) {
         let core = ConnectionCore(session: session)
         core.admissionKey = key
-        sessions[session.localSID] = core
+        demultiplexer.insert(core, sid: session.localSID, admissionKey: key)
         adaptReadsPerWakeup()
-        halfOpen[key] = session.localSID
         logger.debug("new session attempt", metadata: ["sid": "\(session.localSID)", "peer": "\(session.peerAddress.ipAndPort)"])
         drive(core, now: now)
-    }
-
-    private func sendHelloVerifyRequest(_ request: ByteBuffer, derivedSID: UInt64, key: PeerKey,
-                                        to address: SocketAddress) {
-        counters.helloVerifyRequestsSent += 1
-        let header = GUEHeader.secure(source: derivedSID, destination: key.sid)
-        var datagram = ByteBufferAllocator().buffer(capacity: header.encodedLength + request.readableBytes)
-        header.write(into: &datagram)
-        datagram.writeImmutableBuffer(request)
-        emit(datagram, to: address)
-        flushIfOutsideReadBatch()
     }
 
     // MARK: Driving sessions
@@ -397,7 +249,7 @@ final class TOUEndpoint: @unchecked Sendable {
     private func established(_ core: ConnectionCore) {
         let connection = TOUConnection(core: core, endpoint: self)
         if let key = core.admissionKey {
-            halfOpen[key] = nil
+            demultiplexer.established(admissionKey: key)
             core.admissionKey = nil
         }
         switch role {
@@ -415,11 +267,9 @@ final class TOUEndpoint: @unchecked Sendable {
     private func remove(_ core: ConnectionCore) {
         core.timer?.cancel()
         core.timer = nil
-        if let key = core.admissionKey { halfOpen[key] = nil }
-        sessions[core.session.localSID] = nil
-        if role == .listener { recentlyEnded.insert(core.session.localSID, now: .now()) }
+        demultiplexer.remove(sid: core.session.localSID, admissionKey: core.admissionKey, now: .now())
         adaptReadsPerWakeup()
-        if role == .client || (!accepting && sessions.isEmpty) {
+        if role == .client || (!accepting && demultiplexer.count == 0) {
             // Let the final datagrams leave before the socket goes.
             flush()
             closeSocket()
@@ -448,7 +298,7 @@ final class TOUEndpoint: @unchecked Sendable {
     func withCore(_ core: ConnectionCore, _ body: (ConnectionCore, NIODeadline) -> Void) {
         let now = NIODeadline.now()
         body(core, now)
-        if sessions[core.session.localSID] === core {
+        if demultiplexer[core.session.localSID] === core {
             drive(core, now: now)
         }
     }
@@ -594,7 +444,7 @@ final class TOUEndpoint: @unchecked Sendable {
 
     private func adaptReadsPerWakeup() {
         guard role == .listener else { return }
-        let wanted: UInt = sessions.count > 8 ? 4 : 1
+        let wanted: UInt = demultiplexer.count > 8 ? 4 : 1
         guard wanted != readsPerWakeup, let options = context?.channel.syncOptions else { return }
         readsPerWakeup = wanted
         try? options.setOption(.maxMessagesPerRead, value: wanted)
@@ -613,7 +463,7 @@ final class TOUEndpoint: @unchecked Sendable {
             let now = NIODeadline.now()
             for core in batchSessions {
                 core.awaitingBatchEnd = false
-                guard sessions[core.session.localSID] === core else { continue }
+                guard demultiplexer[core.session.localSID] === core else { continue }
                 core.session.pump(now: now)
                 drive(core, now: now)
             }
@@ -629,7 +479,7 @@ final class TOUEndpoint: @unchecked Sendable {
             logger.debug("socket error", metadata: ["error": "\(error)"])
             return
         }
-        for core in sessions.values where !core.session.isEstablished {
+        for core in demultiplexer.handles where !core.session.isEstablished {
             let now = NIODeadline.now()
             core.session.abort(now: now, error: .unreachable("\(core.session.peerAddress.ipAndPort) refused (ICMP port unreachable)"))
             drive(core, now: now)
@@ -643,11 +493,11 @@ final class TOUEndpoint: @unchecked Sendable {
         if let promise {
             if let existing = closePromise { existing.futureResult.cascade(to: promise) } else { closePromise = promise }
         }
-        for (_, core) in sessions where !core.session.isEstablished {
+        for core in demultiplexer.handles where !core.session.isEstablished {
             core.session.abort(now: .now(), error: .closed)
             drive(core, now: .now())
         }
-        if sessions.isEmpty { closeSocket() }
+        if demultiplexer.count == 0 { closeSocket() }
     }
 
     private func closeSocket() {
@@ -672,12 +522,11 @@ final class TOUEndpoint: @unchecked Sendable {
         let error: TOUError = role == .client && portUnreachableSeen
             ? .unreachable("the peer's port is closed (ICMP port unreachable)")
             : .socketError("the UDP socket was closed")
-        for core in Array(sessions.values) {
+        for core in Array(demultiplexer.handles) {
             core.session.abort(now: .now(), error: error)
             core.handle(.finished(error), now: .now())
         }
-        sessions.removeAll()
-        halfOpen.removeAll()
+        demultiplexer.removeAll()
         closePromise?.succeed(())
         closePromise = nil
     }

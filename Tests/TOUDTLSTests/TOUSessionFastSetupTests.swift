@@ -18,9 +18,7 @@ struct TOUSessionFastSetupTests {
     /// A pair whose initiator has the request to send first, and whose target answers a padded
     /// ClientHello at once (a listener not under pressure).
     static func requestPair() throws -> Pair {
-        let pair = try Pair(parameters: parameters, initialData: request)
-        pair.admitWithoutCookie = true
-        return pair
+        try Pair(parameters: parameters, initialData: request, admitWithoutCookie: true)
     }
 
     /// Everything readable at `session`, as text.
@@ -140,8 +138,8 @@ struct TOUSessionFastSetupTests {
         var old = Self.parameters
         old.fastSetup = false
         let pair = try Pair(parameters: initiatorIsOld ? old : Self.parameters,
-                            targetParameters: initiatorIsOld ? Self.parameters : old, initialData: Self.request)
-        pair.admitWithoutCookie = true
+                            targetParameters: initiatorIsOld ? Self.parameters : old, initialData: Self.request,
+                            admitWithoutCookie: true)
         try pair.run()
         #expect(pair.initiatorEvents.contains(.established))
         _ = try Self.answerAndRun(pair)

@@ -6,8 +6,9 @@ import TOUWire
 import Testing
 @testable import TOUDTLS
 
-/// Two sans-IO sessions joined in memory: the initiator's datagrams go through the target-side
-/// admission (stateless cookie) exactly as the endpoint does it, without sockets.
+/// Two sans-IO sessions joined in memory: the initiator's datagrams reach the target through the
+/// listener's own demultiplexer (the same admission and session table as the endpoint's), without
+/// sockets.
 @Suite("TOUSession pair")
 struct TOUSessionTests {
     static let certs = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
@@ -23,7 +24,8 @@ struct TOUSessionTests {
         let initiator: TOUSession
         var target: TOUSession?
         let serverContext: DTLSContext
-        var admission = StatelessAdmission(now: .now())
+        /// The target's side of the link, as a listener's endpoint has it.
+        let demultiplexer: Demultiplexer<TOUSession>
         /// Every datagram each side sent, as parsed GUE headers plus payloads.
         var fromInitiator: [(GUEHeader, ByteBuffer)] = []
         var fromTarget: [(GUEHeader, ByteBuffer)] = []
@@ -41,11 +43,12 @@ struct TOUSessionTests {
         /// Datagrams held by the link, until `release`.
         var heldForTarget: [(GUEHeader, ByteBuffer)] = []
         var heldForInitiator: [(GUEHeader, ByteBuffer)] = []
-        /// The target answers a padded cookieless ClientHello at once, as a listener not under pressure.
-        var admitWithoutCookie = false
+        /// The target answers a padded cookieless ClientHello at once, as a listener not under
+        /// pressure; otherwise it asks for a cookie first.
+        let admitWithoutCookie: Bool
 
         init(parameters: SessionParameters, targetParameters: SessionParameters? = nil,
-             initialData: ByteBuffer? = nil) throws {
+             initialData: ByteBuffer? = nil, admitWithoutCookie: Bool = false) throws {
             let clientContext = try DTLSContext.client(trustRootsPEM: try pem("ca.pem"))
             serverContext = try DTLSContext.server(certificateChainPEM: try pem("server.pem"),
                                                    privateKeyPEM: try pem("server.key"))
@@ -53,6 +56,11 @@ struct TOUSessionTests {
                                                 peer: serverAddress, parameters: parameters,
                                                 innerRemotePort: 6080, initialData: initialData, now: .now())
             self.parameters = targetParameters ?? parameters
+            self.admitWithoutCookie = admitWithoutCookie
+            var listener = TOUConfiguration.server(certificateChain: .pemBytes([]), privateKey: .pemBytes([]))
+            listener.alwaysRequireCookie = !admitWithoutCookie
+            demultiplexer = Demultiplexer(role: .listener, configuration: listener,
+                                          parameters: self.parameters, dtlsContext: serverContext)
         }
 
         /// The target's parameters.
@@ -139,37 +147,20 @@ struct TOUSessionTests {
         }
 
         private func deliverToTarget(header: GUEHeader, payload: ByteBuffer, now: NIODeadline) {
-            if let target, header.destinationSID == target.localSID {
-                target.receive(header: header, payload: payload, from: initiatorAddress, now: now)
-                target.pump(now: now)
-                return
-            }
-            guard let source = header.sourceSID,
-                  let address = IPAddressBytes(from: clientAddress) else { return }
-            let key = PeerKey(address: address, port: 40_000, sid: source)
-            let derived = admission.derivedSID(for: key)
-            let acceptable = header.destinationSID == derived ? admission.acceptableCookies(for: key) : []
-            let summary = DTLSDatagramSummary.scan(payload)
-            let size = header.encodedLength + payload.readableBytes
-            let withoutCookie = admitWithoutCookie && summary?.clientHelloHasCookie == false
-                && size >= DTLSDatagramSummary.paddedClientHelloSize
-            switch serverContext.listen(datagram: payload, cookieToIssue: admission.cookieToIssue(for: key),
-                                        acceptableCookies: acceptable, requireCookie: !withoutCookie,
-                                        mtu: 1448, now: now) {
-            case .helloVerifyRequest(let request):
-                var datagram = ByteBufferAllocator().buffer(capacity: 64)
-                GUEHeader.secure(source: derived, destination: source).write(into: &datagram)
-                datagram.writeImmutableBuffer(request)
-                var parsed = datagram
-                let replyHeader = try! GUEHeader.parse(from: &parsed, mode: .secure)
-                fromTarget.append((replyHeader, parsed))
+            switch demultiplexer.route(header: header, payload: payload, from: initiatorAddress, now: now) {
+            case .deliver(let session, let header, let payload):
+                session.receive(header: header, payload: payload, from: initiatorAddress, now: now)
+                session.pump(now: now)
+            case .newSession(let session, let key):
+                demultiplexer.insert(session, sid: session.localSID, admissionKey: key)
+                target = session
+            case .reply(let datagram, _):
+                var payload = datagram
+                let replyHeader = try! GUEHeader.parse(from: &payload, mode: .secure)
+                fromTarget.append((replyHeader, payload))
                 order.append(false)
-                deliverToInitiator(header: replyHeader, payload: parsed, now: now)
-            case .accepted(let connection):
-                target = TOUSession.accept(dtls: connection, localSID: derived, remoteSID: source,
-                                           peer: clientAddress, parameters: parameters,
-                                           unprovenBytesReceived: withoutCookie ? size : nil, now: now)
-            case .dropped:
+                deliverToInitiator(header: replyHeader, payload: payload, now: now)
+            case .drop:
                 break
             }
         }
