@@ -88,7 +88,7 @@ public struct TOUServerBootstrap: Sendable {
         } wrap: { server in
             try NIOAsyncChannel<Output, Never>(wrappingChannelSynchronously: server)
         }.get()
-        return server.1!
+        return server.1
     }
 
     private func bind(host: String, port: Int, on loop: EventLoop,
@@ -103,7 +103,7 @@ public struct TOUServerBootstrap: Sendable {
         host: String, port: Int, on loop: EventLoop,
         acceptor: @escaping @Sendable (Channel) -> any ChannelHandler,
         wrap: @escaping @Sendable (Channel) throws -> Wrapped
-    ) -> EventLoopFuture<(TOUServerChannel, Wrapped?)> {
+    ) -> EventLoopFuture<(TOUServerChannel, Wrapped)> {
         guard DatagramBootstrap(validatingGroup: loop) != nil else {
             return loop.makeFailedFuture(TOUError.invalidConfiguration(
                 "TOU channels need a NIOPosix MultiThreadedEventLoopGroup; \(type(of: loop)) is not one of its loops"))
