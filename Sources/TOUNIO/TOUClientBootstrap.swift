@@ -52,6 +52,15 @@ public struct TOUClientBootstrap: Sendable {
         return connect(host: host, port: port, on: loop, extraInitializer: nil).map { $0 as Channel }
     }
 
+    /// Connects to an IP address and port (the configuration's server name, or the address, is the
+    /// name the server's certificate must carry).
+    public func connect(to address: SocketAddress) -> EventLoopFuture<Channel> {
+        guard let host = address.ipAddress, let port = address.port else {
+            return group.next().makeFailedFuture(TOUError.invalidConfiguration("\(address) is not an IP address and port"))
+        }
+        return connect(host: host, port: port)
+    }
+
     /// The async variant, as NIO's: `channelInitializer` runs after the bootstrap's own and its
     /// result (say, `NIOAsyncChannel(wrappingChannelSynchronously: channel)`) is returned once connected.
     public func connect<Output: Sendable>(

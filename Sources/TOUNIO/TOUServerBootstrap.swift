@@ -69,6 +69,14 @@ public struct TOUServerBootstrap: Sendable {
         }.map { $0 as Channel }
     }
 
+    /// Binds UDP on an IP address and port.
+    public func bind(to address: SocketAddress) -> EventLoopFuture<Channel> {
+        guard let host = address.ipAddress, let port = address.port else {
+            return group.next().makeFailedFuture(TOUError.invalidConfiguration("\(address) is not an IP address and port"))
+        }
+        return bind(host: host, port: port)
+    }
+
     /// The async variant, as NIO's: each accepted channel's `childChannelInitializer` result (say,
     /// `NIOAsyncChannel(wrappingChannelSynchronously: channel)`) is an element of the returned
     /// channel's inbound stream. The bootstrap's own child initializer runs first.

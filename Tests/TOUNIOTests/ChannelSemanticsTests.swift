@@ -244,7 +244,7 @@ struct ChannelSemanticsTests {
                 .bind(host: "127.0.0.1", port: 0).get()
         }
         let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
-            .bind(host: "127.0.0.1", port: 0).get()
+            .bind(to: try SocketAddress(ipAddress: "127.0.0.1", port: 0)).get()
         let port = try #require(server.localAddress?.port)
         await #expect(throws: ChannelError.operationUnsupported) {
             _ = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
@@ -255,7 +255,7 @@ struct ChannelSemanticsTests {
         let client = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
             .channelOption(.writeBufferWaterMark, value: .init(low: 1024, high: 4096))
             .channelOption(.tcpOption(.tcp_nodelay), value: 0)
-            .connect(host: "127.0.0.1", port: port).get()
+            .connect(to: try #require(server.localAddress)).get()
         let waterMark = try await client.getOption(.writeBufferWaterMark).get()
         #expect(waterMark.low == 1024 && waterMark.high == 4096)
         #expect(try await client.getOption(.tcpOption(.tcp_nodelay)).get() == 0)
