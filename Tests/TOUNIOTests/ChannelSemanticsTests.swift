@@ -140,6 +140,16 @@ final class EventRecorder: ChannelInboundHandler, @unchecked Sendable {  // on i
     }
 }
 
+/// Writes back what it reads.
+final class EchoHandler: ChannelInboundHandler, @unchecked Sendable {  // on its channel's loop
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.writeAndFlush(data, promise: nil)
+    }
+}
+
 @Suite("TOUChannel semantics")
 struct ChannelSemanticsTests {
     @Test("a server that stops reading holds the client back within its receive buffer; every byte arrives")
@@ -349,6 +359,88 @@ struct ChannelSemanticsTests {
         try await child.closeFuture.get()  // the client's FIN arrived through the relay
         try await relay.close()
         try await server.close()
+    }
+
+    @Test("with autoRead off each read() takes at most maxMessagesPerRead buffers out of TCP")
+    func explicitReads() async throws {
+        let serverChild = NIOLockedValueBox<(EventRecorder, TOUChannel)?>(nil)
+        let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelOption(.maxMessagesPerRead, value: 2)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let recorder = EventRecorder()
+                    serverChild.withLockedValue { $0 = (recorder, channel as! TOUChannel) }
+                    try channel.pipeline.syncOperations.addHandler(recorder)
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let client = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
+            .connect(host: "127.0.0.1", port: try #require(server.localAddress?.port)).get()
+        let total = 600 * 1024
+        try await client.writeAndFlush(Pattern.chunk(offset: 0, count: Pattern.cycle)).get()
+        var offset = Pattern.cycle
+        while offset < total {
+            let chunk = Pattern.chunk(offset: offset, count: min(Pattern.cycle, total - offset))
+            offset += chunk.readableBytes
+            try await client.writeAndFlush(chunk).get()
+        }
+        var found: (EventRecorder, TOUChannel)?
+        for _ in 0..<1000 {
+            found = serverChild.withLockedValue { $0 }
+            if let (_, child) = found, try await child.eventLoop.submit({ child.bufferedInboundBytes }).get() == total { break }
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+        let (recorder, child) = try #require(found)
+        let afterReads = try await child.eventLoop.submit {
+            var received: [Int] = [recorder.received.readableBytes]
+            for _ in 0..<3 {
+                child.read()
+                received.append(recorder.received.readableBytes)
+            }
+            return received
+        }.get()
+        // 64 KiB buffers (TOUChannel.readChunk), two per read().
+        #expect(afterReads == [0, 128 * 1024, 256 * 1024, 384 * 1024])
+        try await child.eventLoop.submit {
+            #expect(Pattern.matches(recorder.received, offset: 0))
+            #expect(child.bufferedInboundBytes == total - 384 * 1024)
+        }.get()
+        try await client.close()
+        try await server.close()
+    }
+
+    @Test("closing the server channel stops accepting; connections it accepted go on")
+    func serverCloseLeavesChildren() async throws {
+        let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(EchoHandler())
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(server.localAddress?.port)
+        let recorder = EventRecorder()
+        let client = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(recorder) }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await server.close()
+        #expect(!server.isActive)
+        try await client.writeAndFlush(ByteBuffer(string: "still here"))
+        var echoed = ""
+        for _ in 0..<1000 where echoed != "still here" {
+            echoed = try await client.eventLoop.submit { String(buffer: recorder.received) }.get()
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+        #expect(echoed == "still here")
+        await #expect(throws: (any Error).self) {
+            _ = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
+                .connectTimeout(.seconds(1))
+                .connect(host: "127.0.0.1", port: port).get()
+        }
+        try await client.close()
     }
 
     @Test("a peer that never answers fails the connect with connectTimeout")
