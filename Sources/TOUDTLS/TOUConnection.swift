@@ -263,7 +263,7 @@ public final class TOUConnection: Sendable {
     }
 
     /// `abort()` for callers already on the endpoint's loop.
-    func abortOnLoop() {
+    package func abortOnLoop() {
         endpoint.withCore(core) { core, now in core.session.abort(now: now, error: .closed) }
     }
 

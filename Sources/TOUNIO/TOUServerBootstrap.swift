@@ -116,7 +116,7 @@ public struct TOUServerBootstrap: Sendable {
             return loop.makeFailedFuture(TOUError.invalidConfiguration(
                 "TOU channels need a NIOPosix MultiThreadedEventLoopGroup; \(type(of: loop)) is not one of its loops"))
         }
-        let server = TOUServerChannel(eventLoop: loop)
+        let server = TOUServerChannel(eventLoop: loop, acceptBacklog: configuration.acceptBacklog)
         let options = serverOptions
         let initializer = serverInitializer
         let configuration = self.configuration

@@ -1,11 +1,15 @@
+import DequeModule
 import NIOConcurrencyHelpers
 import NIOCore
 import TOUDTLS
 
 /// The listening side as a `Channel` (what `TOUServerBootstrap.bind` returns): each accepted
 /// connection passes through its pipeline as a `TOUChannel`, as a `ServerSocketChannel` passes
-/// its children. Closing it stops accepting; connections already accepted go on, and the UDP
-/// socket closes once the last of them has ended.
+/// its children, when the pipeline reads (`autoRead`, or `read()`: at most `maxMessagesPerRead`
+/// each). Connections that complete their handshakes while nobody reads wait, up to the
+/// configuration's `acceptBacklog`; beyond it they are refused (closed), as `TOUListener` does.
+/// Closing the channel stops accepting; connections already accepted go on, and the UDP socket
+/// closes once the last of them has ended.
 public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {  // state confined to eventLoop
     public let eventLoop: EventLoop
     public var parent: Channel? { nil }
@@ -13,7 +17,7 @@ public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {
     public var pipeline: ChannelPipeline { _pipeline }
     public var _channelCore: ChannelCore { self }
     public var closeFuture: EventLoopFuture<Void> { closePromise.futureResult }
-    /// Accepting never blocks: the listener's own limits (half-open sessions, rates) apply instead.
+    /// Nothing is written to a listener.
     public var isWritable: Bool { false }
 
     private var _pipeline: ChannelPipeline!
@@ -24,9 +28,16 @@ public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {
     private let shared = NIOLockedValueBox<(listener: TOUListener?, active: Bool)>((nil, false))
     private var listener: TOUListener?
     private var autoRead = true
+    private var maxMessagesPerRead: UInt = 4
+    private var readRequested = false
+    private var inReadLoop = false
+    /// Accepted while nobody reads, oldest first; at most `acceptBacklog`.
+    private var waiting: Deque<TOUConnection> = []
+    private let acceptBacklog: Int
 
-    init(eventLoop: EventLoop) {
+    init(eventLoop: EventLoop, acceptBacklog: Int) {
         self.eventLoop = eventLoop
+        self.acceptBacklog = max(1, acceptBacklog)
         self.closePromise = eventLoop.makePromise()
         self._pipeline = ChannelPipeline(channel: self)
     }
@@ -53,9 +64,12 @@ public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {
         guard lifecycle != .closed else { throw ChannelError.ioOnClosedChannel }
         switch option {
         case is ChannelOptions.Types.AutoReadOption:
-            // Accepted connections are handed on as they complete; a server channel that does not
-            // read would have to refuse them, which the listener's limits do instead.
-            guard value as! Bool else { throw ChannelError.operationUnsupported }
+            autoRead = value as! Bool
+            if autoRead { readIfNeeded() }
+        case is ChannelOptions.Types.MaxMessagesPerReadOption:
+            let count = value as! UInt
+            guard count > 0 else { throw ChannelError.operationUnsupported }
+            maxMessagesPerRead = count
         default:
             throw ChannelError.operationUnsupported
         }
@@ -67,6 +81,8 @@ public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {
         switch option {
         case is ChannelOptions.Types.AutoReadOption:
             return autoRead as! Option.Value
+        case is ChannelOptions.Types.MaxMessagesPerReadOption:
+            return maxMessagesPerRead as! Option.Value
         default:
             throw ChannelError.operationUnsupported
         }
@@ -112,7 +128,11 @@ public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {
 
     public func flush0() {}
 
-    public func read0() {}
+    public func read0() {
+        guard lifecycle == .active else { return }
+        readRequested = true
+        deliverWhileRequested()
+    }
 
     public func close0(error: Error, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         guard mode == .all else {
@@ -127,6 +147,10 @@ public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {
         lifecycle = .closed
         shared.withLockedValue { $0.active = false }
         listener?.stopAcceptingOnLoop()
+        readRequested = false
+        while let connection = waiting.popFirst() {
+            connection.abortOnLoop()
+        }
         if previous == .active { pipeline.syncOperations.fireChannelInactive() }
         if previous != .idle { pipeline.syncOperations.fireChannelUnregistered() }
         promise?.succeed(())
@@ -157,6 +181,30 @@ public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {
         lifecycle = .active
         shared.withLockedValue { $0 = (listener, true) }
         pipeline.syncOperations.fireChannelActive()
+        readIfNeeded()
+    }
+
+    private func readIfNeeded() {
+        if autoRead, lifecycle == .active { pipeline.syncOperations.read() }
+    }
+
+    /// Answers read requests with waiting connections, each as a `TOUChannel` through the
+    /// pipeline; a request with none waiting is answered by the next `accept`.
+    private func deliverWhileRequested() {
+        guard !inReadLoop else { return }
+        inReadLoop = true
+        defer { inReadLoop = false }
+        while readRequested, lifecycle == .active, !waiting.isEmpty {
+            var delivered: UInt = 0
+            while delivered < maxMessagesPerRead, lifecycle == .active, let connection = waiting.popFirst() {
+                delivered += 1
+                pipeline.syncOperations.fireChannelRead(NIOAny(TOUChannel(acceptedConnection: connection, parent: self)))
+            }
+            readRequested = false
+            guard lifecycle == .active else { return }
+            pipeline.syncOperations.fireChannelReadComplete()
+            readIfNeeded()
+        }
     }
 
     func bindFailed(_ error: Error) {
@@ -165,15 +213,15 @@ public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {
         close0(error: error, mode: .all, promise: nil)
     }
 
-    /// A connection completed both handshakes: its channel goes through the pipeline.
+    /// A connection completed both handshakes: its channel goes through the pipeline when it reads.
     func accept(_ connection: TOUConnection) {
         eventLoop.preconditionInEventLoop()
-        guard lifecycle == .active else {
-            connection.closeOnLoop(promise: nil)
+        guard lifecycle == .active, waiting.count < acceptBacklog else {
+            // Nobody takes connections this fast: refuse rather than queue without bound.
+            connection.abortOnLoop()
             return
         }
-        let child = TOUChannel(acceptedConnection: connection, parent: self)
-        pipeline.syncOperations.fireChannelRead(NIOAny(child))
-        pipeline.syncOperations.fireChannelReadComplete()
+        waiting.append(connection)
+        deliverWhileRequested()
     }
 }

@@ -122,7 +122,8 @@ final class EventRecorder: ChannelInboundHandler, @unchecked Sendable {  // on i
             events.append("inputClosed")
             if answerOnInputClosed {
                 let answer = ByteBuffer(string: "got \(received.readableBytes) bytes")
-                context.writeAndFlush(wrapOutboundOut(answer)).whenComplete { _ in context.close(promise: nil) }
+                let channel = context.channel
+                context.writeAndFlush(wrapOutboundOut(answer)).whenComplete { _ in channel.close(promise: nil) }
             }
         case .outputClosed?:
             events.append("outputClosed")
@@ -137,6 +138,18 @@ final class EventRecorder: ChannelInboundHandler, @unchecked Sendable {  // on i
 
     func channelInactive(context: ChannelHandlerContext) {
         events.append("inactive")
+    }
+}
+
+/// Counts the channels a server channel hands on, and passes them on.
+final class ChildCounter: ChannelInboundHandler, @unchecked Sendable {  // on the server's loop
+    typealias InboundIn = Channel
+    typealias InboundOut = Channel
+    var children = 0
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        children += 1
+        context.fireChannelRead(data)
     }
 }
 
@@ -407,6 +420,61 @@ struct ChannelSemanticsTests {
             #expect(child.bufferedInboundBytes == total - 384 * 1024)
         }.get()
         try await client.close()
+        try await server.close()
+    }
+
+    @Test("a server channel that does not read holds accepted connections up to acceptBacklog and refuses the rest")
+    func acceptBacklog() async throws {
+        var configuration = TestSetup.server
+        configuration.acceptBacklog = 2
+        let counter = ChildCounter()
+        let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: configuration)
+            .serverChannelOption(.autoRead, value: false)
+            .serverChannelOption(.maxMessagesPerRead, value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(counter) }
+            }
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(EchoHandler()) }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(server.localAddress?.port)
+        var clients: [(Channel, EventRecorder)] = []
+        for _ in 0..<3 {
+            // The listener takes each connection as its SYN arrives, before the client's connect returns.
+            let recorder = EventRecorder()
+            let client = try await TOUClientBootstrap(group: TestSetup.group, configuration: TestSetup.client)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(recorder) }
+                }
+                .connect(host: "127.0.0.1", port: port).get()
+            clients.append((client, recorder))
+        }
+        // The third found the backlog full: reset.
+        let (refused, refusedRecorder) = clients[2]
+        try await refused.closeFuture.get()
+        try await refused.eventLoop.submit {
+            #expect(refusedRecorder.errors.map { $0 as? TOUError } == [.connectionReset])
+        }.get()
+        #expect(try await server.eventLoop.submit { counter.children }.get() == 0)
+        // Each read() hands on one waiting connection (maxMessagesPerRead 1), oldest first.
+        let afterReads = try await server.eventLoop.submit {
+            server.read()
+            let first = counter.children
+            server.read()
+            return [first, counter.children]
+        }.get()
+        #expect(afterReads == [1, 2])
+        for (client, recorder) in clients.prefix(2) {
+            try await client.writeAndFlush(ByteBuffer(string: "echo"))
+            var echoed = ""
+            for _ in 0..<1000 where echoed != "echo" {
+                echoed = try await client.eventLoop.submit { String(buffer: recorder.received) }.get()
+                try await Task.sleep(nanoseconds: 10_000_000)
+            }
+            #expect(echoed == "echo")
+            try await client.close()
+        }
         try await server.close()
     }
 
