@@ -218,6 +218,20 @@ public struct TOUConfiguration: Sendable {
         coalescing ? 65_536 : max(2048, pathMTU)
     }
 
+    /// One worker's share of a listener's limits: each worker admits on its own, without locks
+    /// shared with the others, so the listener's totals stay as configured.
+    func dividedAmong(workers: Int) -> TOUConfiguration {
+        guard workers > 1 else { return self }
+        // Rounded up: a worker never gets a limit of 0 from a limit that is not 0.
+        func share(_ total: Int) -> Int { (max(0, total) + workers - 1) / workers }
+        var copy = self
+        copy.maximumHalfOpenSessions = share(maximumHalfOpenSessions)
+        copy.maximumSessions = share(maximumSessions)
+        copy.cookielessHandshakeThreshold = share(cookielessHandshakeThreshold ?? maximumHalfOpenSessions / 4)
+        copy.cookielessAdmissionsPerSecond = share(cookielessAdmissionsPerSecond)
+        return copy
+    }
+
     func validate() throws(TOUError) {
         guard pathMTU >= 576, pathMTU <= 65_535 else {
             throw .invalidConfiguration("path MTU \(pathMTU) is outside 576...65535")

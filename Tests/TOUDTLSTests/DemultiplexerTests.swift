@@ -193,6 +193,42 @@ struct DemultiplexerTests {
         #expect(listener.count == 0 && listener.counters.replayedAttempts == 1)
     }
 
+    @Test("a worker's SIDs carry its index in their first byte; a datagram whose D names another worker is handed there and counted")
+    func workers() throws {
+        var configuration = TOUConfiguration.server(certificateChain: .pemBytes([]), privateKey: .pemBytes([]))
+        configuration.maximumSessions = 3
+        let context = try DTLSContext.server(certificateChainPEM: try TOUSessionTests.pem("server.pem"),
+                                             privateKeyPEM: try TOUSessionTests.pem("server.key"))
+        let perWorker = configuration.dividedAmong(workers: 2)
+        #expect(perWorker.maximumSessions == 2 && perWorker.maximumHalfOpenSessions == 512)
+        let second = Demultiplexer<TOUSession>(role: .listener, configuration: perWorker,
+                                               parameters: SessionParameters(perWorker), dtlsContext: context,
+                                               worker: 1, of: 2)
+        for _ in 0..<4 {
+            let (_, hello) = try Self.initiator()
+            guard case .newSession(let session, _) = second.route(hello, from: Self.client, now: .now()) else {
+                Issue.record("no session")
+                return
+            }
+            #expect(session.localSID >> 56 == 1 && session.localSID & 0x00FF_FFFF_FFFF_FFFF != 0)
+        }
+        let forWorkerZero = Self.datagram(.secure(source: nil, destination: 0x00AB_CDEF_0123_4567))
+        guard case .handOver(toWorker: 0, _, _) = second.route(forWorkerZero, from: Self.client, now: .now()) else {
+            Issue.record("a datagram for worker 0's session was not handed over")
+            return
+        }
+        // A worker byte beyond the workers is no session anywhere.
+        guard case .drop(.unknownSession) = second.route(Self.datagram(.secure(source: nil, destination: 0x0700_0000_0000_0001)),
+                                                         from: Self.client, now: .now()) else {
+            Issue.record("a SID of no worker was not an unknown session")
+            return
+        }
+        #expect(second.counters.misroutedDatagrams == 1 && second.counters.totalDropped == 1)
+        #expect(SessionID.onWorker(0x00FF_FFFF_FFFF_FFFF, worker: 3, of: 4) == 0x03FF_FFFF_FFFF_FFFF)
+        #expect(SessionID.onWorker(0x0100_0000_0000_0000, worker: 0, of: 2) != 0)
+        #expect(SessionID.onWorker(0x1234, worker: 5, of: 1) == 0x1234)
+    }
+
     @Test("plain mode: a SYN starts a session; a segment that is no SYN is a bad attempt")
     func plainAdmission() throws {
         let listener = try Self.listener(plain: true)

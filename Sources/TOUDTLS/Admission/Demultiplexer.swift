@@ -20,6 +20,8 @@ final class Demultiplexer<Handle: AnyObject> {
         case deliver(Handle, GUEHeader, ByteBuffer)
         /// Admitted: a new session the caller registers with `insert(_:sid:admissionKey:)` and drives.
         case newSession(TOUSession, admissionKey: PeerKey)
+        /// For a session of another worker of the same listener (by the worker byte of D): hand it there.
+        case handOver(toWorker: Int, GUEHeader, ByteBuffer)
         /// A stateless answer to the source (a HelloVerifyRequest with its GUE header); `refused`
         /// when it also refuses the attempt (a replayed ClientHello).
         case reply(ByteBuffer, refused: Refusal?)
@@ -75,6 +77,9 @@ final class Demultiplexer<Handle: AnyObject> {
     }
 
     let role: Role
+    /// This listener worker's index among `workers`, which its SIDs carry (see `SessionID.onWorker`).
+    let worker: Int
+    let workers: Int
     let mode: TOUMode
     let parameters: SessionParameters
     let dtlsContext: DTLSContext?
@@ -95,8 +100,11 @@ final class Demultiplexer<Handle: AnyObject> {
     /// What this endpoint decided, plus the I/O counts its endpoint adds.
     @exclusivity(unchecked) var counters = TOUEndpointCounters()
 
-    init(role: Role, configuration: TOUConfiguration, parameters: SessionParameters, dtlsContext: DTLSContext?) {
+    init(role: Role, configuration: TOUConfiguration, parameters: SessionParameters, dtlsContext: DTLSContext?,
+         worker: Int = 0, of workers: Int = 1) {
         self.role = role
+        self.worker = worker
+        self.workers = max(1, workers)
         self.configuration = configuration
         self.mode = configuration.security == .dtls ? .secure : .plain
         self.parameters = parameters
@@ -164,6 +172,13 @@ final class Demultiplexer<Handle: AnyObject> {
         // 1. D names a local session: that session, whatever the source address.
         if let destination = header.destinationSID {
             if let handle = sessions[destination] { return .deliver(handle, header, payload) }
+            if workers > 1, role == .listener {
+                let owner = SessionID.worker(of: destination)
+                if owner != worker, owner < workers {
+                    counters.misroutedDatagrams += 1
+                    return .handOver(toWorker: owner, header, payload)
+                }
+            }
             // Without S it is no new attempt (a replayed ClientHello carries S: admission answers it).
             if header.sourceSID == nil, recentlyEnded.contains(destination, now: now) {
                 counters.datagramsAfterEnd += 1
@@ -195,7 +210,7 @@ final class Demultiplexer<Handle: AnyObject> {
         }
         let admission = self.admission
         admission.keys.rotateIfNeeded(now: now)
-        let derivedSID = admission.keys.derivedSID(for: key)
+        let derivedSID = SessionID.onWorker(admission.keys.derivedSID(for: key), worker: worker, of: workers)
         // A D that is not the SID we would derive now means a stale attempt: cookie it again.
         let destinationCurrent = header.destinationSID == derivedSID
         let acceptable = destinationCurrent ? admission.keys.acceptableCookies(for: key) : []
@@ -247,8 +262,8 @@ final class Demultiplexer<Handle: AnyObject> {
             counters.droppedOverLimit += 1
             return .drop(.overLimit(limit))
         }
-        var localSID = SessionID.random()
-        while sessions[localSID] != nil { localSID = SessionID.random() }
+        var localSID = SessionID.onWorker(SessionID.random(), worker: worker, of: workers)
+        while sessions[localSID] != nil { localSID = SessionID.onWorker(SessionID.random(), worker: worker, of: workers) }
         guard let session = TOUSession.acceptPlain(syn: syn, localSID: localSID, remoteSID: key.sid,
                                                    peer: address, parameters: parameters, now: now) else {
             return badAttempt(.unusableSYN)
