@@ -8,7 +8,6 @@ public final class TOUListener: Sendable {
     var endpoint: TOUEndpoint { endpoints[0] }
     let endpoints: [TOUEndpoint]
     let channels: [Channel]
-    var channel: Channel { channels[0] }
     /// The bound address (useful with port 0).
     public let localAddress: SocketAddress
     /// Connections that completed both handshakes, in order. Ends when the listener is closed.
@@ -30,8 +29,8 @@ public final class TOUListener: Sendable {
         self.steersBySessionID = steersBySessionID
     }
 
-    /// The number of workers `bind` uses by default: one.
-    public static let defaultWorkers = 1
+    /// The number of workers `bind` uses by default: one per core.
+    public static let defaultWorkers = min(255, max(1, System.coreCount))
 
     /// Binds a UDP socket on `host` (nil: all addresses, IPv6 and IPv4; an IPv6 address may be in
     /// brackets) and `port` (0: any). A port another socket holds fails with "address in use".
@@ -68,6 +67,12 @@ public final class TOUListener: Sendable {
             throw TOUError.socketError(error.message)
         }
         var channels: [Channel] = []
+        if workers > 1, address.port != 0 {
+            // Another process of the same user could join a port whose sockets all say
+            // SO_REUSEPORT: a socket without it must bind first, so that a port in use fails with
+            // "address in use" as it does with one worker.
+            try await probeUnused(address, fallbackToIPv4: host == nil)
+        }
         do {
             // Worker 0 takes the port (or picks one); the others join it.
             var bound = address
@@ -103,6 +108,21 @@ public final class TOUListener: Sendable {
         let closed = EventLoopFuture.andAllComplete(channels.map(\.closeFuture), on: endpoints[0].loop)
         closed.whenComplete { _ in continuation.finish() }
         return try TOUListener(endpoints: endpoints, channels: channels, connections: stream, steersBySessionID: steers)
+    }
+
+    /// Binds and closes a plain UDP socket on `address`: fails if the port is in use.
+    private static func probeUnused(_ address: SocketAddress, fallbackToIPv4: Bool) async throws {
+        let bootstrap = DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let probe: Channel
+        do {
+            probe = try await bootstrap.bind(to: address).get()
+        } catch let error as IOError where fallbackToIPv4 && (error.errnoCode == EAFNOSUPPORT || error.errnoCode == EADDRNOTAVAIL) {
+            let ipv4 = try SocketAddress(ipAddress: "0.0.0.0", port: address.port ?? 0)
+            do { probe = try await bootstrap.bind(to: ipv4).get() } catch { throw bindFailure(ipv4, error) }
+        } catch {
+            throw bindFailure(address, error)
+        }
+        try await probe.close()
     }
 
     /// One worker's socket. No SO_REUSEADDR: on UDP it lets a second process bind the same port
@@ -153,6 +173,28 @@ public final class TOUListener: Sendable {
     /// Counters of all workers added up, including datagrams dropped by reason.
     public var counters: TOUEndpointCounters {
         get async { TOUEndpointCounters.sum(await workerCounters) }
+    }
+
+    /// Sessions and handshakes in progress over all workers (tests).
+    var sessionCounts: (sessions: Int, halfOpen: Int) {
+        get async throws {
+            var total = (sessions: 0, halfOpen: 0)
+            for endpoint in endpoints {
+                let counts = try await endpoint.loop.submit { (endpoint.sessionCount, endpoint.halfOpenCount) }.get()
+                total.sessions += counts.0
+                total.halfOpen += counts.1
+            }
+            return total
+        }
+    }
+
+    /// Per-source tables copied to take a token, over all workers (tests: 0).
+    var sourceTableCopies: Int {
+        get async throws {
+            var total = 0
+            for endpoint in endpoints { total += try await endpoint.loop.submit { endpoint.sourceTableCopies }.get() }
+            return total
+        }
     }
 
     /// Each worker's counters, by worker.

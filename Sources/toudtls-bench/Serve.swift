@@ -23,7 +23,7 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Ask every new client for a cookie first (a round trip more), even when not under load.")
     var alwaysCookie = false
 
-    @Option(help: "UDP sockets on the port (SO_REUSEPORT), each with its own event loop.")
+    @Option(help: "UDP sockets on the port (SO_REUSEPORT), each with its own event loop (default: one per core).")
     var workers = TOUListener.defaultWorkers
 
     @Flag(help: ArgumentHelp("Leave datagrams to the kernel's address hash (no steering by session ID).",
