@@ -218,17 +218,15 @@ public struct TOUConfiguration: Sendable {
         coalescing ? 65_536 : max(2048, pathMTU)
     }
 
-    /// One worker's share of a listener's limits: each worker admits on its own, without locks
-    /// shared with the others, so the listener's totals stay as configured.
+    /// One worker's share of what a listener allows per second: each worker's token bucket runs
+    /// on its own (the session and handshake limits are counted for the whole listener).
     func dividedAmong(workers: Int) -> TOUConfiguration {
         guard workers > 1 else { return self }
-        // Rounded up: a worker never gets a limit of 0 from a limit that is not 0.
-        func share(_ total: Int) -> Int { (max(0, total) + workers - 1) / workers }
         var copy = self
-        copy.maximumHalfOpenSessions = share(maximumHalfOpenSessions)
-        copy.maximumSessions = share(maximumSessions)
-        copy.cookielessHandshakeThreshold = share(cookielessHandshakeThreshold ?? maximumHalfOpenSessions / 4)
-        copy.cookielessAdmissionsPerSecond = share(cookielessAdmissionsPerSecond)
+        // The threshold stays the listener's, against its whole count of handshakes in progress.
+        copy.cookielessHandshakeThreshold = cookielessHandshakeThreshold ?? maximumHalfOpenSessions / 4
+        // Rounded up: a worker never gets a budget of 0 from a budget that is not 0.
+        copy.cookielessAdmissionsPerSecond = (max(0, cookielessAdmissionsPerSecond) + workers - 1) / workers
         return copy
     }
 

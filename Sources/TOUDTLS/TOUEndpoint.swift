@@ -67,7 +67,7 @@ final class TOUEndpoint: @unchecked Sendable {
     var workers: [TOUEndpoint] = []
 
     init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?,
-         worker: Int = 0, of workerCount: Int = 1) {
+         worker: Int = 0, of workerCount: Int = 1, budget: SessionBudget = SessionBudget()) {
         self.loop = loop
         self.taskExecutor = EventLoopTaskExecutor.of(loop)
         self.role = role
@@ -78,7 +78,7 @@ final class TOUEndpoint: @unchecked Sendable {
         self.dtlsContext = dtlsContext
         self.demultiplexer = Demultiplexer(role: role == .client ? .client : .listener, configuration: configuration,
                                            parameters: parameters, dtlsContext: dtlsContext,
-                                           worker: worker, of: workerCount)
+                                           worker: worker, of: workerCount, budget: budget)
         self.segmentationOffload = configuration.segmentationOffload && System.supportsUDPSegmentationOffload
     }
 

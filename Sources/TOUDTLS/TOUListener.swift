@@ -36,8 +36,9 @@ public final class TOUListener: Sendable {
     /// brackets) and `port` (0: any). A port another socket holds fails with "address in use".
     ///
     /// `workers` > 1 binds that many sockets to the port with SO_REUSEPORT, each on its own event
-    /// loop, with no state shared between them: each admits the attempts the kernel hashes to it,
-    /// its SIDs name it, and the listener's limits are divided among them.
+    /// loop: each admits the attempts the kernel hashes to it and its SIDs name it; they share only
+    /// the count of sessions and handshakes in progress the listener's limits apply to (changed
+    /// when a session starts or ends, never per datagram).
     ///
     /// `steering: false` leaves every datagram to the kernel's address hash (the steering program
     /// is not attached): for measurements and tests of the hand-over between workers.
@@ -52,9 +53,10 @@ public final class TOUListener: Sendable {
         }
         let context = configuration.security == .dtls ? try configuration.makeServerContext() : nil
         let perWorker = configuration.dividedAmong(workers: workers)
+        let budget = SessionBudget()
         let endpoints = (0..<workers).map { index in
             TOUEndpoint(loop: MultiThreadedEventLoopGroup.singleton.next(), role: .listener,
-                        configuration: perWorker, dtlsContext: context, worker: index, of: workers)
+                        configuration: perWorker, dtlsContext: context, worker: index, of: workers, budget: budget)
         }
         for endpoint in endpoints { endpoint.workers = endpoints }
         let (stream, continuation) = AsyncStream.makeStream(of: TOUConnection.self,

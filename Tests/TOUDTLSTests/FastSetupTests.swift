@@ -126,8 +126,7 @@ struct FastSetupTests {
     func pressureSwitch() async throws {
         var configuration = E2E.serverConfiguration()
         configuration.maximumHalfOpenSessions = 16  // pressure from 4 handshakes in progress
-        // One worker: with several, each has its share of the limits (DemultiplexerTests.workers).
-        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: configuration, workers: 1)
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: configuration)
         let port = try #require(listener.localAddress.port)
         // A real padded ClientHello to forge from, captured through a relay.
         let relay = try CapturingRelay(listenerPort: UInt16(port))

@@ -100,9 +100,13 @@ final class Demultiplexer<Handle: AnyObject> {
     /// What this endpoint decided, plus the I/O counts its endpoint adds.
     @exclusivity(unchecked) var counters = TOUEndpointCounters()
 
+    /// Sessions and handshakes in progress at the whole listener (shared by its workers).
+    let budget: SessionBudget
+
     init(role: Role, configuration: TOUConfiguration, parameters: SessionParameters, dtlsContext: DTLSContext?,
-         worker: Int = 0, of workers: Int = 1) {
+         worker: Int = 0, of workers: Int = 1, budget: SessionBudget = SessionBudget()) {
         self.role = role
+        self.budget = budget
         self.worker = worker
         self.workers = max(1, workers)
         self.configuration = configuration
@@ -125,24 +129,27 @@ final class Demultiplexer<Handle: AnyObject> {
     /// Registers a session under its local SID; an admitted one also under its attempt's key
     /// until `established`.
     func insert(_ handle: Handle, sid: UInt64, admissionKey: PeerKey? = nil) {
-        sessions[sid] = handle
-        if let admissionKey { halfOpen[admissionKey] = sid }
+        let new = sessions.updateValue(handle, forKey: sid) == nil
+        let newAttempt = admissionKey.map { halfOpen.updateValue(sid, forKey: $0) == nil } ?? false
+        budget.add(sessions: new ? 1 : 0, halfOpen: newAttempt ? 1 : 0)
     }
 
     /// The session's handshakes completed: its attempt's key no longer reaches it.
     func established(admissionKey: PeerKey) {
-        halfOpen[admissionKey] = nil
+        if halfOpen.removeValue(forKey: admissionKey) != nil { budget.add(halfOpen: -1) }
     }
 
     /// The session ended; a listener remembers its SID for a while (see `Drop.afterEnd`).
     func remove(sid: UInt64, admissionKey: PeerKey?, now: NIODeadline) {
-        if let admissionKey { halfOpen[admissionKey] = nil }
-        sessions[sid] = nil
+        let endedAttempt = admissionKey.map { halfOpen.removeValue(forKey: $0) != nil } ?? false
+        let ended = sessions.removeValue(forKey: sid) != nil
+        budget.add(sessions: ended ? -1 : 0, halfOpen: endedAttempt ? -1 : 0)
         if role == .listener { recentlyEnded.insert(sid, now: now) }
     }
 
     /// The socket closed: every session is gone at once.
     func removeAll() {
+        budget.add(sessions: -sessions.count, halfOpen: -halfOpen.count)
         sessions.removeAll()
         halfOpen.removeAll()
     }
@@ -217,7 +224,7 @@ final class Demultiplexer<Handle: AnyObject> {
         let mtu = parameters.pathMTU - (address.isIPv4OrMapped ? 20 : 40) - 8 - 24
         let udpPayloadBytes = header.encodedLength + payload.readableBytes
         let withoutCookie = admission.cookieless.admitsWithoutCookie(
-            summary, udpPayloadBytes: udpPayloadBytes, halfOpen: halfOpen.count, now: now,
+            summary, udpPayloadBytes: udpPayloadBytes, halfOpen: budget.halfOpen, now: now,
             sourceAllows: { admission.rateLimiter.allow(key.address, now: now) })
         let result = dtlsContext.listen(datagram: payload, cookieToIssue: admission.keys.cookieToIssue(for: key),
                                         acceptableCookies: acceptable, requireCookie: !withoutCookie, mtu: mtu, now: now)
@@ -288,8 +295,8 @@ final class Demultiplexer<Handle: AnyObject> {
 
     /// Which admission limit refuses a new session, or nil when it may start.
     private func limitReached(key: PeerKey, chargingSource: Bool = true, now: NIODeadline) -> Refusal? {
-        if halfOpen.count >= maximumHalfOpenSessions { return .halfOpenLimit(maximumHalfOpenSessions) }
-        if sessions.count >= maximumSessions { return .sessionLimit(maximumSessions) }
+        if budget.halfOpen >= maximumHalfOpenSessions { return .halfOpenLimit(maximumHalfOpenSessions) }
+        if budget.sessions >= maximumSessions { return .sessionLimit(maximumSessions) }
         if chargingSource, !admission.rateLimiter.allow(key.address, now: now) { return .sourceRate }
         return nil
     }
