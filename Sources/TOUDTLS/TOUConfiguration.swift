@@ -218,6 +218,18 @@ public struct TOUConfiguration: Sendable {
         coalescing ? 65_536 : max(2048, pathMTU)
     }
 
+    /// One worker's share of what a listener allows per second: each worker's token bucket runs
+    /// on its own (the session and handshake limits are counted for the whole listener).
+    func dividedAmong(workers: Int) -> TOUConfiguration {
+        guard workers > 1 else { return self }
+        var copy = self
+        // The threshold stays the listener's, against its whole count of handshakes in progress.
+        copy.cookielessHandshakeThreshold = cookielessHandshakeThreshold ?? maximumHalfOpenSessions / 4
+        // Rounded up: a worker never gets a budget of 0 from a budget that is not 0.
+        copy.cookielessAdmissionsPerSecond = (max(0, cookielessAdmissionsPerSecond) + workers - 1) / workers
+        return copy
+    }
+
     func validate() throws(TOUError) {
         guard pathMTU >= 576, pathMTU <= 65_535 else {
             throw .invalidConfiguration("path MTU \(pathMTU) is outside 576...65535")

@@ -102,8 +102,36 @@ public struct TOUEndpointCounters: Sendable, CustomStringConvertible {
     /// address (at most 3).
     public var largestAmplification = 0.0
     public var sessionsAccepted = 0
+    /// A listener with several workers: datagrams that reached a worker other than their
+    /// session's (the kernel's hash, where the steering program is not attached) and were handed
+    /// to it.
+    public var misroutedDatagrams = 0
 
     public init() {}
+
+    /// Every worker's counters added up (largest amplification: the largest).
+    public static func sum(_ all: [TOUEndpointCounters]) -> TOUEndpointCounters {
+        var total = TOUEndpointCounters()
+        for counters in all {
+            total.datagramsReceived += counters.datagramsReceived
+            total.datagramsSent += counters.datagramsSent
+            total.segmentationWrites += counters.segmentationWrites
+            total.coalescedReads += counters.coalescedReads
+            total.droppedMalformed += counters.droppedMalformed
+            total.droppedUnknownSession += counters.droppedUnknownSession
+            total.datagramsAfterEnd += counters.datagramsAfterEnd
+            total.droppedBadAttempt += counters.droppedBadAttempt
+            total.droppedOverLimit += counters.droppedOverLimit
+            total.droppedBySession += counters.droppedBySession
+            total.helloVerifyRequestsSent += counters.helloVerifyRequestsSent
+            total.replayedAttempts += counters.replayedAttempts
+            total.cookielessAdmissions += counters.cookielessAdmissions
+            total.largestAmplification = max(total.largestAmplification, counters.largestAmplification)
+            total.sessionsAccepted += counters.sessionsAccepted
+            total.misroutedDatagrams += counters.misroutedDatagrams
+        }
+        return total
+    }
 
     public var totalDropped: Int {
         droppedMalformed + droppedUnknownSession + droppedBadAttempt + droppedOverLimit + droppedBySession
@@ -116,6 +144,6 @@ public struct TOUEndpointCounters: Sendable, CustomStringConvertible {
             + "bad attempt \(droppedBadAttempt), "
             + "over limit \(droppedOverLimit), in session \(droppedBySession); "
             + "hello-verify-requests \(helloVerifyRequestsSent), replayed attempts \(replayedAttempts), "
-            + "cookieless admissions \(cookielessAdmissions)"
+            + "cookieless admissions \(cookielessAdmissions), misrouted \(misroutedDatagrams)"
     }
 }

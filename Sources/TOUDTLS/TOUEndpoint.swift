@@ -64,7 +64,12 @@ final class TOUEndpoint: @unchecked Sendable {
     /// About one GSO run: sessions answer at least this often while a read batch lasts.
     static let datagramsPerAnswer = 64
 
-    init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?) {
+    /// A listener's workers, this one included, by index: where a datagram for another worker's
+    /// session is handed. Set before the socket opens, never changed.
+    var workers: [TOUEndpoint] = []
+
+    init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?,
+         worker: Int = 0, of workerCount: Int = 1, budget: SessionBudget = SessionBudget()) {
         self.loop = loop
         self.role = role
         self.readsPerWakeup = role == .client ? 4 : 1
@@ -73,7 +78,8 @@ final class TOUEndpoint: @unchecked Sendable {
         self.parameters = SessionParameters(configuration)
         self.dtlsContext = dtlsContext
         self.demultiplexer = Demultiplexer(role: role == .client ? .client : .listener, configuration: configuration,
-                                           parameters: parameters, dtlsContext: dtlsContext)
+                                           parameters: parameters, dtlsContext: dtlsContext,
+                                           worker: worker, of: workerCount, budget: budget)
         self.segmentationOffload = configuration.segmentationOffload && System.supportsUDPSegmentationOffload
     }
 
@@ -146,11 +152,28 @@ final class TOUEndpoint: @unchecked Sendable {
     }
 
     private func receive(_ datagram: ByteBuffer, from remoteAddress: SocketAddress, now: NIODeadline) {
-        switch demultiplexer.route(datagram, from: remoteAddress, now: now) {
+        act(on: demultiplexer.route(datagram, from: remoteAddress, now: now), from: remoteAddress, now: now)
+    }
+
+    /// A datagram another worker of this listener received for one of this worker's SIDs.
+    private func receiveHandedOver(header: GUEHeader, payload: ByteBuffer, from remoteAddress: SocketAddress) {
+        let now = NIODeadline.now()
+        act(on: demultiplexer.route(header: header, payload: payload, from: remoteAddress, now: now),
+            from: remoteAddress, now: now)
+    }
+
+    private func act(on verdict: Demultiplexer<ConnectionCore>.Verdict, from remoteAddress: SocketAddress,
+                     now: NIODeadline) {
+        switch verdict {
         case .deliver(let core, let header, let payload):
             deliver(header: header, payload: payload, from: remoteAddress, to: core, now: now)
         case .newSession(let session, let key):
             register(session, key: key, now: now)
+        case .handOver(let worker, let header, let payload):
+            // Without the steering program the kernel hashes by address, so a session whose client
+            // moved reaches another worker: its own takes it, on its own loop.
+            let owner = workers[worker]
+            owner.loop.execute { owner.receiveHandedOver(header: header, payload: payload, from: remoteAddress) }
         case .reply(let datagram, let refusal):
             if let refusal { refused(remoteAddress, refusal.description, now: now) }
             emit(datagram, to: remoteAddress)

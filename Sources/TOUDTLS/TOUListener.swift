@@ -1,62 +1,92 @@
 import NIOCore
 import NIOPosix
 
-/// Accepts TOU connections on one UDP socket.
+/// Accepts TOU connections on one UDP port: one socket, or one per worker (SO_REUSEPORT), each
+/// with its own event loop, session table and admission.
 public final class TOUListener: Sendable {
-    let endpoint: TOUEndpoint
-    let channel: Channel
+    /// Worker 0's endpoint (the only one with one worker).
+    var endpoint: TOUEndpoint { endpoints[0] }
+    let endpoints: [TOUEndpoint]
+    let channels: [Channel]
     /// The bound address (useful with port 0).
     public let localAddress: SocketAddress
     /// Connections that completed both handshakes, in order. Ends when the listener is closed.
     public let connections: AsyncStream<TOUConnection>
+    /// With several workers: whether the kernel steers each datagram to its session's worker by
+    /// the SID in D (a classic BPF program on the port's socket group). Without it a datagram
+    /// that the kernel's address hash sends elsewhere is handed over and counted as misrouted.
+    public let steersBySessionID: Bool
 
-    init(endpoint: TOUEndpoint, channel: Channel, connections: AsyncStream<TOUConnection>) throws {
-        self.endpoint = endpoint
-        self.channel = channel
-        guard let address = channel.localAddress else {
+    init(endpoints: [TOUEndpoint], channels: [Channel], connections: AsyncStream<TOUConnection>,
+         steersBySessionID: Bool) throws {
+        self.endpoints = endpoints
+        self.channels = channels
+        guard let address = channels.first?.localAddress else {
             throw TOUError.socketError("the socket has no local address")
         }
         self.localAddress = address
         self.connections = connections
+        self.steersBySessionID = steersBySessionID
     }
+
+    /// The number of workers `bind` uses by default: one per core.
+    public static let defaultWorkers = min(255, max(1, System.coreCount))
 
     /// Binds a UDP socket on `host` (nil: all addresses, IPv6 and IPv4; an IPv6 address may be in
     /// brackets) and `port` (0: any). A port another socket holds fails with "address in use".
-    public static func bind(host: String? = nil, port: Int, configuration: TOUConfiguration) async throws -> TOUListener {
+    ///
+    /// `workers` > 1 binds that many sockets to the port with SO_REUSEPORT, each on its own event
+    /// loop: each admits the attempts the kernel hashes to it and its SIDs name it; they share only
+    /// the count of sessions and handshakes in progress the listener's limits apply to (changed
+    /// when a session starts or ends, never per datagram).
+    ///
+    /// `steering: false` leaves every datagram to the kernel's address hash (the steering program
+    /// is not attached): for measurements and tests of the hand-over between workers.
+    public static func bind(host: String? = nil, port: Int, configuration: TOUConfiguration,
+                            workers: Int = defaultWorkers, steering: Bool = true) async throws -> TOUListener {
         let (stream, continuation) = AsyncStream.makeStream(of: TOUConnection.self,
                                                             bufferingPolicy: .bufferingOldest(configuration.acceptBacklog))
-        let listener = try await bind(host: host, port: port, configuration: configuration,
-                                      on: MultiThreadedEventLoopGroup.singleton.next(), connections: stream) { connection in
+        let listener = try await bind(host: host, port: port, configuration: configuration, workers: workers,
+                                      steering: steering, group: MultiThreadedEventLoopGroup.singleton,
+                                      connections: stream) { connection in
             if case .dropped(let connection) = continuation.yield(connection) {
                 // Nobody takes connections this fast: refuse rather than queue without bound.
                 connection.abortOnLoop()
             }
         }
-        listener.channel.closeFuture.whenComplete { _ in continuation.finish() }
+        let closed = EventLoopFuture.andAllComplete(listener.channels.map(\.closeFuture), on: listener.endpoint.loop)
+        closed.whenComplete { _ in continuation.finish() }
         return listener
     }
 
-    /// `bind` on `loop` (a NIOPosix loop), where `onAccept` is called with each connection that
-    /// completed both handshakes (TOUNIO makes a channel of it there); `connections` stays empty.
-    package static func bind(host: String?, port: Int, configuration: TOUConfiguration, on loop: EventLoop,
+    /// `bind` with the workers on loops of `group` (NIOPosix), where `onAccept` is called with each
+    /// connection that completed both handshakes, on its worker's loop (TOUNIO makes a channel of
+    /// it); `connections` stays empty.
+    package static func bind(host: String?, port: Int, configuration: TOUConfiguration, workers: Int,
+                             group: EventLoopGroup,
                              onAccept: @escaping @Sendable (TOUConnection) -> Void) async throws -> TOUListener {
-        try await bind(host: host, port: port, configuration: configuration, on: loop,
-                       connections: AsyncStream { $0.finish() }, onAccept: onAccept)
+        try await bind(host: host, port: port, configuration: configuration, workers: workers, steering: true,
+                       group: group, connections: AsyncStream { $0.finish() }, onAccept: onAccept)
     }
 
-    private static func bind(host: String?, port: Int, configuration: TOUConfiguration, on loop: EventLoop,
-                             connections stream: AsyncStream<TOUConnection>,
+    private static func bind(host: String?, port: Int, configuration: TOUConfiguration, workers: Int, steering: Bool,
+                             group: EventLoopGroup, connections stream: AsyncStream<TOUConnection>,
                              onAccept: @escaping @Sendable (TOUConnection) -> Void) async throws -> TOUListener {
         try configuration.validate()
         guard (0...65_535).contains(port) else {
             throw TOUError.invalidConfiguration("port \(port) is outside 0...65535")
         }
+        guard (1...255).contains(workers) else {
+            throw TOUError.invalidConfiguration("workers \(workers) is outside 1...255")
+        }
         let context = configuration.security == .dtls ? try configuration.makeServerContext() : nil
-        let endpoint = TOUEndpoint(loop: loop, role: .listener, configuration: configuration, dtlsContext: context)
-        // No SO_REUSEADDR: on UDP it lets a second process bind the same port and take part of
-        // its traffic, so a port that is taken fails here with "address in use". Sharing a port
-        // on purpose is for one listener's own workers (SO_REUSEPORT), set where they are made.
-        let bootstrap = DatagramBootstrap.endpoint(endpoint)
+        let perWorker = configuration.dividedAmong(workers: workers)
+        let budget = SessionBudget()
+        let endpoints = (0..<workers).map { index in
+            TOUEndpoint(loop: group.next(), role: .listener,
+                        configuration: perWorker, dtlsContext: context, worker: index, of: workers, budget: budget)
+        }
+        for endpoint in endpoints { endpoint.workers = endpoints }
         let address: SocketAddress
         do {
             // No HOST: "::", dual-stack on Linux by default.
@@ -64,54 +94,150 @@ public final class TOUListener: Sendable {
         } catch let error as AddressText.Failure {
             throw TOUError.socketError(error.message)
         }
-        let channel: Channel
+        var channels: [Channel] = []
+        if workers > 1, address.port != 0 {
+            // Another process of the same user could join a port whose sockets all say
+            // SO_REUSEPORT: a socket without it must bind first, so that a port in use fails with
+            // "address in use" as it does with one worker.
+            try await probeUnused(address, fallbackToIPv4: host == nil)
+        }
         do {
-            channel = try await bootstrap.bind(to: address).get()
-        } catch let error as IOError where host == nil && (error.errnoCode == EAFNOSUPPORT || error.errnoCode == EADDRNOTAVAIL) {
-            // IPv4 alone only where this host has no IPv6; never when the port is taken.
-            let ipv4 = try SocketAddress(ipAddress: "0.0.0.0", port: port)
+            // Worker 0 takes the port (or picks one); the others join it.
+            var bound = address
+            for endpoint in endpoints {
+                let channel = try await bindSocket(endpoint, to: bound, fallbackToIPv4: host == nil, shared: workers > 1)
+                channels.append(channel)
+                if let local = channel.localAddress { bound = local }
+            }
+        } catch {
+            for channel in channels { try? await channel.close() }
+            throw error
+        }
+        var steers = false
+        if workers > 1, steering {
             do {
-                channel = try await bootstrap.bind(to: ipv4).get()
+                try await SessionSteering.attach(to: channels[0])
+                steers = true
+            } catch {
+                // Misrouted datagrams are then handed over between workers, and counted.
+                configuration.logger.info("datagrams reach workers by the kernel's address hash: \(error)")
+            }
+        }
+        for endpoint in endpoints {
+            try await endpoint.loop.submit { endpoint.onAccept = onAccept }.get()
+        }
+        return try TOUListener(endpoints: endpoints, channels: channels, connections: stream, steersBySessionID: steers)
+    }
+
+    /// Binds and closes a plain UDP socket on `address`: fails if the port is in use.
+    private static func probeUnused(_ address: SocketAddress, fallbackToIPv4: Bool) async throws {
+        let bootstrap = DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let probe: Channel
+        do {
+            probe = try await bootstrap.bind(to: address).get()
+        } catch let error as IOError where fallbackToIPv4 && (error.errnoCode == EAFNOSUPPORT || error.errnoCode == EADDRNOTAVAIL) {
+            let ipv4 = try SocketAddress(ipAddress: "0.0.0.0", port: address.port ?? 0)
+            do { probe = try await bootstrap.bind(to: ipv4).get() } catch { throw bindFailure(ipv4, error) }
+        } catch {
+            throw bindFailure(address, error)
+        }
+        try await probe.close()
+    }
+
+    /// One worker's socket. No SO_REUSEADDR: on UDP it lets a second process bind the same port
+    /// and take part of its traffic, so a port that is taken fails with "address in use".
+    /// SO_REUSEPORT only where this listener's own workers share the port (the kernel lets only
+    /// sockets of the same user join, and the first bind still fails on a port in use).
+    private static func bindSocket(_ endpoint: TOUEndpoint, to address: SocketAddress, fallbackToIPv4: Bool,
+                                   shared: Bool) async throws -> Channel {
+        var bootstrap = DatagramBootstrap.endpoint(endpoint)
+        if shared { bootstrap = bootstrap.channelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1) }
+        do {
+            return try await bootstrap.bind(to: address).get()
+        } catch let error as IOError where fallbackToIPv4 && (error.errnoCode == EAFNOSUPPORT || error.errnoCode == EADDRNOTAVAIL) {
+            // IPv4 alone only where this host has no IPv6; never when the port is taken.
+            let ipv4 = try SocketAddress(ipAddress: "0.0.0.0", port: address.port ?? 0)
+            do {
+                return try await bootstrap.bind(to: ipv4).get()
             } catch {
                 throw bindFailure(ipv4, error)
             }
         } catch {
             throw bindFailure(address, error)
         }
-        try await loop.submit { endpoint.onAccept = onAccept }.get()
-        return try TOUListener(endpoint: endpoint, channel: channel, connections: stream)
     }
 
     private static func bindFailure(_ address: SocketAddress, _ error: Error) -> TOUError {
         .socketError("cannot bind UDP \(address.ipAndPort): \(AddressText.describe(error))")
     }
 
-    /// Runs tasks on the listener's event loop, where its connections run: a task there takes
-    /// connections from `connections` without a thread switch, and
-    /// `Task(executorPreference: connection.taskExecutor)` serves each on it.
+    /// Runs tasks on the event loop of the listener's first worker, where its connections run: a
+    /// task there takes connections from `connections` without a thread switch, and
+    /// `Task(executorPreference: connection.taskExecutor)` serves each on its own worker's loop.
     public var taskExecutor: any TaskExecutor { endpoint.taskExecutor }
 
-    /// Stops accepting new connections; the socket closes once every accepted connection has ended.
+    /// The number of workers (sockets and event loops) this listener runs.
+    public var workerCount: Int { endpoints.count }
+
+    /// Stops accepting new connections; the sockets close once every accepted connection has ended.
     public func close() async throws {
-        let promise = endpoint.loop.makePromise(of: Void.self)
-        endpoint.loop.execute { [endpoint] in endpoint.stopAccepting(promise: promise) }
-        try await promise.futureResult.get()
+        let closed = endpoints.map { endpoint in
+            let promise = endpoint.loop.makePromise(of: Void.self)
+            endpoint.loop.execute { endpoint.stopAccepting(promise: promise) }
+            return promise.futureResult
+        }
+        for future in closed { try await future.get() }
     }
 
-    /// Per-endpoint counters, including datagrams dropped by reason.
+    /// Counters of all workers added up, including datagrams dropped by reason.
     public var counters: TOUEndpointCounters {
+        get async { TOUEndpointCounters.sum(await workerCounters) }
+    }
+
+    /// Sessions and handshakes in progress over all workers (tests).
+    var sessionCounts: (sessions: Int, halfOpen: Int) {
+        get async throws {
+            var total = (sessions: 0, halfOpen: 0)
+            for endpoint in endpoints {
+                let counts = try await endpoint.loop.submit { (endpoint.sessionCount, endpoint.halfOpenCount) }.get()
+                total.sessions += counts.0
+                total.halfOpen += counts.1
+            }
+            return total
+        }
+    }
+
+    /// Per-source tables copied to take a token, over all workers (tests: 0).
+    var sourceTableCopies: Int {
+        get async throws {
+            var total = 0
+            for endpoint in endpoints { total += try await endpoint.loop.submit { endpoint.sourceTableCopies }.get() }
+            return total
+        }
+    }
+
+    /// Each worker's counters, by worker.
+    public var workerCounters: [TOUEndpointCounters] {
         get async {
-            (try? await endpoint.loop.submit { [endpoint] in endpoint.counters }.get()) ?? TOUEndpointCounters()
+            var all: [TOUEndpointCounters] = []
+            for endpoint in endpoints {
+                all.append((try? await endpoint.loop.submit { endpoint.counters }.get()) ?? TOUEndpointCounters())
+            }
+            return all
         }
     }
 }
 
 extension TOUListener {
-    package var eventLoop: EventLoop { endpoint.loop }
-
-    /// On the loop: `close()` without waiting (no new connections; the socket closes once every
-    /// accepted connection has ended).
-    package func stopAcceptingOnLoop() {
-        endpoint.stopAccepting(promise: nil)
+    /// `close()` without waiting, from any thread: no new connections; each worker's socket closes
+    /// once every connection it accepted has ended.
+    package func stopAccepting() {
+        for endpoint in endpoints {
+            if endpoint.loop.inEventLoop {
+                endpoint.stopAccepting(promise: nil)
+            } else {
+                endpoint.loop.execute { endpoint.stopAccepting(promise: nil) }
+            }
+        }
     }
 }

@@ -14,8 +14,9 @@ import TOUDTLS
 ///     .bind(host: "127.0.0.1", port: 0).get()          // server.localAddress has the port
 /// ```
 ///
-/// One listener is one UDP socket on one loop of `group` (a NIOPosix `MultiThreadedEventLoopGroup`),
-/// and its connections run on that loop too: for more cores, bind one listener per loop.
+/// The listener runs `workers(_:)` UDP sockets on the port (SO_REUSEPORT; one per core by
+/// default, as `TOUListener`), each on a loop of `group` (a NIOPosix `MultiThreadedEventLoopGroup`);
+/// each accepted channel runs on its worker's loop.
 public struct TOUServerBootstrap: Sendable {
     private let group: EventLoopGroup
     private let configuration: TOUConfiguration
@@ -23,10 +24,18 @@ public struct TOUServerBootstrap: Sendable {
     private var childInitializer: (@Sendable (Channel) -> EventLoopFuture<Void>)?
     private var serverOptions = ChannelOptions.Storage()
     private var childOptions = ChannelOptions.Storage()
+    private var workers = TOUListener.defaultWorkers
 
     public init(group: EventLoopGroup, configuration: TOUConfiguration) {
         self.group = group
         self.configuration = configuration
+    }
+
+    /// How many UDP sockets, each on its own loop, share the port (1...255; default one per core).
+    public func workers(_ count: Int) -> Self {
+        var copy = self
+        copy.workers = count
+        return copy
     }
 
     /// Runs on the server channel before it is registered and bound.
@@ -120,6 +129,8 @@ public struct TOUServerBootstrap: Sendable {
         let options = serverOptions
         let initializer = serverInitializer
         let configuration = self.configuration
+        let workers = self.workers
+        let group = self.group
         return loop.flatSubmit {
             options.applyAllChannelOptions(to: server).flatMap {
                 initializer?(server) ?? loop.makeSucceededVoidFuture()
@@ -130,7 +141,8 @@ public struct TOUServerBootstrap: Sendable {
                 server.register().map { wrapped }
             }.flatMap { wrapped in
                 loop.makeFutureWithTask {
-                    try await TOUListener.bind(host: host, port: port, configuration: configuration, on: loop) { connection in
+                    try await TOUListener.bind(host: host, port: port, configuration: configuration, workers: workers,
+                                               group: group) { connection in
                         server.accept(connection)
                     }
                 }.map { listener in
@@ -167,18 +179,28 @@ private final class AcceptHandler<Output: Sendable>: ChannelInboundHandler {
         let child = unwrapInboundIn(data)
         let initializer = self.initializer
         let forwardsOutput = self.forwardsOutput
+        let childOptions = self.childOptions
         let contextBox = NIOLoopBound(context, eventLoop: context.eventLoop)
-        childOptions.applyAllChannelOptions(to: child).flatMap {
-            initializer(child)
-        }.flatMap { output in
-            let registered = child.eventLoop.makePromise(of: Void.self)
-            child.registerAlreadyConfigured0(promise: registered)
-            return registered.futureResult.map { output }
-        }.whenComplete { result in
+        // The child's set-up runs on its own loop (its worker's), the outcome back on the server's.
+        let childLoop = child.eventLoop
+        childLoop.flatSubmit {
+            childOptions.applyAllChannelOptions(to: child).flatMap {
+                initializer(child)
+            }.flatMap { output in
+                let registered = childLoop.makePromise(of: Void.self)
+                child.registerAlreadyConfigured0(promise: registered)
+                return registered.futureResult.map { output }
+            }
+        }.hop(to: context.eventLoop).whenComplete { result in
             let context = contextBox.value
             switch result {
             case .success(let output):
-                if forwardsOutput { context.fireChannelRead(self.wrapInboundOut(output)) }
+                if forwardsOutput {
+                    // Set up on another loop, it arrives after the read that brought its channel has
+                    // completed: a read of its own, so NIOAsyncChannel's handler passes it on now.
+                    context.fireChannelRead(self.wrapInboundOut(output))
+                    context.fireChannelReadComplete()
+                }
             case .failure(let error):
                 context.fireErrorCaught(error)
                 child.close(promise: nil)

@@ -10,6 +10,10 @@ import TOUDTLS
 /// configuration's `acceptBacklog`; beyond it they are refused (closed), as `TOUListener` does.
 /// Closing the channel stops accepting; connections already accepted go on, and the UDP socket
 /// closes once the last of them has ended.
+///
+/// A listener with several workers (one UDP socket and loop each, sharing the port) accepts on
+/// all of them; each accepted channel runs on its own worker's loop, as NIO's child channels run
+/// on their child group's loops, while the server channel's pipeline runs on its own loop.
 public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {  // state confined to eventLoop
     public let eventLoop: EventLoop
     public var parent: Channel? { nil }
@@ -146,10 +150,10 @@ public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {
         }
         lifecycle = .closed
         shared.withLockedValue { $0.active = false }
-        listener?.stopAcceptingOnLoop()
+        listener?.stopAccepting()
         readRequested = false
         while let connection = waiting.popFirst() {
-            connection.abortOnLoop()
+            Self.refuse(connection)
         }
         if previous == .active { pipeline.syncOperations.fireChannelInactive() }
         if previous != .idle { pipeline.syncOperations.fireChannelUnregistered() }
@@ -174,7 +178,7 @@ public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {
     func bound(to listener: TOUListener) {
         eventLoop.preconditionInEventLoop()
         guard lifecycle == .registered else {
-            listener.stopAcceptingOnLoop()
+            listener.stopAccepting()
             return
         }
         self.listener = listener
@@ -213,15 +217,28 @@ public final class TOUServerChannel: Channel, ChannelCore, @unchecked Sendable {
         close0(error: error, mode: .all, promise: nil)
     }
 
-    /// A connection completed both handshakes: its channel goes through the pipeline when it reads.
+    /// A connection completed both handshakes (on its worker's loop): its channel goes through
+    /// the pipeline when it reads.
     func accept(_ connection: TOUConnection) {
-        eventLoop.preconditionInEventLoop()
+        guard eventLoop.inEventLoop else {
+            eventLoop.execute { self.accept(connection) }
+            return
+        }
         guard lifecycle == .active, waiting.count < acceptBacklog else {
             // Nobody takes connections this fast: refuse rather than queue without bound.
-            connection.abortOnLoop()
+            Self.refuse(connection)
             return
         }
         waiting.append(connection)
         deliverWhileRequested()
+    }
+
+    /// Resets a connection nobody will take, on its own loop.
+    private static func refuse(_ connection: TOUConnection) {
+        if connection.eventLoop.inEventLoop {
+            connection.abortOnLoop()
+        } else {
+            connection.eventLoop.execute { connection.abortOnLoop() }
+        }
     }
 }

@@ -23,14 +23,29 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Ask every new client for a cookie first (a round trip more), even when not under load.")
     var alwaysCookie = false
 
+    @Option(help: "UDP sockets on the port (SO_REUSEPORT), each with its own event loop (default: one per core).")
+    var workers = TOUListener.defaultWorkers
+
+    @Flag(help: ArgumentHelp("Leave datagrams to the kernel's address hash (no steering by session ID).",
+                             visibility: .hidden))
+    var noSteering = false
+
     func run() async throws {
         raiseFileLimit()
         var configuration = options.serverConfiguration
         configuration.alwaysRequireCookie = alwaysCookie
         let listener = try await TOUListener.bind(host: options.host, port: options.port,
-                                                  configuration: configuration)
+                                                  configuration: configuration, workers: workers,
+                                                  steering: !noSteering)
         guard let port = listener.localAddress.port else { throw BenchError.failed("the listener has no port") }
-        let signals = Self.exitOnSignals { Output.json(Self.counterFields(await listener.counters)) }
+        let signals = Self.exitOnSignals {
+            let perWorker = await listener.workerCounters
+            Output.json(Self.counterFields(TOUEndpointCounters.sum(perWorker)) + [
+                ("workers", .int(listener.workerCount)),
+                ("steers_by_session_id", .bool(listener.steersBySessionID)),
+                ("worker_sessions_accepted", .ints(perWorker.map(\.sessionsAccepted))),
+            ])
+        }
         Output.json([("listening", .int(port)), ("pid", .int(Int(getpid())))])
         Output.log("echo server on \(listener.localAddress.ipAndPort) (\(options.plain ? "plain" : "dtls"), mtu \(options.mtu))")
         if untilStdinEOF {
@@ -98,7 +113,8 @@ struct Serve: AsyncParsableCommand {
          ("datagrams_after_end", .int(counters.datagramsAfterEnd)),
          ("dropped_bad_attempt", .int(counters.droppedBadAttempt)),
          ("dropped_over_limit", .int(counters.droppedOverLimit)),
-         ("dropped_by_session", .int(counters.droppedBySession))]
+         ("dropped_by_session", .int(counters.droppedBySession)),
+         ("misrouted_datagrams", .int(counters.misroutedDatagrams))]
     }
 
     /// SIGTERM and SIGINT end the server with status 0 (the harness stops it that way), after

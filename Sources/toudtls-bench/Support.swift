@@ -7,10 +7,12 @@ enum JSONValue: Sendable {
     case double(Double)
     case bool(Bool)
     case string(String)
+    case ints([Int])
 
     var encoded: String {
         switch self {
         case .int(let value): return String(value)
+        case .ints(let values): return "[" + values.map(String.init).joined(separator: ",") + "]"
         case .double(let value):
             // JSON has no NaN or infinity; a figure that cannot be computed is null.
             guard value.isFinite else { return "null" }

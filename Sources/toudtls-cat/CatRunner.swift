@@ -70,7 +70,7 @@ struct CatRunner: Sendable {
 
     private func runListener() async throws {
         let listener = try await TOUListener.bind(host: command.host, port: command.port,
-                                                  configuration: command.makeConfiguration())
+                                                  configuration: command.makeConfiguration(), workers: command.workers ?? TOUListener.defaultWorkers)
         let address = listener.localAddress
         if command.verbose {
             CommandLineTool.printToStandardError("listening on \(address.ipAndPort)")

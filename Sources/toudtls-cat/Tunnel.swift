@@ -81,7 +81,7 @@ struct TunnelRunner: Sendable {
 
     private func serveTOU(relayingTo service: TCPAddress) async throws -> ExitCode32 {
         let listener = try await TOUListener.bind(host: command.host, port: command.port,
-                                                  configuration: command.makeConfiguration())
+                                                  configuration: command.makeConfiguration(), workers: command.workers ?? TOUListener.defaultWorkers)
         if command.verbose {
             // The readiness line scripts wait for, as without a tunnel.
             CommandLineTool.printToStandardError("listening on \(listener.localAddress.ipAndPort)")

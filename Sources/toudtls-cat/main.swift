@@ -86,6 +86,11 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
     @Flag(name: .customLong("always-cookie"), help: "With -l: ask every new client for a cookie first (a round trip more), even when not under load.")
     var alwaysCookie = false
 
+    @Option(name: .customLong("workers"), help: ArgumentHelp(
+        "With -l: UDP sockets on the port (SO_REUSEPORT), each with its own event loop; datagrams reach their session's by its ID (default: one per core).",
+        valueName: "N"))
+    var workers: Int?
+
     @Flag(name: .customLong("plain"), help: "No DTLS: cleartext TCP in GUE, for debugging; both ends must say it.")
     var plain = false
 
@@ -166,6 +171,8 @@ struct CatCommand: ParsableCommand, ArgumentChecking {
         }
         if requireClientCert && !listen { throw ValidationError("--require-client-cert needs -l") }
         if alwaysCookie && !listen { throw ValidationError("--always-cookie needs -l") }
+        if workers != nil && !listen { throw ValidationError("--workers needs -l") }
+        if let workers, !(1...255).contains(workers) { throw ValidationError("--workers must be within 1...255") }
         if sessionFile != nil && (listen || plain) { throw ValidationError("--session-file is for a DTLS client") }
         if !pins.isEmpty && (listen || plain) { throw ValidationError("--pin is for a DTLS client") }
         if !(576...65_535).contains(mtu) { throw ValidationError("--mtu must be within 576...65535") }

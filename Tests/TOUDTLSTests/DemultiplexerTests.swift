@@ -193,6 +193,53 @@ struct DemultiplexerTests {
         #expect(listener.count == 0 && listener.counters.replayedAttempts == 1)
     }
 
+    @Test("a worker's SIDs carry its index in their first byte; the listener's session limit holds across workers; a datagram whose D names another worker is handed there and counted")
+    func workers() throws {
+        var configuration = TOUConfiguration.server(certificateChain: .pemBytes([]), privateKey: .pemBytes([]))
+        configuration.maximumSessions = 3
+        let context = try DTLSContext.server(certificateChainPEM: try TOUSessionTests.pem("server.pem"),
+                                             privateKeyPEM: try TOUSessionTests.pem("server.key"))
+        let perWorker = configuration.dividedAmong(workers: 2)
+        #expect(perWorker.cookielessAdmissionsPerSecond == 500 && perWorker.cookielessHandshakeThreshold == 256)
+        let budget = SessionBudget()
+        let (first, second) = [0, 1].map { index in
+            Demultiplexer<TOUSession>(role: .listener, configuration: perWorker, parameters: SessionParameters(perWorker),
+                                      dtlsContext: context, worker: index, of: 2, budget: budget)
+        }.twoElements
+        for (index, worker) in [second, second, first].enumerated() {
+            let (_, hello) = try Self.initiator()
+            guard case .newSession(let session, let key) = worker.route(hello, from: Self.client, now: .now()) else {
+                Issue.record("attempt \(index) was refused")
+                return
+            }
+            #expect(session.localSID >> 56 == UInt64(worker.worker) && session.localSID & 0x00FF_FFFF_FFFF_FFFF != 0)
+            worker.insert(session, sid: session.localSID, admissionKey: key)
+        }
+        #expect(budget.sessions == 3 && budget.halfOpen == 3)
+        let (_, fourth) = try Self.initiator()
+        guard case .drop(.overLimit(.sessionLimit(3)?)) = first.route(fourth, from: Self.otherClient, now: .now()) else {
+            Issue.record("the fourth session was not refused at the listener's limit")
+            return
+        }
+        let forWorkerZero = Self.datagram(.secure(source: nil, destination: 0x00AB_CDEF_0123_4567))
+        guard case .handOver(toWorker: 0, _, _) = second.route(forWorkerZero, from: Self.client, now: .now()) else {
+            Issue.record("a datagram for worker 0's session was not handed over")
+            return
+        }
+        // A worker byte beyond the workers is no session anywhere.
+        guard case .drop(.unknownSession) = second.route(Self.datagram(.secure(source: nil, destination: 0x0700_0000_0000_0001)),
+                                                         from: Self.client, now: .now()) else {
+            Issue.record("a SID of no worker was not an unknown session")
+            return
+        }
+        #expect(second.counters.misroutedDatagrams == 1 && second.counters.totalDropped == 1)
+        first.removeAll()
+        #expect(budget.sessions == 2 && budget.halfOpen == 2)
+        #expect(SessionID.onWorker(0x00FF_FFFF_FFFF_FFFF, worker: 3, of: 4) == 0x03FF_FFFF_FFFF_FFFF)
+        #expect(SessionID.onWorker(0x0100_0000_0000_0000, worker: 0, of: 2) != 0)
+        #expect(SessionID.onWorker(0x1234, worker: 5, of: 1) == 0x1234)
+    }
+
     @Test("plain mode: a SYN starts a session; a segment that is no SYN is a bad attempt")
     func plainAdmission() throws {
         let listener = try Self.listener(plain: true)
@@ -210,4 +257,8 @@ struct DemultiplexerTests {
             return
         }
     }
+}
+
+private extension Array {
+    var twoElements: (Element, Element) { (self[0], self[1]) }
 }

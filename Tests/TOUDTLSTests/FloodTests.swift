@@ -154,9 +154,7 @@ struct FloodTests {
             let after = await listener.counters
             let kernelDrops = ProcCounters.udpReceiveBufferErrors() - dropsBefore
             let results = try await server.value
-            let (sessionsLeft, halfOpenLeft) = try await listener.endpoint.loop.submit {
-                (listener.endpoint.sessionCount, listener.endpoint.halfOpenCount)
-            }.get()
+            let (sessionsLeft, halfOpenLeft) = try await listener.sessionCounts
             try await listener.close()
 
             // Replayed padded ClientHellos from new ports may open handshakes without a cookie while
@@ -261,7 +259,7 @@ struct FloodTests {
             try await Task.sleep(for: .milliseconds(500))
             let after = await listener.counters
             let kernelDrops = ProcCounters.udpReceiveBufferErrors() - dropsBefore
-            let sessionsLeft = try await listener.endpoint.loop.submit { listener.endpoint.sessionCount }.get()
+            let sessionsLeft = try await listener.sessionCounts.sessions
 
             let afterStart = ContinuousClock.now
             let last = try await Self.step("connecting after the flood") {

@@ -182,7 +182,7 @@ struct HostileCountingTests {
 
             // Replays from another port never move the session's peer address.
             let serverSide = try #require(accepted.current.first)
-            let peer = try await listener.endpoint.loop.submit { serverSide.core.session.peerAddress }.get()
+            let peer = try await serverSide.endpoint.loop.submit { serverSide.core.session.peerAddress }.get()
             #expect(peer.port == Int(relay.serverFacing.port), "the session moved to \(peer)")
 
             // The session was not disturbed by any of it.

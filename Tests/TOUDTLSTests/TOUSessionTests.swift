@@ -160,7 +160,7 @@ struct TOUSessionTests {
                 fromTarget.append((replyHeader, payload))
                 order.append(false)
                 deliverToInitiator(header: replyHeader, payload: payload, now: now)
-            case .drop:
+            case .drop, .handOver:
                 break
             }
         }

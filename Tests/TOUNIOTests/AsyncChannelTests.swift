@@ -4,11 +4,14 @@ import Testing
 import TOUDTLS
 import TOUNIO
 
-@Suite("NIOAsyncChannel over TOU bootstraps")
+@Suite("NIOAsyncChannel over TOU bootstraps", .timeLimit(.minutes(1)))
 struct AsyncChannelTests {
-    @Test("an echo server and client with NIOAsyncChannel, ended by the client's half-close")
+    @Test("an echo server and client with NIOAsyncChannel, ended by the client's half-close", .timeLimit(.minutes(1)))
     func echo() async throws {
+        // One worker: its loop is the group's next after the server channel's, so (with more than
+        // one loop) each accepted channel is set up on another loop than the server channel's.
         let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
+            .workers(1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .bind(host: "127.0.0.1", port: 0) { channel in
                 channel.eventLoop.makeCompletedFuture {

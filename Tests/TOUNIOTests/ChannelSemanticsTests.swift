@@ -163,19 +163,19 @@ final class EchoHandler: ChannelInboundHandler, @unchecked Sendable {  // on its
     }
 }
 
-@Suite("TOUChannel semantics")
+@Suite("TOUChannel semantics", .timeLimit(.minutes(1)))
 struct ChannelSemanticsTests {
     @Test("a server that stops reading holds the client back within its receive buffer; every byte arrives")
     func backpressure() async throws {
         let total = 50 << 20
         let serverDone = TestSetup.group.next().makePromise(of: Void.self)
-        let readers = NIOLockedValueBox<[PausedReader]>([])
+        let readers = NIOLockedValueBox<[(PausedReader, Channel)]>([])
         let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
             .childChannelOption(.autoRead, value: false)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let reader = PausedReader(done: serverDone, pause: .seconds(5))
-                    readers.withLockedValue { $0.append(reader) }
+                    readers.withLockedValue { $0.append((reader, channel)) }
                     try channel.pipeline.syncOperations.addHandler(reader)
                 }
             }
@@ -192,8 +192,9 @@ struct ChannelSemanticsTests {
         try await allWritten.futureResult.get()
         try await client.closeFuture.get()
 
-        let reader = try #require(readers.withLockedValue { $0.first })
-        try await server.eventLoop.submit {
+        // The accepted channel runs on its listener worker's loop.
+        let (reader, child) = try #require(readers.withLockedValue { $0.first })
+        try await child.eventLoop.submit {
             #expect(reader.receivedDuringPause == 0, "the channel read while autoRead was off")
             #expect(reader.bufferedAtResume > 0)
             // TCP's receive buffer auto-tunes up from the configured 4 MiB to at most 16 MiB (its
@@ -215,13 +216,13 @@ struct ChannelSemanticsTests {
 
     @Test("with allowRemoteHalfClosure the server sees inputClosed and still answers; close(mode: .output) sends FIN")
     func halfClosure() async throws {
-        let serverRecorder = NIOLockedValueBox<EventRecorder?>(nil)
+        let serverRecorder = NIOLockedValueBox<(EventRecorder, Channel)?>(nil)
         let server = try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let recorder = EventRecorder(answerOnInputClosed: true)
-                    serverRecorder.withLockedValue { $0 = recorder }
+                    serverRecorder.withLockedValue { $0 = (recorder, channel) }
                     try channel.pipeline.syncOperations.addHandler(recorder)
                 }
             }
@@ -248,9 +249,9 @@ struct ChannelSemanticsTests {
             #expect(clientRecorder.events == ["outputClosed", "inactive"])
             #expect(clientRecorder.errors.isEmpty)
         }.get()
-        let recorder = try #require(serverRecorder.withLockedValue { $0 })
+        let (recorder, child) = try #require(serverRecorder.withLockedValue { $0 })
         let clientLocal = try #require(client.localAddress)
-        try await server.eventLoop.submit {
+        try await child.eventLoop.submit {
             #expect(recorder.events.first == "inputClosed")
             #expect(recorder.errors.isEmpty)
             #expect(recorder.addressesAtActive.remote == clientLocal)

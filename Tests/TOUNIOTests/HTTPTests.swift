@@ -104,7 +104,7 @@ enum HTTPTestClient {
     }
 }
 
-@Suite("NIOHTTP1 over TOU channels")
+@Suite("NIOHTTP1 over TOU channels", .timeLimit(.minutes(1)))
 struct HTTPTests {
     static func startServer() async throws -> Channel {
         try await TOUServerBootstrap(group: TestSetup.group, configuration: TestSetup.server)

@@ -20,6 +20,8 @@ final class Demultiplexer<Handle: AnyObject> {
         case deliver(Handle, GUEHeader, ByteBuffer)
         /// Admitted: a new session the caller registers with `insert(_:sid:admissionKey:)` and drives.
         case newSession(TOUSession, admissionKey: PeerKey)
+        /// For a session of another worker of the same listener (by the worker byte of D): hand it there.
+        case handOver(toWorker: Int, GUEHeader, ByteBuffer)
         /// A stateless answer to the source (a HelloVerifyRequest with its GUE header); `refused`
         /// when it also refuses the attempt (a replayed ClientHello).
         case reply(ByteBuffer, refused: Refusal?)
@@ -75,6 +77,9 @@ final class Demultiplexer<Handle: AnyObject> {
     }
 
     let role: Role
+    /// This listener worker's index among `workers`, which its SIDs carry (see `SessionID.onWorker`).
+    let worker: Int
+    let workers: Int
     let mode: TOUMode
     let parameters: SessionParameters
     let dtlsContext: DTLSContext?
@@ -95,8 +100,15 @@ final class Demultiplexer<Handle: AnyObject> {
     /// What this endpoint decided, plus the I/O counts its endpoint adds.
     @exclusivity(unchecked) var counters = TOUEndpointCounters()
 
-    init(role: Role, configuration: TOUConfiguration, parameters: SessionParameters, dtlsContext: DTLSContext?) {
+    /// Sessions and handshakes in progress at the whole listener (shared by its workers).
+    let budget: SessionBudget
+
+    init(role: Role, configuration: TOUConfiguration, parameters: SessionParameters, dtlsContext: DTLSContext?,
+         worker: Int = 0, of workers: Int = 1, budget: SessionBudget = SessionBudget()) {
         self.role = role
+        self.budget = budget
+        self.worker = worker
+        self.workers = max(1, workers)
         self.configuration = configuration
         self.mode = configuration.security == .dtls ? .secure : .plain
         self.parameters = parameters
@@ -117,24 +129,27 @@ final class Demultiplexer<Handle: AnyObject> {
     /// Registers a session under its local SID; an admitted one also under its attempt's key
     /// until `established`.
     func insert(_ handle: Handle, sid: UInt64, admissionKey: PeerKey? = nil) {
-        sessions[sid] = handle
-        if let admissionKey { halfOpen[admissionKey] = sid }
+        let new = sessions.updateValue(handle, forKey: sid) == nil
+        let newAttempt = admissionKey.map { halfOpen.updateValue(sid, forKey: $0) == nil } ?? false
+        budget.add(sessions: new ? 1 : 0, halfOpen: newAttempt ? 1 : 0)
     }
 
     /// The session's handshakes completed: its attempt's key no longer reaches it.
     func established(admissionKey: PeerKey) {
-        halfOpen[admissionKey] = nil
+        if halfOpen.removeValue(forKey: admissionKey) != nil { budget.add(halfOpen: -1) }
     }
 
     /// The session ended; a listener remembers its SID for a while (see `Drop.afterEnd`).
     func remove(sid: UInt64, admissionKey: PeerKey?, now: NIODeadline) {
-        if let admissionKey { halfOpen[admissionKey] = nil }
-        sessions[sid] = nil
+        let endedAttempt = admissionKey.map { halfOpen.removeValue(forKey: $0) != nil } ?? false
+        let ended = sessions.removeValue(forKey: sid) != nil
+        budget.add(sessions: ended ? -1 : 0, halfOpen: endedAttempt ? -1 : 0)
         if role == .listener { recentlyEnded.insert(sid, now: now) }
     }
 
     /// The socket closed: every session is gone at once.
     func removeAll() {
+        budget.add(sessions: -sessions.count, halfOpen: -halfOpen.count)
         sessions.removeAll()
         halfOpen.removeAll()
     }
@@ -164,6 +179,13 @@ final class Demultiplexer<Handle: AnyObject> {
         // 1. D names a local session: that session, whatever the source address.
         if let destination = header.destinationSID {
             if let handle = sessions[destination] { return .deliver(handle, header, payload) }
+            if workers > 1, role == .listener {
+                let owner = SessionID.worker(of: destination)
+                if owner != worker, owner < workers {
+                    counters.misroutedDatagrams += 1
+                    return .handOver(toWorker: owner, header, payload)
+                }
+            }
             // Without S it is no new attempt (a replayed ClientHello carries S: admission answers it).
             if header.sourceSID == nil, recentlyEnded.contains(destination, now: now) {
                 counters.datagramsAfterEnd += 1
@@ -195,14 +217,14 @@ final class Demultiplexer<Handle: AnyObject> {
         }
         let admission = self.admission
         admission.keys.rotateIfNeeded(now: now)
-        let derivedSID = admission.keys.derivedSID(for: key)
+        let derivedSID = SessionID.onWorker(admission.keys.derivedSID(for: key), worker: worker, of: workers)
         // A D that is not the SID we would derive now means a stale attempt: cookie it again.
         let destinationCurrent = header.destinationSID == derivedSID
         let acceptable = destinationCurrent ? admission.keys.acceptableCookies(for: key) : []
         let mtu = parameters.pathMTU - (address.isIPv4OrMapped ? 20 : 40) - 8 - 24
         let udpPayloadBytes = header.encodedLength + payload.readableBytes
         let withoutCookie = admission.cookieless.admitsWithoutCookie(
-            summary, udpPayloadBytes: udpPayloadBytes, halfOpen: halfOpen.count, now: now,
+            summary, udpPayloadBytes: udpPayloadBytes, halfOpen: budget.halfOpen, now: now,
             sourceAllows: { admission.rateLimiter.allow(key.address, now: now) })
         let result = dtlsContext.listen(datagram: payload, cookieToIssue: admission.keys.cookieToIssue(for: key),
                                         acceptableCookies: acceptable, requireCookie: !withoutCookie, mtu: mtu, now: now)
@@ -247,8 +269,8 @@ final class Demultiplexer<Handle: AnyObject> {
             counters.droppedOverLimit += 1
             return .drop(.overLimit(limit))
         }
-        var localSID = SessionID.random()
-        while sessions[localSID] != nil { localSID = SessionID.random() }
+        var localSID = SessionID.onWorker(SessionID.random(), worker: worker, of: workers)
+        while sessions[localSID] != nil { localSID = SessionID.onWorker(SessionID.random(), worker: worker, of: workers) }
         guard let session = TOUSession.acceptPlain(syn: syn, localSID: localSID, remoteSID: key.sid,
                                                    peer: address, parameters: parameters, now: now) else {
             return badAttempt(.unusableSYN)
@@ -273,8 +295,8 @@ final class Demultiplexer<Handle: AnyObject> {
 
     /// Which admission limit refuses a new session, or nil when it may start.
     private func limitReached(key: PeerKey, chargingSource: Bool = true, now: NIODeadline) -> Refusal? {
-        if halfOpen.count >= maximumHalfOpenSessions { return .halfOpenLimit(maximumHalfOpenSessions) }
-        if sessions.count >= maximumSessions { return .sessionLimit(maximumSessions) }
+        if budget.halfOpen >= maximumHalfOpenSessions { return .halfOpenLimit(maximumHalfOpenSessions) }
+        if budget.sessions >= maximumSessions { return .sessionLimit(maximumSessions) }
         if chargingSource, !admission.rateLimiter.allow(key.address, now: now) { return .sourceRate }
         return nil
     }
