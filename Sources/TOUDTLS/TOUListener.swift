@@ -58,7 +58,7 @@ public final class TOUListener: Sendable {
             TOUEndpoint(loop: MultiThreadedEventLoopGroup.singleton.next(), role: .listener,
                         configuration: perWorker, dtlsContext: context, worker: index, of: workers, budget: budget)
         }
-        for endpoint in endpoints { endpoint.workers = endpoints }
+        for endpoint in endpoints { endpoint.workers = endpoints.map { TOUEndpoint.WeakEndpoint(endpoint: $0) } }
         let (stream, continuation) = AsyncStream.makeStream(of: TOUConnection.self,
                                                             bufferingPolicy: .bufferingOldest(configuration.acceptBacklog))
         let address: SocketAddress
