@@ -1034,6 +1034,18 @@ static void clear_stale_errors(void) {
     if (ERR_peek_error() != 0) ERR_clear_error();
 }
 
+/* After the handshake our record layer carries the data and OpenSSL writes only the odd alert or
+ * resent Finished: its record buffers (about 17 KB each way) and our datagram queue would sit idle
+ * in every connection. Both are allocated again when needed; OpenSSL refuses while it holds data. */
+static void release_idle_buffers(tou_dtls_conn *c) {
+    if (c->out_used == 0 && c->out_buf != NULL) {
+        free(c->out_buf);
+        c->out_buf = NULL;
+        c->out_cap = 0;
+    }
+    SSL_free_buffers(c->ssl);
+}
+
 int tou_dtls_conn_step(tou_dtls_conn *c, uint8_t *out, size_t out_cap, size_t *out_len) {
     *out_len = 0;
     if (c->failed) return TOU_DTLS_STEP_FATAL;
@@ -1059,6 +1071,7 @@ int tou_dtls_conn_step(tou_dtls_conn *c, uint8_t *out, size_t out_cap, size_t *o
     case SSL_ERROR_WANT_READ:
     case SSL_ERROR_WANT_WRITE:
         clear_stale_errors();
+        release_idle_buffers(c);
         return TOU_DTLS_STEP_WANT;
     case SSL_ERROR_ZERO_RETURN:
         ERR_clear_error();
@@ -1118,6 +1131,7 @@ const uint8_t *tou_dtls_conn_out_get(const tou_dtls_conn *c, size_t i, size_t *l
 void tou_dtls_conn_out_reset(tou_dtls_conn *c) {
     c->out_count = 0;
     c->out_used = 0;
+    if (c->established) release_idle_buffers(c);
 }
 
 int tou_dtls_conn_set_mtu(tou_dtls_conn *c, int mtu) {

@@ -66,7 +66,12 @@ final class TOUEndpoint: @unchecked Sendable {
 
     /// A listener's workers, this one included, by index: where a datagram for another worker's
     /// session is handed. Set before the socket opens, never changed.
-    var workers: [TOUEndpoint] = []
+    var workers: [WeakEndpoint] = []
+
+    /// Endpoints refer to their sibling workers weakly: the listener owns them all.
+    struct WeakEndpoint {
+        weak var endpoint: TOUEndpoint?
+    }
 
     init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?,
          worker: Int = 0, of workerCount: Int = 1, budget: SessionBudget = SessionBudget()) {
@@ -172,7 +177,7 @@ final class TOUEndpoint: @unchecked Sendable {
         case .handOver(let worker, let header, let payload):
             // Without the steering program the kernel hashes by address, so a session whose client
             // moved reaches another worker: its own takes it, on its own loop.
-            let owner = workers[worker]
+            guard let owner = workers[worker].endpoint else { return }
             owner.loop.execute { owner.receiveHandedOver(header: header, payload: payload, from: remoteAddress) }
         case .reply(let datagram, let refusal):
             if let refusal { refused(remoteAddress, refusal.description, now: now) }

@@ -86,7 +86,7 @@ public final class TOUListener: Sendable {
             TOUEndpoint(loop: group.next(), role: .listener,
                         configuration: perWorker, dtlsContext: context, worker: index, of: workers, budget: budget)
         }
-        for endpoint in endpoints { endpoint.workers = endpoints }
+        for endpoint in endpoints { endpoint.workers = endpoints.map { TOUEndpoint.WeakEndpoint(endpoint: $0) } }
         let address: SocketAddress
         do {
             // No HOST: "::", dual-stack on Linux by default.

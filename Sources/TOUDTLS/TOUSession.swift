@@ -125,7 +125,8 @@ final class TOUSession {
         self.parameters = parameters
         self.ipHeaderLength = peer.isIPv4OrMapped ? 20 : 40
         self.innerRemotePort = innerRemotePort
-        self.segmentScratch = ByteBufferAllocator().buffer(capacity: 2048)
+        // A TCP header with options (at most 60 bytes): every session has one, idle or not.
+        self.segmentScratch = ByteBufferAllocator().buffer(capacity: 64)
         self.handshakeDeadline = now + parameters.handshakeTimeout
         self.lastReceived = now
     }

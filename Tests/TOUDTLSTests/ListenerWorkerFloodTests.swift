@@ -64,4 +64,22 @@ struct ListenerWorkerFloodTests {
         #expect(counters[sessionWorker].droppedMalformed == 0 && counters[other].droppedMalformed == 0, "\(counters)")
         try await listener.close()
     }
+
+    @Test("a closed listener's workers are freed (they refer to each other weakly)")
+    func workersAreFreed() async throws {
+        weak var first: TOUEndpoint?
+        weak var second: TOUEndpoint?
+        do {
+            let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0,
+                                                      configuration: E2E.serverConfiguration(), workers: 2)
+            first = listener.endpoints[0]
+            second = listener.endpoints[1]
+            try await listener.close()
+            for channel in listener.channels { try await channel.closeFuture.get() }
+        }
+        for _ in 0..<100 where first != nil || second != nil {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(first == nil && second == nil)
+    }
 }
