@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "TOUDTLS", targets: ["TOUDTLS"]),
+        .library(name: "TOUNIO", targets: ["TOUNIO"]),
         .executable(name: "toudtls-cat", targets: ["toudtls-cat"]),
         .executable(name: "toudtls-bench", targets: ["toudtls-bench"]),
         .executable(name: "toudtls-netsim", targets: ["toudtls-netsim"]),
@@ -72,6 +73,17 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
+        // TOU connections as SwiftNIO Channels, with bootstraps shaped like NIO's own.
+        .target(
+            name: "TOUNIO",
+            dependencies: [
+                "TOUDTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
         // What the tools share: --help, --version, usage errors and their exit codes.
         .target(
             name: "CommandLineSupport",
@@ -126,12 +138,41 @@ let package = Package(
             ],
             path: "Examples/PortForward"
         ),
+        .executableTarget(
+            name: "HTTPServer",
+            dependencies: [
+                "TOUDTLS", "TOUNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Examples/HTTPServer"
+        ),
+        .executableTarget(
+            name: "HTTPClient",
+            dependencies: [
+                "TOUDTLS", "TOUNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Examples/HTTPClient"
+        ),
         .testTarget(name: "TOUWireTests", dependencies: ["TOUWire"]),
         .testTarget(
             name: "TCPEngineTests",
             dependencies: ["TCPEngine", "TOUWire", "TCPSimulator", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(name: "DTLSTests", dependencies: ["DTLS"]),
+        .testTarget(
+            name: "TOUNIOTests",
+            dependencies: [
+                "TOUNIO", "TOUDTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "TOUDTLSTests",
             dependencies: [

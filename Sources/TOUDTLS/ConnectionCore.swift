@@ -21,7 +21,12 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     @exclusivity(unchecked) var awaitingBatchEnd = false
 
     var connectPromise: EventLoopPromise<TOUConnection>?
-    @exclusivity(unchecked) private var pendingWrites: Deque<(buffer: ByteBuffer, promise: EventLoopPromise<Void>)> = []
+    @exclusivity(unchecked) private var pendingWrites: Deque<(buffer: ByteBuffer, promise: EventLoopPromise<Void>?)> = []
+    /// Bytes in `pendingWrites`: what waits for room in TCP's send buffer (a channel's writability).
+    @exclusivity(unchecked) private(set) var pendingWriteBytes = 0
+    /// A NIO channel built on this connection (TOUNIO): told when to read, when writes drained and
+    /// when the connection ended, instead of waiting on promises.
+    weak var observer: (any TOUConnectionObserver)?
     @exclusivity(unchecked) private var pendingRead: PendingRead?
     private var closePromises: [EventLoopPromise<Void>] = []
     /// `waitUntilEnded` callers: completed with the outcome, whoever ends the connection.
@@ -46,23 +51,34 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
 
     // MARK: Application requests (on the loop)
 
-    func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>, now: NIODeadline) {
+    /// `transmit: false` leaves what TCP took unsent until `transmit(now:)`, so that a batch of
+    /// writes (a channel's flush) leaves as full segments.
+    func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?, now: NIODeadline, transmit: Bool = true) {
         var rest = buffer
-        if let result = writeWithoutWaiting(&rest, now: now) {
-            promise.completeWith(result.mapError { $0 as Error })
+        if let result = writeWithoutWaiting(&rest, now: now, transmit: transmit) {
+            switch result {
+            case .success: promise?.succeed(())
+            case .failure(let error): promise?.fail(error)
+            }
             return
         }
         pendingWrites.append((rest, promise))
+        pendingWriteBytes += rest.readableBytes
         serviceWrites(now: now)
+    }
+
+    /// Sends what writes with `transmit: false` left in TCP.
+    func transmit(now: NIODeadline) {
+        session.pump(now: now)
     }
 
     /// The fast path of a write from the loop itself: takes all of `buffer` if nothing waits
     /// ahead of it and TCP has room. Nil means it must wait: the rest is left in `buffer`.
-    func writeWithoutWaiting(_ buffer: inout ByteBuffer, now: NIODeadline) -> Result<Void, TOUError>? {
+    func writeWithoutWaiting(_ buffer: inout ByteBuffer, now: NIODeadline, transmit: Bool = true) -> Result<Void, TOUError>? {
         if let error = failureForWrites { return .failure(error) }
         guard pendingWrites.isEmpty else { return nil }
         guard buffer.readableBytes > 0 else { return .success(()) }
-        let taken = session.write(buffer, now: now)
+        let taken = session.write(buffer, now: now, transmit: transmit)
         if taken >= buffer.readableBytes { return .success(()) }
         buffer.moveReaderIndex(forwardBy: taken)
         return nil
@@ -70,14 +86,14 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
 
     /// The fast path of a read from the loop itself: bytes already here, or the end, without waiting.
     /// Nil means nothing is ready yet.
-    func readWithoutWaiting(now: NIODeadline) -> Result<ByteBuffer?, TOUError>? {
+    func readWithoutWaiting(maximumBytes: Int = readChunk, now: NIODeadline) -> Result<ByteBuffer?, TOUError>? {
         guard pendingRead == nil, !discardInbound else { return nil }
-        return readyRead(now: now)
+        return readyRead(maximumBytes: maximumBytes, now: now)
     }
 
     /// What a read gets now: bytes, the end of the stream (nil), or the failure; nil if it must wait.
-    private func readyRead(now: NIODeadline) -> Result<ByteBuffer?, TOUError>? {
-        if let data = session.read(maximumBytes: Self.readChunk, now: now) { return .success(data) }
+    private func readyRead(maximumBytes: Int = readChunk, now: NIODeadline) -> Result<ByteBuffer?, TOUError>? {
+        if let data = session.read(maximumBytes: maximumBytes, now: now) { return .success(data) }
         if peerFinished || isCleanlyFinished { return .success(nil) }
         if case .failure(let error) = outcome { return .failure(error) }
         return nil
@@ -109,8 +125,10 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     /// `TOUError.closed`), since a partly written or partly read stream cannot be resumed. An
     /// operation that already completed is left alone.
     func cancel(_ waiter: ObjectIdentifier, now: NIODeadline) {
-        if let index = pendingWrites.firstIndex(where: { ObjectIdentifier($0.promise.futureResult) == waiter }) {
-            pendingWrites.remove(at: index).promise.fail(CancellationError())
+        if let index = pendingWrites.firstIndex(where: { $0.promise.map { ObjectIdentifier($0.futureResult) } == waiter }) {
+            let write = pendingWrites.remove(at: index)
+            pendingWriteBytes -= write.buffer.readableBytes
+            write.promise?.fail(CancellationError())
         } else if let read = pendingRead, read.identifier == waiter {
             pendingRead = nil
             read.complete(.failure(CancellationError()))
@@ -134,13 +152,13 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
 
     /// Graceful close: FIN after what is queued, drop further inbound bytes, and complete once the
     /// session has ended under the closing rules; after `timeout` the connection is reset.
-    func close(promise: EventLoopPromise<Void>, timeout: TimeAmount, loop: EventLoop,
+    func close(promise: EventLoopPromise<Void>?, timeout: TimeAmount, loop: EventLoop,
                now: NIODeadline, onTimeout: @escaping () -> Void) {
         if let outcome {
-            promise.completeWith(outcome.mapError { $0 as Error })
+            promise?.completeWith(outcome.mapError { $0 as Error })
             return
         }
-        closePromises.append(promise)
+        if let promise { closePromises.append(promise) }
         discardInbound = true
         finishWriting(now: now)
         serviceRead(now: now)
@@ -166,11 +184,13 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
             break  // the endpoint creates the public connection
         case .readable:
             serviceRead(now: now)
+            observer?.connectionReadable()
         case .writable:
             serviceWrites(now: now)
         case .peerFinished:
             peerFinished = true
             serviceRead(now: now)
+            observer?.connectionReadable()
         case .finished(let error):
             finish(error.map { .failure($0) } ?? .success(()), now: now)
         }
@@ -182,8 +202,9 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
         closeTimer?.cancel()
         closeTimer = nil
         let writeError = failureForWrites ?? .closed
+        pendingWriteBytes = 0
         while let (_, promise) = pendingWrites.popFirst() {
-            promise.fail(writeError)
+            promise?.fail(writeError)
         }
         serviceRead(now: now)
         for promise in closePromises {
@@ -198,6 +219,7 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
             self.connectPromise = nil
             connectPromise.fail(result.failureValue ?? .closed)
         }
+        observer?.connectionEnded(result)
     }
 
     private var isCleanlyFinished: Bool {
@@ -212,11 +234,13 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     }
 
     private func serviceWrites(now: NIODeadline) {
+        let before = pendingWriteBytes
         while var head = pendingWrites.first {
             let taken = session.write(head.buffer, now: now)
+            pendingWriteBytes -= min(taken, head.buffer.readableBytes)
             if taken >= head.buffer.readableBytes {
                 pendingWrites.removeFirst()
-                head.promise.succeed(())
+                head.promise?.succeed(())
                 continue
             }
             head.buffer.moveReaderIndex(forwardBy: taken)
@@ -227,6 +251,7 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
             finishAfterPendingWrites = false
             session.finishWriting(now: now)
         }
+        if pendingWriteBytes < before { observer?.connectionWritesDrained() }
     }
 
     private func serviceRead(now: NIODeadline) {

@@ -66,6 +66,14 @@ public final class TOUConnection: Sendable {
     ///   timeout), or `CancellationError`.
     public static func connect(host: String, port: Int, configuration: TOUConfiguration,
                                initialData: ByteBuffer? = nil) async throws -> TOUConnection {
+        try await connect(host: host, port: port, configuration: configuration, initialData: initialData,
+                          on: EventLoopTaskExecutor.currentLoop())
+    }
+
+    /// `connect` with the connection on `loop` (a NIOPosix loop; nil: the singleton group's next).
+    /// A channel built on the connection (TOUNIO) runs there.
+    package static func connect(host: String, port: Int, configuration: TOUConfiguration,
+                                initialData: ByteBuffer? = nil, on loop: EventLoop?) async throws -> TOUConnection {
         try configuration.validate()
         guard (1...65_535).contains(port) else {
             throw TOUError.invalidConfiguration("port \(port) is outside 1...65535")
@@ -83,8 +91,7 @@ public final class TOUConnection: Sendable {
             throw TOUError.unreachable(error.message)
         }
         return try await connect(to: addresses, host: host, port: port, configuration: configuration,
-                                 context: context, initialData: initialData,
-                                 loop: EventLoopTaskExecutor.currentLoop())
+                                 context: context, initialData: initialData, loop: loop)
     }
 
     /// One connection attempt to `remote`: its own endpoint and UDP socket, closed again unless
@@ -223,17 +230,7 @@ public final class TOUConnection: Sendable {
     /// Cancelling the task while it waits resets the connection at once and throws `CancellationError`.
     public func close() async throws {
         let promise = endpoint.loop.makePromise(of: Void.self)
-        let core = self.core
-        let timeout = endpoint.configuration.closeTimeout
-        endpoint.loop.execute { [endpoint] in
-            endpoint.withCore(core) { core, now in
-                core.close(promise: promise, timeout: timeout, loop: endpoint.loop, now: now) {
-                    endpoint.withCore(core) { core, now in
-                        core.session.abort(now: now, error: .timedOut("the peer did not finish closing"))
-                    }
-                }
-            }
-        }
+        endpoint.loop.execute { self.closeOnLoop(promise: promise) }
         try await withTaskCancellationHandler {
             try await promise.futureResult.get()
         } onCancel: {
@@ -266,7 +263,7 @@ public final class TOUConnection: Sendable {
     }
 
     /// `abort()` for callers already on the endpoint's loop.
-    func abortOnLoop() {
+    package func abortOnLoop() {
         endpoint.withCore(core) { core, now in core.session.abort(now: now, error: .closed) }
     }
 

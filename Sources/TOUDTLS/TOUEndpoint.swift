@@ -25,8 +25,10 @@ final class TOUEndpoint: @unchecked Sendable {
     private var mode: TOUMode { configuration.security == .dtls ? .secure : .plain }
 
     @exclusivity(unchecked) var context: ChannelHandlerContext?
-    /// Task executor on `loop`, for callers that want their connection code there.
-    let taskExecutor: EventLoopTaskExecutor
+    /// Task executor on `loop`, for callers that want their connection code there. Made on first
+    /// use: the registry of executors keeps each loop for good, and TOUNIO's endpoints may run on
+    /// loops of groups their users shut down.
+    var taskExecutor: EventLoopTaskExecutor { EventLoopTaskExecutor.of(loop) }
     /// The session table and admission: what to do with each datagram.
     let demultiplexer: Demultiplexer<ConnectionCore>
     /// Client: the task awaiting `connect` was cancelled (see `cancelConnect`).
@@ -74,7 +76,6 @@ final class TOUEndpoint: @unchecked Sendable {
     init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?,
          worker: Int = 0, of workerCount: Int = 1, budget: SessionBudget = SessionBudget()) {
         self.loop = loop
-        self.taskExecutor = EventLoopTaskExecutor.of(loop)
         self.role = role
         self.readsPerWakeup = role == .client ? 4 : 1
         self.receivesInBulk = role != .client
@@ -629,8 +630,9 @@ final class EventLoopTaskExecutor: TaskExecutor, Sendable {
         self.loop = loop
     }
 
-    /// One executor per loop, so a task's preference tells which loop it runs on. Endpoints run on
-    /// the singleton group's loops only, so this holds as many entries as that group has loops.
+    /// One executor per loop, so a task's preference tells which loop it runs on. TOUConnection's
+    /// endpoints run on the singleton group's loops, so this holds as many entries as that group has
+    /// loops, plus the loops of other groups whose connections (TOUNIO) were asked for an executor.
     private static let known = NIOLockedValueBox<[ObjectIdentifier: EventLoopTaskExecutor]>([:])
 
     static func of(_ loop: EventLoop) -> EventLoopTaskExecutor {

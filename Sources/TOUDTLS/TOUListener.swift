@@ -44,6 +44,34 @@ public final class TOUListener: Sendable {
     /// is not attached): for measurements and tests of the hand-over between workers.
     public static func bind(host: String? = nil, port: Int, configuration: TOUConfiguration,
                             workers: Int = defaultWorkers, steering: Bool = true) async throws -> TOUListener {
+        let (stream, continuation) = AsyncStream.makeStream(of: TOUConnection.self,
+                                                            bufferingPolicy: .bufferingOldest(configuration.acceptBacklog))
+        let listener = try await bind(host: host, port: port, configuration: configuration, workers: workers,
+                                      steering: steering, group: MultiThreadedEventLoopGroup.singleton,
+                                      connections: stream) { connection in
+            if case .dropped(let connection) = continuation.yield(connection) {
+                // Nobody takes connections this fast: refuse rather than queue without bound.
+                connection.abortOnLoop()
+            }
+        }
+        let closed = EventLoopFuture.andAllComplete(listener.channels.map(\.closeFuture), on: listener.endpoint.loop)
+        closed.whenComplete { _ in continuation.finish() }
+        return listener
+    }
+
+    /// `bind` with the workers on loops of `group` (NIOPosix), where `onAccept` is called with each
+    /// connection that completed both handshakes, on its worker's loop (TOUNIO makes a channel of
+    /// it); `connections` stays empty.
+    package static func bind(host: String?, port: Int, configuration: TOUConfiguration, workers: Int,
+                             group: EventLoopGroup,
+                             onAccept: @escaping @Sendable (TOUConnection) -> Void) async throws -> TOUListener {
+        try await bind(host: host, port: port, configuration: configuration, workers: workers, steering: true,
+                       group: group, connections: AsyncStream { $0.finish() }, onAccept: onAccept)
+    }
+
+    private static func bind(host: String?, port: Int, configuration: TOUConfiguration, workers: Int, steering: Bool,
+                             group: EventLoopGroup, connections stream: AsyncStream<TOUConnection>,
+                             onAccept: @escaping @Sendable (TOUConnection) -> Void) async throws -> TOUListener {
         try configuration.validate()
         guard (0...65_535).contains(port) else {
             throw TOUError.invalidConfiguration("port \(port) is outside 0...65535")
@@ -55,12 +83,10 @@ public final class TOUListener: Sendable {
         let perWorker = configuration.dividedAmong(workers: workers)
         let budget = SessionBudget()
         let endpoints = (0..<workers).map { index in
-            TOUEndpoint(loop: MultiThreadedEventLoopGroup.singleton.next(), role: .listener,
+            TOUEndpoint(loop: group.next(), role: .listener,
                         configuration: perWorker, dtlsContext: context, worker: index, of: workers, budget: budget)
         }
         for endpoint in endpoints { endpoint.workers = endpoints.map { TOUEndpoint.WeakEndpoint(endpoint: $0) } }
-        let (stream, continuation) = AsyncStream.makeStream(of: TOUConnection.self,
-                                                            bufferingPolicy: .bufferingOldest(configuration.acceptBacklog))
         let address: SocketAddress
         do {
             // No HOST: "::", dual-stack on Linux by default.
@@ -98,17 +124,8 @@ public final class TOUListener: Sendable {
             }
         }
         for endpoint in endpoints {
-            try await endpoint.loop.submit {
-                endpoint.onAccept = { connection in
-                    if case .dropped(let connection) = continuation.yield(connection) {
-                        // Nobody takes connections this fast: refuse rather than queue without bound.
-                        connection.abortOnLoop()
-                    }
-                }
-            }.get()
+            try await endpoint.loop.submit { endpoint.onAccept = onAccept }.get()
         }
-        let closed = EventLoopFuture.andAllComplete(channels.map(\.closeFuture), on: endpoints[0].loop)
-        closed.whenComplete { _ in continuation.finish() }
         return try TOUListener(endpoints: endpoints, channels: channels, connections: stream, steersBySessionID: steers)
     }
 
@@ -207,6 +224,20 @@ public final class TOUListener: Sendable {
                 all.append((try? await endpoint.loop.submit { endpoint.counters }.get()) ?? TOUEndpointCounters())
             }
             return all
+        }
+    }
+}
+
+extension TOUListener {
+    /// `close()` without waiting, from any thread: no new connections; each worker's socket closes
+    /// once every connection it accepted has ended.
+    package func stopAccepting() {
+        for endpoint in endpoints {
+            if endpoint.loop.inEventLoop {
+                endpoint.stopAccepting(promise: nil)
+            } else {
+                endpoint.loop.execute { endpoint.stopAccepting(promise: nil) }
+            }
         }
     }
 }

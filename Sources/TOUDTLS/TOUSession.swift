@@ -426,10 +426,11 @@ final class TOUSession {
     var readableBytes: Int { tcp?.readableBytes ?? 0 }
 
     /// Queues as much of `data` as the send buffer takes; returns the number of bytes taken.
-    func write(_ data: ByteBuffer, now: NIODeadline) -> Int {
+    /// `transmit: false` leaves the sending to a later `pump` (a batch of writes, then one pump).
+    func write(_ data: ByteBuffer, now: NIODeadline, transmit: Bool = true) -> Int {
         guard !isFinished, tcp != nil else { return 0 }
         let taken = tcp?.write(data) ?? 0
-        if taken > 0 { pump(now: now) }
+        if taken > 0, transmit { pump(now: now) }
         return taken
     }
 

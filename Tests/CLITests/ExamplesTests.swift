@@ -30,6 +30,29 @@ struct ExamplesTests {
         #expect(client.outputText.contains("full handshake"), "\(client.outputText)")
     }
 
+    @Test("HTTPServer serves a folder's files to HTTPClient over TOU channels (NIOHTTP1 on both ends)")
+    func http() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-http-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        // 1.2 MB: many chunks, more than one flight of the TCP window.
+        let text = (0..<20_000).map { "line \($0) of a file served over TOU\n" }.joined()
+        try text.write(to: folder.appendingPathComponent("page.txt"), atomically: true, encoding: .utf8)
+        let server = try Self.example("HTTPServer", ["0", folder.path])
+        defer { server.terminate(); server.wait() }
+        #expect(server.waitForOutput(containing: "serving "), "HTTPServer said: \(server.errorOutput)")
+        let line = try #require(server.outputText.split(separator: "\n").first { $0.hasPrefix("serving ") })
+        let port = try #require(line.split(separator: ":").last.flatMap { Int($0) })
+
+        let client = try Self.example("HTTPClient", ["tou://127.0.0.1:\(port)/page.txt"])
+        #expect(client.wait() == 0, "stderr: \(client.errorOutput)")
+        #expect(client.outputText == text, "\(client.outputText.count) of \(text.count) characters")
+
+        let missing = try Self.example("HTTPClient", ["tou://127.0.0.1:\(port)/../page.txt"])
+        #expect(missing.wait() == 1)
+        #expect(missing.errorOutput.contains("404 Not Found"), "\(missing.errorOutput)")
+    }
+
     @Test("PortForward carries curl to python3 -m http.server through toudtls-cat -l --tcp-connect",
           .enabled(if: programPath("python3") != nil && programPath("curl") != nil, "needs python3 and curl"))
     func portForward() throws {
