@@ -124,21 +124,23 @@ extension TCPConnection {
     }
 
     /// Receive-window auto-tuning (like Linux's DRS): once per RTT, let the buffer hold four
-    /// times what arrived in that RTT (twice the BDP, with room to double), within the cap.
+    /// times what the application read in that RTT (twice the BDP, with room to double), within
+    /// the cap. What it read, not what arrived (Linux counts copied bytes too): a reader that
+    /// stalls must not grow its buffer to the cap while data keeps arriving.
     private mutating func autotuneReceiveBuffer(now: NIODeadline) {
         let cap = configuration.effectiveMaximumReceiveBufferSize
         guard receiveBufferLimit < cap, let srtt = rtt.smoothed else { return }
         guard let start = autotuneStart else {
             autotuneStart = now
-            autotuneMark = counters.bytesReceived
+            autotuneMark = bytesConsumed
             return
         }
         guard now - start >= max(srtt, .milliseconds(1)) else { return }
-        let delivered = counters.bytesReceived - autotuneMark
-        let target = min(cap, 4 * delivered)
+        let consumed = bytesConsumed - autotuneMark
+        let target = min(cap, 4 * consumed)
         if target > receiveBufferLimit { receiveBufferLimit = target }
         autotuneStart = now
-        autotuneMark = counters.bytesReceived
+        autotuneMark = bytesConsumed
     }
 
     mutating func signalReadable() {

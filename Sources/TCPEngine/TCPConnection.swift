@@ -75,6 +75,8 @@ public struct TCPConnection {
     var receiveBufferLimit: Int
     var autotuneStart: NIODeadline?
     var autotuneMark = 0
+    /// Bytes the application has read: receive auto-tuning measures the reader, not the sender.
+    var bytesConsumed = 0
     /// A FIN that arrived ahead of a hole.
     var pendingPeerFin: UInt32?
     var offersWindowScale: Bool
@@ -281,6 +283,7 @@ public struct TCPConnection {
     /// once it has grown by a meaningful amount.
     public mutating func read(maximumBytes: Int) -> ByteBuffer? {
         guard let data = receiveBuffer.read(maximumBytes: maximumBytes) else { return nil }
+        bytesConsumed += data.readableBytes
         switch state {
         case .established, .finWait1, .finWait2:
             let growth = offerableReceiveSpace - currentReceiveWindow
