@@ -10,6 +10,12 @@ extension TOUConnection {
     /// once when one fails; the first to complete wins, and the others are cancelled (an attempt
     /// abandoned mid-handshake leaves no socket; one that completed too is reset). Throws the
     /// most telling failure once all have failed: an authentication failure before others.
+    ///
+    /// `initialData` rides on the first attempt's SYN only: a SYN's data reaches the server's
+    /// application even if the client abandons that attempt a moment later, so a request on every
+    /// attempt's SYN would often be served twice. A later attempt that wins gets it as its first
+    /// write (a duplicate remains possible only if the first attempt's SYN reached the server
+    /// before a later attempt won, as with TCP Fast Open).
     static func connect(to addresses: [SocketAddress], host: String, port: Int, configuration: TOUConfiguration,
                         context: DTLSContext?, initialData: ByteBuffer?,
                         attemptDelay: TimeAmount = attemptDelay, loop: EventLoop? = nil) async throws -> TOUConnection {
@@ -18,7 +24,8 @@ extension TOUConnection {
                                      context: context, initialData: initialData, loop: loop)
         }
         enum Outcome: Sendable {
-            case connected(TOUConnection)
+            /// `first`: the first attempt, which carried `initialData` on its SYN.
+            case connected(TOUConnection, first: Bool)
             case failed(any Error)
             /// The delay after attempt `index` began has passed.
             case delayPassed(index: Int)
@@ -30,12 +37,14 @@ extension TOUConnection {
             func startNext() {
                 let index = started
                 let remote = addresses[index]
+                let data = index == 0 ? initialData : nil
                 started += 1
                 running += 1
                 group.addTask {
                     do {
                         return .connected(try await attempt(remote, host: host, port: port, configuration: configuration,
-                                                            context: context, initialData: initialData, loop: loop))
+                                                            context: context, initialData: data, loop: loop),
+                                          first: index == 0)
                     } catch {
                         return .failed(error)
                     }
@@ -51,14 +60,22 @@ extension TOUConnection {
             func abandonTheRest() async throws {
                 group.cancelAll()
                 while let other = try await group.next() {
-                    if case .connected(let loser) = other { await loser.abort() }
+                    if case .connected(let loser, _) = other { await loser.abort() }
                 }
             }
             startNext()
             while let outcome = try await group.next() {
                 switch outcome {
-                case .connected(let winner):
+                case .connected(let winner, let first):
                     try await abandonTheRest()
+                    if !first, let initialData, initialData.readableBytes > 0 {
+                        do {
+                            try await winner.write(initialData)
+                        } catch {
+                            await winner.abort()
+                            throw error
+                        }
+                    }
                     return winner
                 case .failed(let error):
                     running -= 1

@@ -73,7 +73,7 @@ struct HappyEyeballsTests {
         #expect(throws: AddressText.Failure.self) { try AddressText.resolveAll("no-such-host.invalid", port: 9) }
     }
 
-    @Test("IPv6 blackholes: IPv4 wins after the delay, the IPv6 attempt's socket is closed")
+    @Test("IPv6 blackholes: IPv4 wins after the delay (and sends the request connect was given), the IPv6 attempt's socket is closed")
     func ipv6Blackholes() async throws {
         let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0,
                                                   configuration: EndToEndTests.serverConfiguration())
@@ -89,7 +89,7 @@ struct HappyEyeballsTests {
         let v4 = try Self.address("127.0.0.1", port)
         let connection = try await TOUConnection.connect(
             to: [v6, v4], host: "localhost", port: port, configuration: configuration,
-            context: try configuration.makeClientContext(), initialData: nil)
+            context: try configuration.makeClientContext(), initialData: ByteBuffer(string: "request, "))
         #expect(connection.remoteAddress.ipAndPort == "127.0.0.1:\(port)")
         #expect(silent.drain() > 0, "IPv6 was not tried first")
         var open = Self.socketsConnected(toIPv6LoopbackPort: silent.port)
@@ -103,7 +103,7 @@ struct HappyEyeballsTests {
         try await connection.finishWriting()
         var text = ""
         for try await chunk in serverSide.inbound { text += String(buffer: chunk) }
-        #expect(text == "over v4")
+        #expect(text == "request, over v4")
         try await serverSide.close()
         try await connection.close()
         try await listener.close()
@@ -128,6 +128,46 @@ struct HappyEyeballsTests {
         _ = await serverClosed
         try await listener.close()
         #expect(await listener.counters.sessionsAccepted == 1)
+    }
+
+    /// Two paths of 400 ms round trip to one listener, the second attempt 100 ms after the first:
+    /// the second's SYN reaches the server (at 700 ms) before the first completes (800 ms) and
+    /// wins, and the second is abandoned (it would complete at 900 ms).
+    @Test("the request given to connect reaches the server once, though a losing attempt's SYN reached it too")
+    func requestServedOnce() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: EndToEndTests.serverConfiguration())
+        let port = try #require(listener.localAddress.port)
+        let relays = try (0..<2).map { _ in try DelayRelay(listenerPort: UInt16(port), oneWayDelayMilliseconds: 200) }
+        defer { for relay in relays { relay.stop() } }
+        let received = LockedBox<[Int]>([])
+        let server = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for await connection in listener.connections {
+                    group.addTask {
+                        var bytes = 0
+                        do { for try await chunk in connection.inbound { bytes += chunk.readableBytes } } catch {}
+                        received.withLock { $0.append(bytes) }
+                        try? await connection.close()
+                    }
+                }
+            }
+        }
+        let configuration = EndToEndTests.clientConfiguration()
+        let connection = try await TOUConnection.connect(
+            to: relays.map { try! Self.address("127.0.0.1", Int($0.port)) }, host: "localhost", port: port,
+            configuration: configuration, context: try configuration.makeClientContext(),
+            initialData: ByteBuffer(string: "request"), attemptDelay: .milliseconds(100))
+        try await connection.finishWriting()
+        // The abandoned attempt's session at the listener ends with the client's reset.
+        for _ in 0..<300 where received.withLock({ $0.count }) < 2 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        try await connection.close()
+        try await listener.close()
+        await server.value
+        let perConnection = received.withLock { $0 }
+        print("bytes per accepted connection: \(perConnection)")
+        #expect(perConnection.filter { $0 > 0 } == [7], "bytes per accepted connection: \(perConnection)")
     }
 
     @Test("IPv6 refused (nothing listening): IPv4 is tried as soon as IPv6 fails, not after the delay")
