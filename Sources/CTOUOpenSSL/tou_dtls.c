@@ -1043,12 +1043,35 @@ static void release_idle_buffers(tou_dtls_conn *c) {
         c->out_buf = NULL;
         c->out_cap = 0;
     }
-    SSL_free_buffers(c->ssl);
+    if (c->ssl != NULL) SSL_free_buffers(c->ssl);
+}
+
+int tou_dtls_conn_release_handshake(tou_dtls_conn *c) {
+    if (c->ssl == NULL) return 1;
+    if (!c->established || c->failed || c->sealer == NULL) return 0;
+    const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
+    c->released_cipher = ci != NULL ? SSL_CIPHER_get_name(ci) : NULL;
+    c->released_reused = SSL_session_reused(c->ssl) == 1;
+    SSL_free(c->ssl); /* frees the BIO too */
+    c->ssl = NULL;
+    /* Only OpenSSL's own later records needed re-sealing; it writes none now. */
+    tou_aead_free(c->own_opener);
+    c->own_opener = NULL;
+    free(c->reseal_scratch);
+    c->reseal_scratch = NULL;
+    release_idle_buffers(c);
+    ERR_clear_error();
+    return 1;
+}
+
+const char *tou_alert_description(int description) {
+    return SSL_alert_desc_string_long(description & 0xff);
 }
 
 int tou_dtls_conn_step(tou_dtls_conn *c, uint8_t *out, size_t out_cap, size_t *out_len) {
     *out_len = 0;
     if (c->failed) return TOU_DTLS_STEP_FATAL;
+    if (c->ssl == NULL) return TOU_DTLS_STEP_WANT;
     clear_stale_errors();
     if (!c->established) {
         int r = SSL_do_handshake(c->ssl);
@@ -1084,6 +1107,7 @@ int tou_dtls_conn_step(tou_dtls_conn *c, uint8_t *out, size_t out_cap, size_t *o
 }
 
 int tou_dtls_conn_shutdown(tou_dtls_conn *c) {
+    if (c->ssl == NULL) return 1; /* the record layer writes close_notify itself */
     ERR_clear_error();
     int r = SSL_shutdown(c->ssl);
     if (r < 0) {
@@ -1100,7 +1124,7 @@ int tou_dtls_conn_shutdown(tou_dtls_conn *c) {
 
 int tou_dtls_conn_get_timeout(tou_dtls_conn *c, int64_t *remaining_us) {
     struct timeval tv;
-    if (DTLSv1_get_timeout(c->ssl, &tv) == 1) {
+    if (c->ssl != NULL && DTLSv1_get_timeout(c->ssl, &tv) == 1) {
         *remaining_us = (int64_t)tv.tv_sec * 1000000 + (int64_t)tv.tv_usec;
         return 1;
     }
@@ -1111,6 +1135,7 @@ int tou_dtls_conn_get_timeout(tou_dtls_conn *c, int64_t *remaining_us) {
 int tou_dtls_conn_handle_timeout(tou_dtls_conn *c) {
     ERR_clear_error();
     if (c->failed) return TOU_DTLS_STEP_FATAL;
+    if (c->ssl == NULL) return TOU_DTLS_STEP_WANT;
     int r = DTLSv1_handle_timeout(c->ssl);
     if (r < 0) {
         classify_failure(c, !c->established);
@@ -1135,7 +1160,7 @@ void tou_dtls_conn_out_reset(tou_dtls_conn *c) {
 }
 
 int tou_dtls_conn_set_mtu(tou_dtls_conn *c, int mtu) {
-    if (!SSL_set_mtu(c->ssl, mtu)) { ERR_clear_error(); return 0; }
+    if (c->ssl == NULL || !SSL_set_mtu(c->ssl, mtu)) { ERR_clear_error(); return 0; }
     c->mtu = mtu;
     return 1;
 }
@@ -1144,6 +1169,7 @@ int tou_dtls_conn_is_established(const tou_dtls_conn *c) { return c->established
 
 const char *tou_dtls_conn_cipher(const tou_dtls_conn *c) {
     if (!c->established) return NULL;
+    if (c->ssl == NULL) return c->released_cipher;
     const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
     return ci != NULL ? SSL_CIPHER_get_name(ci) : NULL;
 }
@@ -1151,6 +1177,7 @@ const char *tou_dtls_conn_cipher(const tou_dtls_conn *c) {
 int tou_dtls_conn_aead_expansion(const tou_dtls_conn *c) {
     /* The suite being negotiated counts: a server knows it from its ServerHello on, while its
      * current cipher is still unset until the client's CCS. */
+    if (c->ssl == NULL) return c->sealer != NULL ? (int)tou_aead_overhead(c->sealer) - 13 : 8 + 16;
     const SSL_CIPHER *ci = SSL_get_pending_cipher(c->ssl);
     if (ci == NULL) ci = SSL_get_current_cipher(c->ssl);
     /* No suite yet: no epoch-1 record can be genuine, so the stricter bound is safe. */
@@ -1165,11 +1192,12 @@ int tou_dtls_conn_can_false_start(const tou_dtls_conn *c) {
 }
 
 
-size_t tou_dtls_conn_data_mtu(const tou_dtls_conn *c) { return DTLS_get_data_mtu(c->ssl); }
+size_t tou_dtls_conn_data_mtu(const tou_dtls_conn *c) { return c->ssl != NULL ? DTLS_get_data_mtu(c->ssl) : 0; }
 
 int tou_dtls_conn_peer_subject(const tou_dtls_conn *c, char *buf, size_t cap) {
     if (cap == 0) return 0;
     buf[0] = '\0';
+    if (c->ssl == NULL) return 0;
     X509 *peer = SSL_get0_peer_certificate(c->ssl);
     if (peer == NULL) return 0;
     BIO *mem = BIO_new(BIO_s_mem());
@@ -1204,7 +1232,8 @@ int tou_dtls_conn_record_layer(tou_dtls_conn *c, tou_aead **sealer, tou_aead **o
         *epoch = c->write_epoch;
         return 1;
     }
-    if ((!c->established && !tou_dtls_conn_can_false_start(c)) || c->failed || c->write_epoch == 0) return 0;
+    if ((!c->established && !tou_dtls_conn_can_false_start(c)) || c->failed || c->write_epoch == 0
+        || c->ssl == NULL) return 0;
     const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
     if (ci == NULL) return 0;
     int suite;

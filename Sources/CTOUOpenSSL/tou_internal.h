@@ -87,6 +87,9 @@ struct tou_dtls_conn {
     size_t offered_ticket_len;
 
     int alert_read;          /* last alert received: (level << 8) | description, or -1 */
+    /* After tou_dtls_conn_release_handshake: ssl is NULL, and these answer for it. */
+    const char *released_cipher; /* OpenSSL's static name of the suite */
+    int released_reused;
     /* Filled by the certificate verify callback: why the peer's chain was refused, in words,
      * and whether it was the pin check (the chain itself verified). */
     char verify_detail[TOU_ERR_CAP];

@@ -156,7 +156,7 @@ static int64_t session_expiry(const SSL_SESSION *session) {
 
 long tou_dtls_conn_export_session(const tou_dtls_conn *c, uint8_t *out, size_t cap, int64_t *expires_unix) {
     *expires_unix = 0;
-    if (c->is_server || !c->established || c->server_name[0] == '\0') return 0;
+    if (c->is_server || !c->established || c->ssl == NULL || c->server_name[0] == '\0') return 0;
     SSL_SESSION *session = SSL_get1_session(c->ssl);
     if (session == NULL) return 0;
     long result = 0;
@@ -225,7 +225,7 @@ tou_saved_session *tou_saved_session_decode(const uint8_t *saved, size_t len, ch
 }
 
 tou_saved_session *tou_dtls_conn_live_session(const tou_dtls_conn *c) {
-    if (c->is_server || !c->established || c->server_name[0] == '\0') return NULL;
+    if (c->is_server || !c->established || c->ssl == NULL || c->server_name[0] == '\0') return NULL;
     SSL_SESSION *live = SSL_get1_session(c->ssl);
     if (live == NULL) return NULL;
     /* A copy: OpenSSL may still mark the connection's own session (not resumable when it ends
@@ -308,5 +308,6 @@ int tou_dtls_conn_offer_session(tou_dtls_conn *c, const uint8_t *saved, size_t l
 }
 
 int tou_dtls_conn_session_reused(const tou_dtls_conn *c) {
+    if (c->ssl == NULL) return c->established && c->released_reused;
     return c->established && SSL_session_reused(c->ssl) == 1;
 }

@@ -32,6 +32,12 @@ public final class DTLSConnection {
     private var early: [ByteBuffer] = []
     /// At most this many early records are held; more are dropped (TCP resends them).
     public static let maximumEarlyRecords = 8
+    /// What is still asked of a connection whose OpenSSL object was freed (`releaseHandshakeState`).
+    private struct Released {
+        var peerCertificateSubject: String?
+        var resumableSession: DTLSSavedSession?
+    }
+    private var released: Released?
 
     @exclusivity(unchecked) public private(set) var state: DTLSConnectionState = .handshaking
     /// Records dropped: undecodable headers, bad MAC, replays, too old.
@@ -79,9 +85,28 @@ public final class DTLSConnection {
     /// Whether the completed handshake resumed a session: abbreviated, no certificate sent.
     public var isResumed: Bool { tou_dtls_conn_session_reused(handle) == 1 }
 
+    /// Frees OpenSSL's connection object once both sides are known to have completed the
+    /// handshake (the caller's evidence: the peer answered something it sent after verifying our
+    /// Finished), keeping only the record layer: OpenSSL keeps its handshake buffer and state,
+    /// about 40 KB, for the life of a DTLS connection in case a flight must be resent, and that was
+    /// most of what an idle connection held. Afterwards the peer's alerts are opened here, and a
+    /// late copy of a handshake flight is dropped and counted. What the connection still answers
+    /// (suite, resumption, the peer's subject, the session to resume) is kept.
+    public func releaseHandshakeState() {
+        guard released == nil, state == .established, records != nil else { return }
+        let kept = Released(peerCertificateSubject: peerCertificateSubject, resumableSession: resumableSession)
+        guard tou_dtls_conn_release_handshake(handle) == 1 else { return }
+        released = kept
+        deadline = nil
+    }
+
+    /// True once `releaseHandshakeState` freed OpenSSL's object.
+    public var handshakeStateReleased: Bool { released != nil }
+
     /// Client, after the handshake: the session to offer next time, if the server issued a ticket
     /// (nil after a resumption under the offered ticket: that session is still the one to keep).
     public var resumableSession: DTLSSavedSession? {
+        if let released { return released.resumableSession }
         var expires: Int64 = 0
         // Asked for its size first: a session holds the server's certificate, of any size.
         let needed = tou_dtls_conn_export_session(handle, nil, 0, &expires)
@@ -160,6 +185,16 @@ public final class DTLSConnection {
                     continue
                 }
                 guard type == 23 else {
+                    if released != nil {
+                        // OpenSSL is gone: alerts are opened here; handshake records can only be
+                        // a late copy of a flight both sides have finished with.
+                        if type == 21, let records, epoch == records.epoch {
+                            openAlert(record: record, with: records, sequence: sequence)
+                        } else {
+                            droppedRecords += 1
+                        }
+                        continue
+                    }
                     reachedOpenSSL = true
                     process(record: record, type: type)
                     continue
@@ -221,6 +256,33 @@ public final class DTLSConnection {
             if replayMirror.markDelivered(epoch: records.epoch, sequence: sequence) {
                 lastDatagramAdvancedReceiveWindow = true
             }
+        }
+    }
+
+    /// An alert after `releaseHandshakeState`, checked against the same replay window as data:
+    /// close_notify ends the peer's writing, a fatal alert fails the connection, warnings are ignored.
+    private func openAlert(record: UnsafeRawBufferPointer, with records: RecordLayer, sequence: UInt64) {
+        guard case .unseen = replayMirror.classify(epoch: records.epoch, sequence: sequence) else {
+            droppedRecords += 1
+            return
+        }
+        guard let plaintext = records.open(record, allocator: allocator) else {
+            droppedRecords += 1
+            return
+        }
+        _ = replayMirror.markDelivered(epoch: records.epoch, sequence: sequence)
+        guard plaintext.readableBytes == 2, let level = plaintext.getInteger(at: 0, as: UInt8.self),
+              let description = plaintext.getInteger(at: 1, as: UInt8.self) else {
+            fail(.protocolError("an alert of \(plaintext.readableBytes) bytes; alerts have 2"))
+            return
+        }
+        if description == 0 {
+            closeReceived = true
+            state = .closed
+            events.append(.closeNotifyReceived)
+        } else if level == 2 {
+            let name = tou_alert_description(Int32(description)).map { String(cString: $0) } ?? "\(description)"
+            fail(.alertReceived("received fatal alert: \(name)"))
         }
     }
 
@@ -414,6 +476,16 @@ public final class DTLSConnection {
         records?.setLimits(usage: usage, failedOpens: failedOpens)
     }
 
+    /// Tests only: queues an alert sealed by the record layer (no such alert is sent otherwise).
+    func sendAlertForTesting(level: UInt8, description: UInt8) throws(DTLSError) {
+        guard let records else { throw .protocolError("no record layer yet") }
+        var alert = allocator.buffer(capacity: 2 + records.overhead)
+        try withUnsafeBytes(of: (level, description)) { body throws(DTLSError) in
+            _ = try seal(type: 21, body, with: records, appendingTo: &alert)
+        }
+        outgoing.append(alert)
+    }
+
     /// Tests only: restart the epoch's counter at `sequence` (to reach the end of its space).
     func moveSequenceForTesting(to sequence: UInt64) {
         records?.moveSequence(to: sequence)
@@ -478,6 +550,7 @@ public final class DTLSConnection {
 
     /// The peer certificate's subject in RFC 2253 form, e.g. "CN=localhost".
     public var peerCertificateSubject: String? {
+        if let released { return released.peerCertificateSubject }
         var buffer = [CChar](repeating: 0, count: 512)
         guard tou_dtls_conn_peer_subject(handle, &buffer, buffer.count) == 1 else { return nil }
         return cString(buffer)

@@ -423,6 +423,8 @@ final class TOUSession {
     /// Why a saved session given to `initiate` was not offered.
     var resumptionRefusal: String? { dtls?.resumptionRefusal }
     var negotiatedCipherSuite: String? { dtls?.negotiatedCipherSuite }
+    /// OpenSSL's object was freed after both handshakes (see `DTLSConnection.releaseHandshakeState`).
+    var handshakeStateReleased: Bool { dtls?.handshakeStateReleased ?? false }
     var readableBytes: Int { tcp?.readableBytes ?? 0 }
 
     /// Queues as much of `data` as the send buffer takes; returns the number of bytes taken.
@@ -534,6 +536,9 @@ final class TOUSession {
             switch event {
             case .connected:
                 handshakeDeadline = nil
+                // The peer acknowledged our SYN or SYN-ACK, which it could only open after both
+                // Finished messages verified: no flight will be resent, and OpenSSL can go.
+                dtls?.releaseHandshakeState()
                 if !establishedReported {
                     establishedReported = true
                     events.append(.established)

@@ -113,6 +113,25 @@ struct TOUSessionFastSetupTests {
         #expect(pair.targetEvents.filter { $0 == .established }.count == 1)
     }
 
+    @Test("the target's Finished lost: the flights are resent from OpenSSL's state, freed only once TCP is established")
+    func targetsFinishedLost() throws {
+        let pair = try Self.requestPair()
+        pair.timerHorizon = .milliseconds(3000)
+        var dropped = false
+        pair.toInitiator = { _, payload in
+            if !dropped, payload.carriesEpoch1Handshake {
+                dropped = true
+                return .drop
+            }
+            return .deliver
+        }
+        try pair.run()
+        #expect(dropped)
+        let target = try Self.answerAndRun(pair)
+        #expect(target.tcp?.state == .established)
+        #expect(pair.initiator.handshakeStateReleased && target.handshakeStateReleased)
+    }
+
     @Test("the target's SYN-ACK and answer before its Finished: held by the initiator, then taken")
     func answerOvertakesTheTargetsFinished() throws {
         let pair = try Self.requestPair()

@@ -179,6 +179,9 @@ struct TOUSessionTests {
         #expect(target.remoteSID == pair.initiator.localSID)
         // MSS at path MTU 1500 over IPv4 with AES-256-GCM (wire format: 1399).
         #expect(pair.initiator.maximumSegmentSize == 1399)
+        // TCP's handshake proved both DTLS handshakes done: OpenSSL's objects are gone, and the
+        // data and closing below run on the record layer alone.
+        #expect(pair.initiator.handshakeStateReleased && target.handshakeStateReleased)
 
         var data = ByteBufferAllocator().buffer(capacity: 100_000)
         data.writeRepeatingByte(7, count: 100_000)

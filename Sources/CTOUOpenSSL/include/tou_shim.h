@@ -159,6 +159,14 @@ const char *tou_dtls_conn_cipher(const tou_dtls_conn *conn);          /* NULL be
 int tou_dtls_conn_aead_expansion(const tou_dtls_conn *conn);
 size_t tou_dtls_conn_data_mtu(const tou_dtls_conn *conn);             /* plaintext room at handshake MTU */
 int tou_dtls_conn_peer_subject(const tou_dtls_conn *conn, char *buf, size_t cap); /* 1 if present */
+/* Once both sides are known to have finished the handshake: frees the SSL object (its handshake
+ * buffers, state and certificates, most of an idle connection's memory). The record layer's keys
+ * stay; the suite and whether it resumed stay answerable; everything else that needs the SSL
+ * (timers, flights, alerts through OpenSSL, sessions, the peer's subject) is gone. Returns 1 if
+ * released (or already), 0 if the connection is not established with its own record layer. */
+int tou_dtls_conn_release_handshake(tou_dtls_conn *conn);
+/* OpenSSL's long name of an alert description, e.g. "handshake failure". */
+const char *tou_alert_description(int description);
 int tou_dtls_conn_error_kind(const tou_dtls_conn *conn);
 const char *tou_dtls_conn_error_message(const tou_dtls_conn *conn);
 
