@@ -108,16 +108,21 @@ public final class DTLSContext: @unchecked Sendable {
     }
 
     /// Stateless cookie exchange on a server context. Feeds one datagram that should carry a
-    /// ClientHello. `cookieToIssue` (1...255 bytes) goes into a HelloVerifyRequest; a ClientHello
+    /// ClientHello. `cookieToIssue` (1...255 bytes; made only with `requireCookie`) goes into a
+    /// HelloVerifyRequest; a ClientHello
     /// carrying any of `acceptableCookies` is accepted and becomes a connection that continues the
     /// handshake (its ServerHello flight is then available from `pollDatagram()`). No per-peer
     /// state is kept when not accepted. With `requireCookie` false a ClientHello without a cookie
     /// is accepted at once (the caller knows the peer cannot use the answer to amplify: it padded
     /// its ClientHello and the listener is not under pressure). Padding after the records is
     /// ignored.
-    public func listen(datagram: ByteBuffer, cookieToIssue: [UInt8], acceptableCookies: [[UInt8]],
-                       requireCookie: Bool = true, mtu: Int, now: NIODeadline) -> DTLSListenResult {
+    public func listen(datagram: ByteBuffer, cookieToIssue makeCookie: @autoclosure () -> [UInt8],
+                       acceptableCookies: [[UInt8]], requireCookie: Bool = true, mtu: Int,
+                       now: NIODeadline) -> DTLSListenResult {
         guard isServer else { return .dropped("listen needs a server context") }
+        // Made only where one may be issued (a cookie costs an HMAC); without requireCookie the
+        // shim never issues one, and the placeholder only satisfies its argument checks.
+        let cookieToIssue = requireCookie ? makeCookie() : [0]
         guard (1...255).contains(cookieToIssue.count) else {
             return .dropped("the cookie to issue must be 1...255 bytes")
         }

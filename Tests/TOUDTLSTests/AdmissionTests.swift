@@ -58,6 +58,20 @@ private func address(_ n: Int) -> IPAddressBytes {
         #expect(hex == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
     }
 
+    @Test func keyedHMACMatchesRFC4231AndCanBeUsedAgain() {
+        // The keyed form the admission uses: the same result every time from one key.
+        let key = HMACKey(Array("Jefe".utf8))
+        let data = Array("what do ya want for nothing?".utf8)
+        for _ in 0..<3 {
+            var out = [UInt8](repeating: 0, count: 32)
+            #expect(tou_hmac_key_sha256(key.handle, data, data.count, &out) == 1)
+            let hex = out.map { String($0, radix: 16) }.map { $0.count == 1 ? "0" + $0 : $0 }.joined()
+            #expect(hex == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        }
+        var out = [UInt8](repeating: 0, count: 32)
+        #expect(tou_hmac_key_sha256(nil, data, data.count, &out) == 0)
+    }
+
     @Test func derivedSIDIsStableWithinAPeriodAndDiffersAcrossPeers() {
         var admission = StatelessAdmission(now: t0)
         let p = peer(1)

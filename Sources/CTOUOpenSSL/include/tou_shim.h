@@ -13,6 +13,15 @@ int tou_hmac_sha256(const uint8_t *key, size_t key_len,
                     const uint8_t *data, size_t data_len,
                     uint8_t out[32]);
 
+/* An HMAC-SHA-256 key set up once: OpenSSL 3's one-shot HMAC looks the MAC and the digest up
+ * by name on every call, which costs more than the hashing itself. Immutable after creation, so
+ * several threads may use one. NULL on failure. */
+typedef struct tou_hmac_key tou_hmac_key;
+tou_hmac_key *tou_hmac_key_new(const uint8_t *key, size_t key_len);
+void tou_hmac_key_free(tou_hmac_key *key);
+/* HMAC-SHA-256 of data under key; writes 32 bytes to out. Returns 1 on success, 0 on failure. */
+int tou_hmac_key_sha256(const tou_hmac_key *key, const uint8_t *data, size_t data_len, uint8_t out[32]);
+
 /* SHA-256 of the DER SubjectPublicKeyInfo of the first certificate in pem (the value a
  * public-key pin holds). Returns 1 on success, 0 with a message in err. */
 int tou_public_key_sha256(const uint8_t *pem, size_t pem_len, uint8_t out[32], char *err, size_t err_cap);

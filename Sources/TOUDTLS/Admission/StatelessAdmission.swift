@@ -9,12 +9,12 @@ struct StatelessAdmission: Sendable {
     static let cookieLength = 32
 
     private struct KeyPair: Sendable {
-        var sidKey: [UInt8]
-        var cookieKey: [UInt8]
+        var sidKey: HMACKey
+        var cookieKey: HMACKey
 
         static func random() -> KeyPair {
-            KeyPair(sidKey: secureRandomBytes(StatelessAdmission.keyLength),
-                    cookieKey: secureRandomBytes(StatelessAdmission.keyLength))
+            KeyPair(sidKey: HMACKey(secureRandomBytes(StatelessAdmission.keyLength)),
+                    cookieKey: HMACKey(secureRandomBytes(StatelessAdmission.keyLength)))
         }
     }
 
@@ -72,7 +72,7 @@ struct StatelessAdmission: Sendable {
         return accepted
     }
 
-    private static func matches(_ cookie: some Collection<UInt8>, key: [UInt8], peer: PeerKey) -> Bool {
+    private static func matches(_ cookie: some Collection<UInt8>, key: HMACKey, peer: PeerKey) -> Bool {
         withDigest(key: key, peer: peer) { digest -> Bool in
             guard let digest else { return false }
             var difference: UInt8 = 0
@@ -90,7 +90,7 @@ struct StatelessAdmission: Sendable {
         prefix == 0 ? 1 : prefix
     }
 
-    private static func derivedSID(key: [UInt8], peer: PeerKey) -> UInt64 {
+    private static func derivedSID(key: HMACKey, peer: PeerKey) -> UInt64 {
         let prefix = withDigest(key: key, peer: peer) { digest -> UInt64? in
             guard let digest else { return nil }
             var value: UInt64 = 0
@@ -102,7 +102,7 @@ struct StatelessAdmission: Sendable {
         return sid(fromDigestPrefix: prefix ?? UInt64.random(in: 1...UInt64.max))
     }
 
-    private static func cookie(key: [UInt8], peer: PeerKey) -> [UInt8] {
+    private static func cookie(key: HMACKey, peer: PeerKey) -> [UInt8] {
         let cookie = withDigest(key: key, peer: peer) { digest -> [UInt8]? in
             guard let digest else { return nil }
             return Array(digest.prefix(cookieLength))
@@ -112,18 +112,29 @@ struct StatelessAdmission: Sendable {
     }
 
     /// Runs HMAC-SHA-256(key, peer's MAC input) into a stack buffer; `body` gets nil on failure.
-    private static func withDigest<Result>(key: [UInt8], peer: PeerKey,
+    private static func withDigest<Result>(key: HMACKey, peer: PeerKey,
                                            _ body: (UnsafeBufferPointer<UInt8>?) -> Result) -> Result {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { digest in
             let ok = peer.withMACInput { input in
-                key.withUnsafeBufferPointer { keyBytes in
-                    tou_hmac_sha256(keyBytes.baseAddress, keyBytes.count,
-                                    input.bindMemory(to: UInt8.self).baseAddress, input.count,
+                tou_hmac_key_sha256(key.handle, input.bindMemory(to: UInt8.self).baseAddress, input.count,
                                     digest.baseAddress)
-                }
             }
             return body(ok == 1 ? UnsafeBufferPointer(digest) : nil)
         }
+    }
+}
+
+/// An HMAC-SHA-256 key OpenSSL has set up once (see `tou_hmac_key_new`); never changed afterwards,
+/// so it may be shared. A key OpenSSL could not set up (nil handle) fails every HMAC: fail closed.
+final class HMACKey: @unchecked Sendable {
+    let handle: OpaquePointer?
+
+    init(_ key: [UInt8]) {
+        handle = key.withUnsafeBufferPointer { tou_hmac_key_new($0.baseAddress, $0.count) }
+    }
+
+    deinit {
+        tou_hmac_key_free(handle)
     }
 }
 
