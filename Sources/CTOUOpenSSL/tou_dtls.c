@@ -151,15 +151,16 @@ static size_t reseal_written_records(tou_dtls_conn *c, uint8_t *data, size_t len
             memmove(data + out, r, record_len);
             out += record_len;
         } else {
-            if (c->reseal_scratch == NULL) c->reseal_scratch = malloc(SSL3_RT_MAX_PLAIN_LENGTH);
+            if (c->reseal_scratch == NULL) c->reseal_scratch = malloc(TOU_RESEAL_SCRATCH);
+            size_t at = 0;
             long plain = c->reseal_scratch == NULL ? -1
-                : tou_aead_open(c->own_opener, r, record_len, c->reseal_scratch, SSL3_RT_MAX_PLAIN_LENGTH);
+                : tou_aead_open(c->own_opener, r, record_len, c->reseal_scratch, TOU_RESEAL_SCRATCH, &at);
             /* Same suite, same overhead: the new record is exactly as long as the old one. */
             long sealed = plain < 0 ? -1
-                : tou_aead_seal(c->sealer, r[0], c->reseal_scratch, (size_t)plain, NULL, 0, data + out, record_len);
+                : tou_aead_seal(c->sealer, r[0], c->reseal_scratch + at, (size_t)plain, NULL, 0, data + out, record_len);
             /* A record that cannot be sealed anew (the key is used up) is left out. */
             if (sealed == (long)record_len) out += record_len;
-            if (plain > 0) OPENSSL_cleanse(c->reseal_scratch, (size_t)plain);
+            if (plain > 0) OPENSSL_cleanse(c->reseal_scratch, at + (size_t)plain);
         }
         in += record_len;
     }

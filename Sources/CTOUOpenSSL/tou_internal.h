@@ -23,6 +23,8 @@ typedef struct tou_ticket_keys tou_ticket_keys;
 #define TOU_OUT_MAX_DATAGRAMS 64
 #define TOU_OUT_MAX_BYTES (256 * 1024)
 #define TOU_MAX_COOKIE 255
+/* Room to open any record of the epoch in: the largest body (nonce, plaintext, tag). */
+#define TOU_RESEAL_SCRATCH (SSL3_RT_MAX_PLAIN_LENGTH + 8 + 16)
 
 struct tou_dtls_ctx {
     SSL_CTX *ssl_ctx;

@@ -271,8 +271,9 @@ public final class DTLSConnection {
             return
         }
         _ = replayMirror.markDelivered(epoch: records.epoch, sequence: sequence)
-        guard plaintext.readableBytes == 2, let level = plaintext.getInteger(at: 0, as: UInt8.self),
-              let description = plaintext.getInteger(at: 1, as: UInt8.self) else {
+        var body = plaintext
+        guard body.readableBytes == 2, let level = body.readInteger(as: UInt8.self),
+              let description = body.readInteger(as: UInt8.self) else {
             fail(.protocolError("an alert of \(plaintext.readableBytes) bytes; alerts have 2"))
             return
         }

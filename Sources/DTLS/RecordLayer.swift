@@ -71,15 +71,19 @@ final class RecordLayer {
     /// Authenticates and decrypts one whole record (header included) into a new buffer; nil if it
     /// does not authenticate.
     func open(_ record: UnsafeRawBufferPointer, allocator: ByteBufferAllocator) -> ByteBuffer? {
-        let room = max(record.count - overhead, 0)
+        // The whole body: AES-GCM decrypts it in place (see tou_aead_open), the rest needs less.
+        let room = max(record.count - 13, 0)
         var plaintext = allocator.buffer(capacity: room)
         var length = -1
+        var start = 0
         plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out in
             length = tou_aead_open(opener, record.baseAddress?.assumingMemoryBound(to: UInt8.self), record.count,
-                                   out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count)
-            return max(length, 0)
+                                   out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count, &start)
+            return length >= 0 ? start + length : 0
         }
-        return length >= 0 ? plaintext : nil
+        guard length >= 0 else { return nil }
+        plaintext.moveReaderIndex(forwardBy: start)
+        return plaintext
     }
 
     /// Tests only: the counter restarted at `sequence`, to reach the end of the sequence space.

@@ -216,9 +216,12 @@ uint64_t tou_aead_next_sequence(const tou_aead *aead);
  * sequence number. Returns its length, or a TOU_SEAL_E_* code (nothing written, no number used). */
 long tou_aead_seal(tou_aead *aead, uint8_t type, const uint8_t *p1, size_t n1, const uint8_t *p2, size_t n2,
                    uint8_t *out, size_t out_cap);
-/* Authenticates and decrypts one whole record into out. Returns the plaintext length, or -1 if
- * it is malformed or does not authenticate (out then holds nothing of it; counted). */
-long tou_aead_open(tou_aead *aead, const uint8_t *record, size_t record_len, uint8_t *out, size_t out_cap);
+/* Authenticates and decrypts one whole record into out, the plaintext starting at
+ * out + *plaintext_at (AES-GCM with room for the whole body decrypts it in place there, after its
+ * 8 nonce bytes; otherwise 0). Returns the plaintext length, or -1 if it is malformed or does not
+ * authenticate (out then holds nothing of it; counted). */
+long tou_aead_open(tou_aead *aead, const uint8_t *record, size_t record_len, uint8_t *out, size_t out_cap,
+                   size_t *plaintext_at);
 uint64_t tou_aead_failed_opens(const tou_aead *aead);
 /* 1 once so many records failed authentication that the key must not be used any more. */
 int tou_aead_integrity_limit_reached(const tou_aead *aead);
