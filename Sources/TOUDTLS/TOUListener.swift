@@ -229,6 +229,26 @@ public final class TOUListener: Sendable {
 }
 
 extension TOUListener {
+    /// Serves every connection with `handler`, each in a task of its own on the executor of the
+    /// worker that accepted it, started from that worker's loop as the connection completes: no
+    /// thread switch between accepting and serving. (Reading `connections` in one task costs two
+    /// for each connection another worker accepted: to the reading task's loop and back.)
+    /// Connections already waiting in `connections` are served too; use one or the other.
+    /// Returns once the listener is closed and its sockets are shut, which is after every
+    /// connection it accepted has ended.
+    public func serve(_ handler: @escaping @Sendable (TOUConnection) async -> Void) async {
+        let start: @Sendable (TOUConnection) -> Void = { connection in
+            Task(executorPreference: connection.taskExecutor) { await handler(connection) }
+        }
+        for endpoint in endpoints {
+            // A closed listener's workers have no onAccept any more, and get none back.
+            try? await endpoint.loop.submit {
+                if endpoint.onAccept != nil { endpoint.onAccept = start }
+            }.get()
+        }
+        for await connection in connections { start(connection) }
+    }
+
     /// `close()` without waiting, from any thread: no new connections; each worker's socket closes
     /// once every connection it accepted has ended.
     package func stopAccepting() {

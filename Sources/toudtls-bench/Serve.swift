@@ -57,13 +57,8 @@ struct Serve: AsyncParsableCommand {
         }
         let failures = Tally()
         Task.detached { await Self.logCounters(of: listener) }
-        // Accepting and echoing on the listener's loop: no thread switch per connection.
-        await withTaskExecutorPreference(listener.taskExecutor) {
-            for await connection in listener.connections {
-                // Unstructured tasks: a task group would keep every finished child's result until the end.
-                Task(executorPreference: connection.taskExecutor) { await Self.echo(connection, failures: failures) }
-            }
-        }
+        // Each connection echoed on its worker's loop, from where it was accepted: no thread switch.
+        await listener.serve { connection in await Self.echo(connection, failures: failures) }
         withExtendedLifetime(signals) {}
         Output.log("listener closed")
     }
@@ -83,9 +78,7 @@ struct Serve: AsyncParsableCommand {
 
     static func echo(_ connection: TOUConnection, failures: Tally) async {
         do {
-            try await withTaskExecutorPreference(connection.taskExecutor) {
-                try await OnConnectionLoop.echo(connection)
-            }
+            try await OnConnectionLoop.echo(connection)
         } catch {
             failures.add("failed")
             // A benchmark may fail thousands of connections alike: report a few, then every thousandth.
