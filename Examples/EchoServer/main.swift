@@ -12,18 +12,15 @@ let listener = try await TOUListener.bind(host: "127.0.0.1", port: port, configu
 // Unbuffered, so a script reading a pipe sees the port at once.
 FileHandle.standardOutput.write(Data("echoing on \(listener.localAddress.ipAndPort)\n".utf8))
 
-// Accepting and serving on the listener's event loop: no thread switch per read or write.
-await withTaskExecutorPreference(listener.taskExecutor) {
-    for await connection in listener.connections {
-        Task(executorPreference: connection.taskExecutor) {
-            do {
-                for try await chunk in connection.inbound {
-                    try await connection.write(chunk)   // suspends while the client reads slowly
-                }
-                try await connection.close()            // our FIN, once everything is acknowledged
-            } catch {
-                print("\(connection.remoteAddress.ipAndPort): \(error)")
-            }
+// Each connection served on the event loop of the worker that accepted it: no thread switch
+// between accepting, reading and writing.
+await listener.serve { connection in
+    do {
+        for try await chunk in connection.inbound {
+            try await connection.write(chunk)   // suspends while the client reads slowly
         }
+        try await connection.close()            // our FIN, once everything is acknowledged
+    } catch {
+        print("\(connection.remoteAddress.ipAndPort): \(error)")
     }
 }
