@@ -291,6 +291,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     /// Queues `data` for `address` (ignored on a connected socket): one datagram, or with
     /// `segmentSize` > 0 a run of datagrams of that size (the last may be shorter). `flush` sends.
     public func enqueue(_ data: ByteBuffer, segmentSize: Int = 0, to address: SocketAddress?) {
+        guard fd >= 0 else { return }
         let address = remoteAddress == nil ? address : nil
         guard segmentSize > 0, data.readableBytes > segmentSize else {
             pending.append(Pending(data: data, segmentSize: 0, address: address))
