@@ -192,7 +192,7 @@ let package = Package(
         .testTarget(
             name: "TOUDTLSTests",
             dependencies: [
-                "TOUDTLS", "TOUWire", "TCPEngine", "DTLS",
+                "TOUDTLS", "TOUWire", "TCPEngine", "DTLS", "DatagramIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -118,7 +118,11 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     }
 
     deinit {
-        if fd >= 0 { Glibc.close(fd) }
+        if fd >= 0 {
+            // Never started (or never closed): nobody is told but the close future.
+            Glibc.close(fd)
+            closePromise.succeed(())
+        }
         receiveMessages.deallocate()
         receiveVectors.deallocate()
         receiveNames.deallocate()
