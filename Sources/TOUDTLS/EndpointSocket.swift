@@ -69,6 +69,8 @@ extension TOUEndpoint {
 /// SwiftNIO's DatagramChannel under the endpoint.
 final class NIOEndpointSocket: EndpointSocket, @unchecked Sendable {
     private let context: ChannelHandlerContext
+    /// Read off the loop too (the listener's address): the channel's own getters are thread-safe.
+    private let channel: Channel
     private weak var endpoint: TOUEndpoint?
     private let logger: Logger
     private let isClient: Bool
@@ -78,14 +80,15 @@ final class NIOEndpointSocket: EndpointSocket, @unchecked Sendable {
 
     init(context: ChannelHandlerContext, endpoint: TOUEndpoint) {
         self.context = context
+        self.channel = context.channel
         self.endpoint = endpoint
         self.logger = endpoint.configuration.logger
         self.isClient = endpoint.role == .client
         self.segmentationOffload = endpoint.configuration.segmentationOffload && System.supportsUDPSegmentationOffload
     }
 
-    var localAddress: SocketAddress? { context.channel.localAddress }
-    var closeFuture: EventLoopFuture<Void> { context.channel.closeFuture }
+    var localAddress: SocketAddress? { channel.localAddress }
+    var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
 
     func send(_ datagram: ByteBuffer, to address: SocketAddress) {
         context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: datagram)), promise: watchedWritePromise())
@@ -138,24 +141,24 @@ final class NIOEndpointSocket: EndpointSocket, @unchecked Sendable {
     }
 
     func requestReceiveQueue(_ bytes: Int) -> Int? {
-        guard let options = context.channel.syncOptions else { return nil }
+        guard let options = channel.syncOptions else { return nil }
         let force = ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_RCVBUFFORCE))
         try? options.setOption(force, value: bytes)
         return try? options.getOption(.socketOption(.so_rcvbuf))
     }
 
     func setReceiveBatch(_ batch: Int, slot: Int) {
-        guard let options = context.channel.syncOptions else { return }
+        guard let options = channel.syncOptions else { return }
         try? options.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: slot * batch))
         try? options.setOption(.datagramVectorReadMessageCount, value: batch)
     }
 
     func setReadsPerWakeup(_ reads: UInt) {
-        try? context.channel.syncOptions?.setOption(.maxMessagesPerRead, value: reads)
+        try? channel.syncOptions?.setOption(.maxMessagesPerRead, value: reads)
     }
 
     func attachReuseportProgram(_ instructions: UnsafeRawPointer, count: Int) -> EventLoopFuture<Void> {
-        guard let provider = context.channel as? SocketOptionProvider else {
+        guard let provider = channel as? SocketOptionProvider else {
             return context.eventLoop.makeFailedFuture(ChannelError.operationUnsupported)
         }
         return provider.unsafeSetSocketOption(level: SocketOptionLevel(SOL_SOCKET),
