@@ -264,9 +264,10 @@ public final class IOLoop: EventLoop, @unchecked Sendable {
                 return
             }
             var timeout: Int64 = 0
+            var sleep = false
             if localTasks.isEmpty {
                 let earliest = timers.earliest()
-                let sleep = shared.withLockedValue { shared -> Bool in
+                sleep = shared.withLockedValue { shared -> Bool in
                     guard shared.tasks.isEmpty, shared.state == .open else { return false }
                     shared.sleeping = true
                     return true
@@ -281,7 +282,7 @@ public final class IOLoop: EventLoop, @unchecked Sendable {
                 }
             }
             let count = dio_epoll_wait(epollFD, &eventData, &eventFlags, CInt(eventData.count), timeout)
-            if timeout != 0 { shared.withLockedValue { $0.sleeping = false } }
+            if sleep { shared.withLockedValue { $0.sleeping = false } }
             guard count > 0 else { continue }
             for index in 0..<Int(count) {
                 let data = eventData[index]
