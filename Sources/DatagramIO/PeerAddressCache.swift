@@ -15,8 +15,9 @@ struct PeerAddressCache {
     }
 
     private static let slots = 256
-    private var keys = [Key](repeating: Key(a: 0, b: 0, c: 0), count: slots)
-    private var values = [SocketAddress?](repeating: nil, count: slots)
+    /// Empty until the first datagram: a connected socket never needs them.
+    private var keys: [Key] = []
+    private var values: [SocketAddress?] = []
     private(set) var misses = 0
 
     /// The address in `raw` (a sockaddr of `length` bytes), or nil if it is not IPv4 or IPv6.
@@ -25,6 +26,10 @@ struct PeerAddressCache {
         var hash = (key.a ^ (key.b &* 0x9E37_79B9_7F4A_7C15) ^ (key.c &* 0xC2B2_AE3D_27D4_EB4F))
         hash ^= hash >> 29
         let slot = Int(truncatingIfNeeded: hash) & (Self.slots - 1)
+        if keys.isEmpty {
+            keys = [Key](repeating: Key(a: 0, b: 0, c: 0), count: Self.slots)
+            values = [SocketAddress?](repeating: nil, count: Self.slots)
+        }
         if keys[slot] == key, let cached = values[slot] { return cached }
         guard let address = socketAddress(raw, length: length) else { return nil }
         misses += 1

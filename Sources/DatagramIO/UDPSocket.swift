@@ -83,10 +83,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     private var receiveBatch: Int
     private var receiveSlot: Int
     private var receiveBuffer: ByteBuffer
-    private let receiveMessages = UnsafeMutablePointer<dio_mmsghdr>.allocate(capacity: maximumBatch)
-    private let receiveVectors = UnsafeMutablePointer<iovec>.allocate(capacity: maximumBatch)
-    private let receiveNames = UnsafeMutablePointer<sockaddr_storage>.allocate(capacity: maximumBatch)
-    private let receiveControl = UnsafeMutableRawPointer.allocate(byteCount: maximumBatch * Int(DIO_CONTROL_SPACE), alignment: 16)
+    private var receiveArrays = MessageArrays()
     private var peers = PeerAddressCache()
 
     private struct Pending {
@@ -98,10 +95,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     private var pending: [Pending] = []
     private var pendingHead = 0
     private var waitingForWritable = false
-    private let sendMessages = UnsafeMutablePointer<dio_mmsghdr>.allocate(capacity: maximumBatch)
-    private let sendVectors = UnsafeMutablePointer<iovec>.allocate(capacity: maximumBatch)
-    private let sendNames = UnsafeMutablePointer<sockaddr_storage>.allocate(capacity: maximumBatch)
-    private let sendControl = UnsafeMutableRawPointer.allocate(byteCount: maximumBatch * Int(DIO_CONTROL_SPACE), alignment: 16)
+    private var sendArrays = MessageArrays()
 
     private init(loop: IOLoop, fd: CInt, remote: SocketAddress?, options: Options) {
         self.loop = loop
@@ -123,14 +117,8 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
             Glibc.close(fd)
             closePromise.succeed(())
         }
-        receiveMessages.deallocate()
-        receiveVectors.deallocate()
-        receiveNames.deallocate()
-        receiveControl.deallocate()
-        sendMessages.deallocate()
-        sendVectors.deallocate()
-        sendNames.deallocate()
-        sendControl.deallocate()
+        receiveArrays.deallocate()
+        sendArrays.deallocate()
     }
 
     /// A socket bound to `address`. Any thread; `start` it on `loop`.
@@ -230,6 +218,9 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
             receiveBuffer.clear()
             let base = receiveBuffer.withUnsafeMutableWritableBytes { $0.baseAddress! }
             let connected = remoteAddress != nil
+            receiveArrays.reserve(batch)
+            let receiveMessages = receiveArrays.messages, receiveVectors = receiveArrays.vectors
+            let receiveNames = receiveArrays.names, receiveControl = receiveArrays.control
             for index in 0..<batch {
                 receiveVectors[index] = iovec(iov_base: base + index * slot, iov_len: slot)
                 var header = msghdr()
@@ -327,11 +318,12 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
         guard fd >= 0, !waitingForWritable else { return }
         while pendingHead < pending.count {
             let count = min(Self.maximumBatch, pending.count - pendingHead)
+            sendArrays.reserve(count)
             for index in 0..<count {
                 prepare(index, pending[pendingHead + index])
             }
             counters.sendCalls += 1
-            let sent = dio_sendmmsg(fd, sendMessages, CUnsignedInt(count))
+            let sent = dio_sendmmsg(fd, sendArrays.messages, CUnsignedInt(count))
             if sent > 0 {
                 for index in 0..<Int(sent) where pending[pendingHead + index].segmentSize > 0 {
                     counters.segmentedSends += 1
@@ -347,6 +339,8 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     }
 
     private func prepare(_ index: Int, _ message: Pending) {
+        let sendMessages = sendArrays.messages, sendVectors = sendArrays.vectors
+        let sendNames = sendArrays.names, sendControl = sendArrays.control
         // The buffer stays alive in `pending` until sendmmsg has copied it.
         let bytes = message.data.withUnsafeReadableBytes { $0 }
         sendVectors[index] = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress),
@@ -448,5 +442,34 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     /// SO_REUSEPORT group; returns errno on failure, 0 on success.
     public func attachReuseportProgram(_ instructions: UnsafeRawPointer, count: Int) -> CInt {
         dio_attach_reuseport_cbpf(fd, instructions, UInt16(count)) == 0 ? 0 : errno
+    }
+}
+
+/// The mmsghdr, iovec, address and control arrays of one direction, grown to the largest batch
+/// asked for and reused: a client socket that reads and writes a datagram at a time keeps one of
+/// each, not a listener's 64.
+private struct MessageArrays {
+    private(set) var capacity = 0
+    private(set) var messages = UnsafeMutablePointer<dio_mmsghdr>.allocate(capacity: 0)
+    private(set) var vectors = UnsafeMutablePointer<iovec>.allocate(capacity: 0)
+    private(set) var names = UnsafeMutablePointer<sockaddr_storage>.allocate(capacity: 0)
+    private(set) var control = UnsafeMutableRawPointer.allocate(byteCount: 0, alignment: 16)
+
+    mutating func reserve(_ count: Int) {
+        guard count > capacity else { return }
+        deallocate()
+        // Doubling (to the batch limit) keeps a socket whose batches grow from reallocating often.
+        capacity = min(UDPSocket.maximumBatch, max(count, capacity * 2))
+        messages = .allocate(capacity: capacity)
+        vectors = .allocate(capacity: capacity)
+        names = .allocate(capacity: capacity)
+        control = .allocate(byteCount: capacity * Int(DIO_CONTROL_SPACE), alignment: 16)
+    }
+
+    func deallocate() {
+        messages.deallocate()
+        vectors.deallocate()
+        names.deallocate()
+        control.deallocate()
     }
 }
