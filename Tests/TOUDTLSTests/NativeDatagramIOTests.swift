@@ -150,4 +150,56 @@ struct NativeDatagramIOTests {
         try await listener.close()
         server.cancel()
     }
+
+    @Test("a second native listener on a port in use fails with \"address in use\", with one worker and with two")
+    func addressInUse() async throws {
+        let first = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: Self.native(.plain), workers: 1)
+        let port = try #require(first.localAddress.port)
+        for workers in [1, 2] {
+            await #expect {
+                _ = try await TOUListener.bind(host: "127.0.0.1", port: port, configuration: Self.native(.plain),
+                                               workers: workers)
+            } throws: { error in
+                guard case .socketError(let message) = error as? TOUError else { return false }
+                return message.contains("address in use")
+            }
+        }
+        try await first.close()
+    }
+
+    @Test("closing a native client while the listener streams to it: the transfer fails cleanly, the listener goes on")
+    func closeUnderLoad() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0,
+                                                  configuration: Self.native(EndToEndTests.serverConfiguration()),
+                                                  workers: 1)
+        let port = try #require(listener.localAddress.port)
+        let server = Task {
+            var iterator = listener.connections.makeAsyncIterator()
+            let streaming = try #require(await iterator.next())
+            // Streams until the client goes away: the write fails, it does not hang or crash.
+            let failed = await (try? EndToEndTests.send(streaming, bytes: 64 << 20, seed: 3)) == nil
+            let second = try #require(await iterator.next())
+            for try await chunk in second.inbound { try await second.write(chunk) }
+            try await second.close()
+            return failed
+        }
+        let client = Self.native(EndToEndTests.clientConfiguration())
+        let first = try await TOUConnection.connect(host: "127.0.0.1", port: port, configuration: client)
+        var received = 0
+        for try await chunk in first.inbound {
+            received += chunk.readableBytes
+            if received > 1 << 20 { break }
+        }
+        await first.abort()
+        // The listener still serves a new connection while the first one's end plays out.
+        let second = try await TOUConnection.connect(host: "127.0.0.1", port: port, configuration: client)
+        try await second.write(ByteBuffer(string: "still here"))
+        try await second.finishWriting()
+        var answer = ByteBuffer()
+        for try await var chunk in second.inbound { answer.writeBuffer(&chunk) }
+        try await second.close()
+        #expect(String(buffer: answer) == "still here")
+        #expect(try await server.value)
+        try await listener.close()
+    }
 }
