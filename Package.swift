@@ -61,11 +61,23 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // Linux socket calls Swift cannot reach directly (mmsghdr, cmsg, epoll_pwait2).
+        .target(name: "CDatagramIO"),
+        // Datagram I/O of our own: an epoll event loop that is a NIO EventLoop, and a UDP socket
+        // on it with recvmmsg/sendmmsg, GSO/GRO and raw peer addresses.
+        .target(
+            name: "DatagramIO",
+            dependencies: [
+                "CDatagramIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         // The library users import: sessions, endpoint (SwiftNIO UDP), public async API.
         .target(
             name: "TOUDTLS",
             dependencies: [
-                "TOUWire", "TCPEngine", "DTLS", "CTOUOpenSSL",
+                "TOUWire", "TCPEngine", "DTLS", "CTOUOpenSSL", "DatagramIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -165,6 +177,10 @@ let package = Package(
         ),
         .testTarget(name: "DTLSTests", dependencies: ["DTLS"]),
         .testTarget(
+            name: "DatagramIOTests",
+            dependencies: ["DatagramIO", "CDatagramIO", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
             name: "TOUNIOTests",
             dependencies: [
                 "TOUNIO", "TOUDTLS",
@@ -176,7 +192,7 @@ let package = Package(
         .testTarget(
             name: "TOUDTLSTests",
             dependencies: [
-                "TOUDTLS", "TOUWire", "TCPEngine", "DTLS",
+                "TOUDTLS", "TOUWire", "TCPEngine", "DTLS", "DatagramIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

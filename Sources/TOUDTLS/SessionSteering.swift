@@ -43,22 +43,30 @@ enum SessionSteering {
     ]
 
     /// struct sock_fprog: the program's length and where it is (the kernel copies it).
-    private struct Program: @unchecked Sendable {
+    struct Program: @unchecked Sendable {
         var length: UInt16
-        var instructions: UnsafeMutablePointer<Instruction>
+        var instructions: UnsafeRawPointer
     }
 
-    /// Attaches the program to the reuseport group of `channel`'s socket (any member will do).
-    static func attach(to channel: Channel) async throws {
-        guard let provider = channel as? SocketOptionProvider else {
-            throw ChannelError.operationUnsupported
-        }
+    static let attachReuseportCBPF: Int32 = 51  // SO_ATTACH_REUSEPORT_CBPF (asm-generic/socket.h)
+
+    /// Attaches the program to the reuseport group of `endpoint`'s socket (any member will do).
+    static func attach(to endpoint: TOUEndpoint) async throws {
         let instructions = UnsafeMutablePointer<Instruction>.allocate(capacity: program.count)
         instructions.initialize(from: program, count: program.count)
         defer { instructions.deallocate() }
-        let attachReuseportCBPF: Int32 = 51  // SO_ATTACH_REUSEPORT_CBPF (asm-generic/socket.h)
-        try await provider.unsafeSetSocketOption(
-            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(attachReuseportCBPF),
-            value: Program(length: UInt16(program.count), instructions: instructions)).get()
+        let pointer = UncheckedPointer(UnsafeRawPointer(instructions))
+        try await endpoint.loop.flatSubmit { () -> EventLoopFuture<Void> in
+            guard let socket = endpoint.socket else {
+                return endpoint.loop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+            }
+            return socket.attachReuseportProgram(pointer.value, count: program.count)
+        }.get()
+    }
+
+    /// The program's memory, read by the kernel on the loop while `attach` waits for it.
+    private struct UncheckedPointer: @unchecked Sendable {
+        let value: UnsafeRawPointer
+        init(_ value: UnsafeRawPointer) { self.value = value }
     }
 }

@@ -136,6 +136,10 @@ public struct TOUConfiguration: Sendable {
     /// UDP segmentation and receive offload (GSO/GRO) where the kernel has them: a run of datagrams
     /// crosses the socket layer once. Off sends and receives one datagram at a time.
     public var segmentationOffload: Bool = true
+    /// The datagram I/O layer of sockets whose loop the library picks (for measuring one against
+    /// the other): SwiftNIO's DatagramChannel, or DatagramIO's own loop and socket. A socket opened
+    /// on a loop the caller chose follows that loop (TOUNIO's are always NIO's).
+    package var datagramIO: DatagramIOChoice = .nio
 
     /// Listener limits (wire format defaults).
     public var maximumHalfOpenSessions: Int = 1024
@@ -207,14 +211,7 @@ public struct TOUConfiguration: Sendable {
         return (count, FixedSizeRecvByteBufferAllocator(capacity: slot * count))
     }
 
-    /// A client's receive buffer until data arrives in bulk: one slot, read by plain recvmsg. Each
-    /// new channel allocates its first buffer (and SwiftNIO copies it once); with the bulk batch
-    /// that was a quarter-MiB of fresh pages on every connect.
-    func firstReceiveSlot(coalescing: Bool) -> FixedSizeRecvByteBufferAllocator {
-        FixedSizeRecvByteBufferAllocator(capacity: receiveSlot(coalescing: coalescing))
-    }
-
-    private func receiveSlot(coalescing: Bool) -> Int {
+    func receiveSlot(coalescing: Bool) -> Int {
         coalescing ? 65_536 : max(2048, pathMTU)
     }
 

@@ -1,3 +1,4 @@
+import DatagramIO
 import DTLS
 import NIOCore
 import NIOConcurrencyHelpers
@@ -35,7 +36,7 @@ public final class TOUConnection: Sendable {
         self.endpoint = endpoint
         self.peerCertificateSubject = core.session.peerCertificateSubject
         self.cipherSuite = core.session.negotiatedCipherSuite
-        self.localAddress = endpoint.context?.channel.localAddress
+        self.localAddress = endpoint.socket?.localAddress
         self.isResumed = core.session.isResumed
         self.resumableSession = core.session.resumableSession.map(TOUSavedSession.init)
         self.resumptionRefusal = core.session.resumptionRefusal
@@ -99,14 +100,14 @@ public final class TOUConnection: Sendable {
     /// On `loop` (the caller's preferred executor's, see `nextTaskExecutor()`), else any.
     static func attempt(_ remote: SocketAddress, host: String, port: Int, configuration: TOUConfiguration,
                         context: DTLSContext?, initialData: ByteBuffer?, loop: EventLoop? = nil) async throws -> TOUConnection {
-        let loop = loop ?? MultiThreadedEventLoopGroup.singleton.next()
+        let loop = loop ?? nextLoop(configuration.datagramIO)
         let endpoint = TOUEndpoint(loop: loop, role: .client, configuration: configuration, dtlsContext: context)
         let serverName = configuration.serverName(connectingTo: host)
         let promise = loop.makePromise(of: TOUConnection.self)
         let cache = configuration.security == .dtls ? configuration.sessionCache : nil
         let saved = cache?.session(serverName: serverName, port: port)
         // The session starts on the loop as soon as the socket is there: one hop for both.
-        let opened = DatagramBootstrap.endpoint(endpoint).connect(to: remote)
+        let opened = endpoint.openSocket(connectingTo: remote)
         opened.whenComplete { result in
             switch result {
             case .success:
@@ -126,10 +127,10 @@ public final class TOUConnection: Sendable {
             if let fresh = connection.resumableSession { cache?.insert(fresh, port: port) }
             return connection
         } catch let error as CancellationError {
-            opened.whenSuccess { $0.close(promise: nil) }
+            opened.whenSuccess { endpoint.closeSocketIfOpen() }
             throw error
         } catch let error as TOUError {
-            opened.whenSuccess { $0.close(promise: nil) }
+            opened.whenSuccess { endpoint.closeSocketIfOpen() }
             // A session that led to a failed handshake is not offered again; one that never met the
             // server (unreachable, no answer, one family in Happy Eyeballs, abandoned) still may be.
             switch error {
@@ -138,7 +139,7 @@ public final class TOUConnection: Sendable {
             }
             throw error
         } catch {
-            opened.whenSuccess { $0.close(promise: nil) }
+            opened.whenSuccess { endpoint.closeSocketIfOpen() }
             throw TOUError.socketError("\(error)")
         }
     }
@@ -200,6 +201,19 @@ public final class TOUConnection: Sendable {
     /// a thread switch.
     public static func nextTaskExecutor() -> any TaskExecutor {
         EventLoopTaskExecutor.of(MultiThreadedEventLoopGroup.singleton.next())
+    }
+
+    /// `nextTaskExecutor()` on a loop of the given I/O layer.
+    package static func nextTaskExecutor(datagramIO: DatagramIOChoice) -> any TaskExecutor {
+        EventLoopTaskExecutor.of(nextLoop(datagramIO))
+    }
+
+    /// The loop a connection runs on when its caller's executor names none.
+    static func nextLoop(_ datagramIO: DatagramIOChoice) -> EventLoop {
+        switch datagramIO {
+        case .nio: MultiThreadedEventLoopGroup.singleton.next()
+        case .native: IOLoopGroup.singleton.next()
+        }
     }
 
     /// Runs tasks on this connection's event loop. Code under

@@ -24,7 +24,8 @@ final class TOUEndpoint: @unchecked Sendable {
     private var logger: Logger { configuration.logger }
     private var mode: TOUMode { configuration.security == .dtls ? .secure : .plain }
 
-    @exclusivity(unchecked) var context: ChannelHandlerContext?
+    /// The UDP socket, once open (SwiftNIO's channel or DatagramIO's socket, as the loop says).
+    @exclusivity(unchecked) var socket: EndpointSocket?
     /// Task executor on `loop`, for callers that want their connection code there. Made on first
     /// use: the registry of executors keeps each loop for good, and TOUNIO's endpoints may run on
     /// loops of groups their users shut down.
@@ -52,7 +53,6 @@ final class TOUEndpoint: @unchecked Sendable {
     private var closePromise: EventLoopPromise<Void>?
     @exclusivity(unchecked) private var inReadBatch = false
     @exclusivity(unchecked) private var needsFlush = false
-    @exclusivity(unchecked) private var segmentationOffload: Bool
     /// Listener: payload the socket's receive queue holds before it drops, shared out among the
     /// sessions as TCP windows so that together they cannot overflow it.
     private var receiveQueueBudget = 4 << 20
@@ -85,7 +85,6 @@ final class TOUEndpoint: @unchecked Sendable {
         self.demultiplexer = Demultiplexer(role: role == .client ? .client : .listener, configuration: configuration,
                                            parameters: parameters, dtlsContext: dtlsContext,
                                            worker: worker, of: workerCount, budget: budget)
-        self.segmentationOffload = configuration.segmentationOffload && System.supportsUDPSegmentationOffload
     }
 
     var sessionCount: Int { demultiplexer.count }
@@ -140,19 +139,20 @@ final class TOUEndpoint: @unchecked Sendable {
 
     // MARK: Datagrams in
 
-    func receive(_ envelope: AddressedEnvelope<ByteBuffer>) {
+    /// What the socket read: one datagram, or with `segmentSize` > 0 several the kernel joined.
+    func datagramArrived(_ data: ByteBuffer, segmentSize: Int, from remoteAddress: SocketAddress) {
+        beginReadBatch()
         let now = NIODeadline.now()
-        guard let segmentSize = envelope.metadata?.segmentSize, segmentSize > 0,
-              envelope.data.readableBytes > segmentSize else {
-            receive(envelope.data, from: envelope.remoteAddress, now: now)
+        guard segmentSize > 0, data.readableBytes > segmentSize else {
+            receive(data, from: remoteAddress, now: now)
             return
         }
         // GRO: the kernel joined several datagrams from one source; all but the last are full size.
         counters.coalescedReads += 1
         bulkReceiveWanted = true
-        var rest = envelope.data
+        var rest = data
         while rest.readableBytes > 0, let datagram = rest.readSlice(length: min(segmentSize, rest.readableBytes)) {
-            receive(datagram, from: envelope.remoteAddress, now: now)
+            receive(datagram, from: remoteAddress, now: now)
         }
     }
 
@@ -353,68 +353,28 @@ final class TOUEndpoint: @unchecked Sendable {
     }
 
     private func emit(_ run: OutboundQueue.Run, to address: SocketAddress) {
-        guard let context else { return }
+        guard let socket else { return }
         counters.datagramsSent += run.count
         needsFlush = true
         guard run.count > 1 else {
-            context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: run.datagrams)),
-                          promise: watchedWritePromise())
+            socket.send(run.datagrams, to: address)
             return
         }
-        if segmentationOffload {
-            sendSegmented(run, to: address, context: context)
-        } else {
-            for datagram in run.slices {
-                context.write(NIOAny(AddressedEnvelope(remoteAddress: address, data: datagram)),
-                              promise: watchedWritePromise())
-            }
-        }
+        if socket.send(run: run, to: address) { counters.segmentationWrites += 1 }
         // A full run leaves now: holding a whole window until the pump ends would leave the
         // receiver idle while we encrypt, then us idle while it decrypts.
-        context.flush()
-        flushWatched = false
+        socket.flush()
     }
 
-    private func sendSegmented(_ run: OutboundQueue.Run, to address: SocketAddress, context: ChannelHandlerContext) {
-        counters.segmentationWrites += 1
-        let metadata = AddressedEnvelope<ByteBuffer>.Metadata(ecnState: .transportNotCapable, packetInfo: nil,
-                                                              segmentSize: run.segmentSize)
-        let write = AddressedEnvelope(remoteAddress: address, data: run.datagrams, metadata: metadata)
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        promise.futureResult.whenFailure { [weak self] error in
-            self?.noteWriteError(error)
-            // EIO/EINVAL: this path cannot segment (no checksum offload, say). TCP resends the lost run.
-            guard let self, let code = (error as? IOError)?.errnoCode,
-                  code == EIO || code == EINVAL || code == EOPNOTSUPP else { return }
-            self.segmentationOffload = false
-            self.logger.info("UDP segmentation offload refused; sending datagrams one by one",
-                             metadata: ["errno": "\(code)"])
-        }
-        context.write(NIOAny(write), promise: promise)
-    }
-
-    /// A client's first write of each flush carries a promise: a send that meets a pending ICMP
-    /// port unreachable is the first of its flush, and SwiftNIO then closes the socket, failing
-    /// the pending writes with that error and telling no one else.
-    private func watchedWritePromise() -> EventLoopPromise<Void>? {
-        guard role == .client, !flushWatched else { return nil }
-        flushWatched = true
-        let promise = loop.makePromise(of: Void.self)
-        promise.futureResult.whenFailure { [weak self] error in self?.noteWriteError(error) }
-        return promise
-    }
-
-    @exclusivity(unchecked) private var flushWatched = false
-
-    private func noteWriteError(_ error: Error) {
+    /// A write failed: ECONNREFUSED is an ICMP port unreachable the socket reported.
+    func noteWriteError(_ error: Error) {
         if (error as? IOError)?.errnoCode == ECONNREFUSED { portUnreachableSeen = true }
     }
 
     private func flush() {
-        guard needsFlush, let context else { return }
+        guard needsFlush, let socket else { return }
         needsFlush = false
-        flushWatched = false
-        context.flush()
+        socket.flush()
     }
 
     /// Outside a read batch, the flush waits for the loop's queued tasks: writes that many
@@ -443,24 +403,29 @@ final class TOUEndpoint: @unchecked Sendable {
     private func receiveInBulkIfWanted() {
         if readsInWakeup >= readsPerWakeup { bulkReceiveWanted = true }
         readsInWakeup = 0
-        guard bulkReceiveWanted, !receivesInBulk, let options = context?.channel.syncOptions else { return }
+        guard bulkReceiveWanted, !receivesInBulk, let socket else { return }
         receivesInBulk = true
-        let coalescing = configuration.segmentationOffload && System.supportsUDPReceiveOffload
-        let batch = configuration.receiveBatch(coalescing: coalescing, onePeer: role == .client)
-        try? options.setOption(.recvAllocator, value: batch.allocator)
-        try? options.setOption(.datagramVectorReadMessageCount, value: batch.count)
+        let batch = configuration.receiveBatch(coalescing: receiveCoalescing, onePeer: role == .client)
+        socket.setReceiveBatch(batch.count, slot: configuration.receiveSlot(coalescing: receiveCoalescing))
+    }
+
+    private var receiveCoalescing: Bool { configuration.segmentationOffload && System.supportsUDPReceiveOffload }
+
+    /// The receive batch a new socket starts with: one slot for a client (see `receivesInBulk`).
+    func receiveBatch() -> (count: Int, slot: Int) {
+        let slot = configuration.receiveSlot(coalescing: receiveCoalescing)
+        guard receivesInBulk else { return (1, slot) }
+        return (configuration.receiveBatch(coalescing: receiveCoalescing, onePeer: false).count, slot)
     }
 
     /// The socket is open: a listener asks for a deep receive queue (all its sessions share it)
     /// and learns what it got.
-    func socketActive(_ channel: Channel) {
-        guard role == .listener, let options = channel.syncOptions else { return }
+    func socketActive() {
+        guard role == .listener, let socket else { return }
         // Beyond net.core.rmem_max only with CAP_NET_ADMIN; otherwise SO_RCVBUF's 4 MiB stands.
-        let force = ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_RCVBUFFORCE))
-        try? options.setOption(force, value: 16 << 20)
-        if let granted = try? options.getOption(.socketOption(.so_rcvbuf)), granted > 0 {
+        if let granted = socket.requestReceiveQueue(16 << 20), granted > 0 {
             // The kernel doubles the request for its own overhead; about half carries payload.
-            receiveQueueBudget = Int(granted) / 2
+            receiveQueueBudget = granted / 2
         }
     }
 
@@ -473,9 +438,9 @@ final class TOUEndpoint: @unchecked Sendable {
     private func adaptReadsPerWakeup() {
         guard role == .listener else { return }
         let wanted: UInt = demultiplexer.count > 8 ? 4 : 1
-        guard wanted != readsPerWakeup, let options = context?.channel.syncOptions else { return }
+        guard wanted != readsPerWakeup, let socket else { return }
         readsPerWakeup = wanted
-        try? options.setOption(.maxMessagesPerRead, value: wanted)
+        socket.setReadsPerWakeup(wanted)
     }
 
     func endReadBatch() {
@@ -528,16 +493,22 @@ final class TOUEndpoint: @unchecked Sendable {
         if demultiplexer.count == 0 { closeSocket() }
     }
 
+    /// Closes the socket from any thread (an abandoned connection attempt); the sessions end as
+    /// when the socket closes under them.
+    func closeSocketIfOpen() {
+        loop.execute { [self] in socket?.close() }
+    }
+
     private func closeSocket() {
-        guard let context else {
+        guard let socket else {
             closePromise?.succeed(())
             closePromise = nil
             return
         }
-        self.context = nil
+        self.socket = nil
         let promise = closePromise
         closePromise = nil
-        context.close(promise: nil)
+        socket.close()
         promise?.succeed(())
     }
 
@@ -546,7 +517,7 @@ final class TOUEndpoint: @unchecked Sendable {
     @exclusivity(unchecked) private var portUnreachableSeen = false
 
     func channelClosed() {
-        context = nil
+        socket = nil
         let error: TOUError = role == .client && portUnreachableSeen
             ? .unreachable("the peer's port is closed (ICMP port unreachable)")
             : .socketError("the UDP socket was closed")
@@ -571,17 +542,18 @@ final class EndpointHandler: ChannelInboundHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        endpoint.context = context
+        endpoint.socket = NIOEndpointSocket(context: context, endpoint: endpoint)
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        endpoint.socketActive(context.channel)
+        endpoint.socketActive()
         context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        endpoint.beginReadBatch()
-        endpoint.receive(unwrapInboundIn(data))
+        let envelope = unwrapInboundIn(data)
+        endpoint.datagramArrived(envelope.data, segmentSize: envelope.metadata?.segmentSize ?? 0,
+                                 from: envelope.remoteAddress)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -602,15 +574,14 @@ extension DatagramBootstrap {
     /// transfer and batched receives.
     static func endpoint(_ endpoint: TOUEndpoint) -> DatagramBootstrap {
         let receiveOffload = endpoint.configuration.segmentationOffload && System.supportsUDPReceiveOffload
-        let batch = endpoint.receivesInBulk
-            ? endpoint.configuration.receiveBatch(coalescing: receiveOffload, onePeer: false)
-            : (count: 0, allocator: endpoint.configuration.firstReceiveSlot(coalescing: receiveOffload))
+        let batch = endpoint.receiveBatch()
+        // A batch of one reads by plain recvmsg: SwiftNIO's vector read of one slot costs more.
         return DatagramBootstrap(group: endpoint.loop)
             .channelOption(.maxMessagesPerRead, value: endpoint.readsPerWakeup)
             .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
             .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
-            .channelOption(.datagramVectorReadMessageCount, value: batch.count)
-            .channelOption(.recvAllocator, value: batch.allocator)
+            .channelOption(.datagramVectorReadMessageCount, value: endpoint.receivesInBulk ? batch.count : 0)
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: batch.count * batch.slot))
             .channelOption(.datagramReceiveOffload, value: receiveOffload)
             .channelOption(.datagramReceiveSegmentSize, value: receiveOffload)
             .channelInitializer { channel in

@@ -1,3 +1,4 @@
+import DatagramIO
 import NIOCore
 import NIOPosix
 
@@ -7,7 +8,8 @@ public final class TOUListener: Sendable {
     /// Worker 0's endpoint (the only one with one worker).
     var endpoint: TOUEndpoint { endpoints[0] }
     let endpoints: [TOUEndpoint]
-    let channels: [Channel]
+    /// Each worker's socket, by worker.
+    let sockets: [EndpointSocket]
     /// The bound address (useful with port 0).
     public let localAddress: SocketAddress
     /// Connections that completed both handshakes, in order. Ends when the listener is closed.
@@ -17,11 +19,11 @@ public final class TOUListener: Sendable {
     /// that the kernel's address hash sends elsewhere is handed over and counted as misrouted.
     public let steersBySessionID: Bool
 
-    init(endpoints: [TOUEndpoint], channels: [Channel], connections: AsyncStream<TOUConnection>,
+    init(endpoints: [TOUEndpoint], sockets: [EndpointSocket], connections: AsyncStream<TOUConnection>,
          steersBySessionID: Bool) throws {
         self.endpoints = endpoints
-        self.channels = channels
-        guard let address = channels.first?.localAddress else {
+        self.sockets = sockets
+        guard let address = sockets.first?.localAddress else {
             throw TOUError.socketError("the socket has no local address")
         }
         self.localAddress = address
@@ -47,14 +49,15 @@ public final class TOUListener: Sendable {
         let (stream, continuation) = AsyncStream.makeStream(of: TOUConnection.self,
                                                             bufferingPolicy: .bufferingOldest(configuration.acceptBacklog))
         let listener = try await bind(host: host, port: port, configuration: configuration, workers: workers,
-                                      steering: steering, group: MultiThreadedEventLoopGroup.singleton,
+                                      steering: steering, group: configuration.datagramIO == .native
+                                          ? IOLoopGroup.singleton : MultiThreadedEventLoopGroup.singleton,
                                       connections: stream) { connection in
             if case .dropped(let connection) = continuation.yield(connection) {
                 // Nobody takes connections this fast: refuse rather than queue without bound.
                 connection.abortOnLoop()
             }
         }
-        let closed = EventLoopFuture.andAllComplete(listener.channels.map(\.closeFuture), on: listener.endpoint.loop)
+        let closed = EventLoopFuture.andAllComplete(listener.sockets.map(\.closeFuture), on: listener.endpoint.loop)
         closed.whenComplete { _ in continuation.finish() }
         return listener
     }
@@ -94,7 +97,7 @@ public final class TOUListener: Sendable {
         } catch let error as AddressText.Failure {
             throw TOUError.socketError(error.message)
         }
-        var channels: [Channel] = []
+        var sockets: [EndpointSocket] = []
         if workers > 1, address.port != 0 {
             // Another process of the same user could join a port whose sockets all say
             // SO_REUSEPORT: a socket without it must bind first, so that a port in use fails with
@@ -105,18 +108,19 @@ public final class TOUListener: Sendable {
             // Worker 0 takes the port (or picks one); the others join it.
             var bound = address
             for endpoint in endpoints {
-                let channel = try await bindSocket(endpoint, to: bound, fallbackToIPv4: host == nil, shared: workers > 1)
-                channels.append(channel)
-                if let local = channel.localAddress { bound = local }
+                let socket = try await bindSocket(endpoint, to: bound, fallbackToIPv4: host == nil, shared: workers > 1)
+                sockets.append(socket)
+                if let local = socket.localAddress { bound = local }
             }
         } catch {
-            for channel in channels { try? await channel.close() }
+            for endpoint in endpoints { endpoint.closeSocketIfOpen() }
+            for socket in sockets { try? await socket.closeFuture.get() }
             throw error
         }
         var steers = false
         if workers > 1, steering {
             do {
-                try await SessionSteering.attach(to: channels[0])
+                try await SessionSteering.attach(to: endpoints[0])
                 steers = true
             } catch {
                 // Misrouted datagrams are then handed over between workers, and counted.
@@ -126,7 +130,7 @@ public final class TOUListener: Sendable {
         for endpoint in endpoints {
             try await endpoint.loop.submit { endpoint.onAccept = onAccept }.get()
         }
-        return try TOUListener(endpoints: endpoints, channels: channels, connections: stream, steersBySessionID: steers)
+        return try TOUListener(endpoints: endpoints, sockets: sockets, connections: stream, steersBySessionID: steers)
     }
 
     /// Binds and closes a plain UDP socket on `address`: fails if the port is in use.
@@ -149,16 +153,21 @@ public final class TOUListener: Sendable {
     /// SO_REUSEPORT only where this listener's own workers share the port (the kernel lets only
     /// sockets of the same user join, and the first bind still fails on a port in use).
     private static func bindSocket(_ endpoint: TOUEndpoint, to address: SocketAddress, fallbackToIPv4: Bool,
-                                   shared: Bool) async throws -> Channel {
-        var bootstrap = DatagramBootstrap.endpoint(endpoint)
-        if shared { bootstrap = bootstrap.channelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1) }
+                                   shared: Bool) async throws -> EndpointSocket {
+        func bind(_ address: SocketAddress) async throws -> EndpointSocket {
+            try await endpoint.openSocket(boundTo: address, reusePort: shared).get()
+            return try await endpoint.loop.submit {
+                guard let socket = endpoint.socket else { throw TOUError.socketError("the socket closed at once") }
+                return socket
+            }.get()
+        }
         do {
-            return try await bootstrap.bind(to: address).get()
+            return try await bind(address)
         } catch let error as IOError where fallbackToIPv4 && (error.errnoCode == EAFNOSUPPORT || error.errnoCode == EADDRNOTAVAIL) {
             // IPv4 alone only where this host has no IPv6; never when the port is taken.
             let ipv4 = try SocketAddress(ipAddress: "0.0.0.0", port: address.port ?? 0)
             do {
-                return try await bootstrap.bind(to: ipv4).get()
+                return try await bind(ipv4)
             } catch {
                 throw bindFailure(ipv4, error)
             }

@@ -26,6 +26,10 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Per-connection send buffer in bytes (default: the library's).")
     var sendBufferSize: Int?
 
+    @Option(help: ArgumentHelp("Datagram I/O layer: nio (SwiftNIO's DatagramChannel) or native (DatagramIO).",
+                               visibility: .hidden))
+    var io: DatagramIOChoice = .nio
+
     @Option(help: "Client runs: fail if no connection makes progress for this many seconds.")
     var stallSeconds: Double = 30
 
@@ -58,6 +62,7 @@ struct CommonOptions: ParsableArguments {
     private func applyCommon(to configuration: inout TOUConfiguration) {
         configuration.noDelay = true
         configuration.pathMTU = mtu
+        configuration.datagramIO = io
         if let receiveBufferSize { configuration.receiveBufferSize = receiveBufferSize }
         if let sendBufferSize { configuration.sendBufferSize = sendBufferSize }
     }
@@ -68,6 +73,8 @@ struct CommonOptions: ParsableArguments {
         }
     }
 }
+
+extension DatagramIOChoice: ExpressibleByArgument {}
 
 /// Connects with at most `gate`'s permits of handshakes in flight; failures are logged and counted.
 func connectThroughGate(_ gate: ConnectGate, options: CommonOptions, configuration: TOUConfiguration,

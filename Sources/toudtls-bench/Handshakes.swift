@@ -96,7 +96,7 @@ struct Handshakes: AsyncParsableCommand, ArgumentChecking {
                 // Each loop of connections stays on one event loop's executor, as a client that
                 // connects repeatedly would: its connections live on that loop, with no thread switch
                 // per connect, read or write (s_time, the baseline, is one single-threaded process).
-                group.addTask(executorPreference: TOUConnection.nextTaskExecutor()) {
+                group.addTask(executorPreference: TOUConnection.nextTaskExecutor(datagramIO: options.io)) {
                     var samples: [Sample] = []
                     while nowNanos() < until {
                         do {

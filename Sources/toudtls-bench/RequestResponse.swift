@@ -22,6 +22,9 @@ struct RequestResponse: AsyncParsableCommand, ArgumentChecking {
     @Option(help: "Seconds of transactions before measuring.")
     var warmupSeconds: Double = 1
 
+    @Option(help: "The server's process id: also report its CPU per transaction over the measured window (Linux /proc).")
+    var serverPid: Int32?
+
     @Option(help: "Handshakes in flight at once while opening the connections.")
     var connectConcurrency: Int = 64
 
@@ -47,6 +50,14 @@ struct RequestResponse: AsyncParsableCommand, ArgumentChecking {
         let start = nowNanos()
         let measureFrom = start + UInt64(warmupSeconds * 1e9)
         let measureUntil = measureFrom + UInt64(seconds * 1e9)
+        // CPU of both processes over the measured window: sampled when it starts and when the
+        // last connection has stopped exchanging.
+        let serverPid = self.serverPid
+        let cpuAtStart = Task { () -> (client: CPUTime, server: CPUTime?) in
+            let wait = measureFrom > nowNanos() ? measureFrom - nowNanos() : 0
+            try? await Task.sleep(nanoseconds: wait)
+            return (CPUTime.ofThisProcess(), serverPid.flatMap(CPUTime.ofProcess))
+        }
         let latencies = try await withThrowingTaskGroup(of: [UInt64].self) { group in
             for connection in opened {
                 group.addTask {
@@ -61,6 +72,9 @@ struct RequestResponse: AsyncParsableCommand, ArgumentChecking {
             return all
         }
         let measuredSeconds = elapsedSeconds(since: measureFrom)
+        let cpuStart = await cpuAtStart.value
+        let clientCPU = CPUTime.ofThisProcess() - cpuStart.client
+        let serverCPU = serverPid.flatMap(CPUTime.ofProcess).flatMap { after in cpuStart.server.map { after - $0 } }
 
         watchdog.enter("closing")
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -86,7 +100,20 @@ struct RequestResponse: AsyncParsableCommand, ArgumentChecking {
             ("p90_us", .double(percentile(sorted, 0.90))),
             ("p95_us", .double(percentile(sorted, 0.95))),
             ("p99_us", .double(percentile(sorted, 0.99))),
-        ])
+        ] + cpuFields(client: clientCPU, server: serverCPU, transactions: sorted.count))
+    }
+
+    private func cpuFields(client: CPUTime, server: CPUTime?, transactions: Int) -> [(String, JSONValue)] {
+        let count = Double(max(1, transactions))
+        var fields: [(String, JSONValue)] = [
+            ("client_user_us_per_transaction", .double(client.userMicroseconds / count)),
+            ("client_sys_us_per_transaction", .double(client.systemMicroseconds / count)),
+        ]
+        if let server {
+            fields.append(("server_user_us_per_transaction", .double(server.userMicroseconds / count)))
+            fields.append(("server_sys_us_per_transaction", .double(server.systemMicroseconds / count)))
+        }
+        return fields
     }
 
     func openAll(tally: Tally, watchdog: Watchdog) async throws -> [TOUConnection] {

@@ -75,7 +75,7 @@ struct ListenerWorkerFloodTests {
             first = listener.endpoints[0]
             second = listener.endpoints[1]
             try await listener.close()
-            for channel in listener.channels { try await channel.closeFuture.get() }
+            for socket in listener.sockets { try await socket.closeFuture.get() }
         }
         for _ in 0..<100 where first != nil || second != nil {
             try await Task.sleep(for: .milliseconds(10))
