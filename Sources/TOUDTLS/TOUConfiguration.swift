@@ -136,10 +136,11 @@ public struct TOUConfiguration: Sendable {
     /// UDP segmentation and receive offload (GSO/GRO) where the kernel has them: a run of datagrams
     /// crosses the socket layer once. Off sends and receives one datagram at a time.
     public var segmentationOffload: Bool = true
-    /// The datagram I/O layer of sockets whose loop the library picks (for measuring one against
-    /// the other): SwiftNIO's DatagramChannel, or DatagramIO's own loop and socket. A socket opened
-    /// on a loop the caller chose follows that loop (TOUNIO's are always NIO's).
-    package var datagramIO: DatagramIOChoice = .nio
+    /// The datagram I/O layer of the sockets whose event loops the library picks (`connect`, and
+    /// `bind` without a group): our own (`.native`, the default) or SwiftNIO's channel (`.nio`,
+    /// for code that opens SwiftNIO channels on the connection's loop). A socket opened on a loop
+    /// the caller chose follows that loop (TOUNIO's run on SwiftNIO's).
+    public var datagramIO: TOUDatagramIO = .default
 
     /// Listener limits (wire format defaults).
     public var maximumHalfOpenSessions: Int = 1024

@@ -200,16 +200,16 @@ public final class TOUConnection: Sendable {
     /// the connection on that loop (see `connect`), so a task can connect, write and read without
     /// a thread switch.
     public static func nextTaskExecutor() -> any TaskExecutor {
-        EventLoopTaskExecutor.of(MultiThreadedEventLoopGroup.singleton.next())
+        nextTaskExecutor(datagramIO: .default)
     }
 
     /// `nextTaskExecutor()` on a loop of the given I/O layer.
-    package static func nextTaskExecutor(datagramIO: DatagramIOChoice) -> any TaskExecutor {
+    package static func nextTaskExecutor(datagramIO: TOUDatagramIO) -> any TaskExecutor {
         EventLoopTaskExecutor.of(nextLoop(datagramIO))
     }
 
     /// The loop a connection runs on when its caller's executor names none.
-    static func nextLoop(_ datagramIO: DatagramIOChoice) -> EventLoop {
+    static func nextLoop(_ datagramIO: TOUDatagramIO) -> EventLoop {
         switch datagramIO {
         case .nio: MultiThreadedEventLoopGroup.singleton.next()
         case .native: IOLoopGroup.singleton.next()

@@ -1,4 +1,6 @@
+import DatagramIO
 import NIOCore
+import NIOPosix
 
 extension TOUConfiguration {
     /// Reads and checks what a client connection would use (settings, trust roots, own
@@ -12,8 +14,12 @@ extension TOUConfiguration {
 }
 
 extension TOUConnection {
-    /// The event loop this connection runs on. Channels that exchange data with it (a relayed
-    /// TCP connection, say) run with the fewest thread switches when opened on this loop and
-    /// driven from tasks under `taskExecutor`.
-    public var eventLoop: EventLoop { endpoint.loop }
+    /// A SwiftNIO event loop for channels that exchange data with this connection (a relayed TCP
+    /// connection, say). With `TOUConfiguration.datagramIO` `.nio` it is the connection's own
+    /// loop: such channels, driven from tasks under `taskExecutor`, then move data without a
+    /// thread switch. With `.native` (the default) the connection runs on a loop SwiftNIO's
+    /// bootstraps do not accept, so this is one of SwiftNIO's own, and data crosses threads.
+    public var eventLoop: EventLoop {
+        endpoint.loop is IOLoop ? MultiThreadedEventLoopGroup.singleton.next() : endpoint.loop
+    }
 }

@@ -28,7 +28,7 @@ struct CommonOptions: ParsableArguments {
 
     @Option(help: ArgumentHelp("Datagram I/O layer: nio (SwiftNIO's DatagramChannel) or native (DatagramIO).",
                                visibility: .hidden))
-    var io: DatagramIOChoice = .nio
+    var io: TOUDatagramIO = .default
 
     @Option(help: "Client runs: fail if no connection makes progress for this many seconds.")
     var stallSeconds: Double = 30
@@ -74,7 +74,7 @@ struct CommonOptions: ParsableArguments {
     }
 }
 
-extension DatagramIOChoice: ExpressibleByArgument {}
+extension TOUDatagramIO: ExpressibleByArgument {}
 
 /// Connects with at most `gate`'s permits of handshakes in flight; failures are logged and counted.
 func connectThroughGate(_ gate: ConnectGate, options: CommonOptions, configuration: TOUConfiguration,

@@ -81,7 +81,7 @@ struct TunnelRunner: Sendable {
 
     private func serveTOU(relayingTo service: TCPAddress) async throws -> ExitCode32 {
         let listener = try await TOUListener.bind(host: command.host, port: command.port,
-                                                  configuration: command.makeConfiguration(), workers: command.workers ?? TOUListener.defaultWorkers)
+                                                  configuration: Self.relayConfiguration(command), workers: command.workers ?? TOUListener.defaultWorkers)
         if command.verbose {
             // The readiness line scripts wait for, as without a tunnel.
             CommandLineTool.printToStandardError("listening on \(listener.localAddress.ipAndPort)")
@@ -140,10 +140,18 @@ struct TunnelRunner: Sendable {
         return end
     }
 
+    /// Tunnel connections on SwiftNIO's loops, the TCP channels' own: a relayed chunk then crosses
+    /// no thread (SwiftNIO's bootstraps cannot open channels on the native I/O's loops).
+    static func relayConfiguration(_ command: CatCommand) -> TOUConfiguration {
+        var configuration = command.makeConfiguration()
+        configuration.datagramIO = .nio
+        return configuration
+    }
+
     // MARK: Client side: TCP in, TOU out
 
     private func acceptTCP(on local: TCPAddress) async throws {
-        let configuration = command.makeConfiguration()
+        let configuration = Self.relayConfiguration(command)
         // Bad trust roots or own certificate fail now (exit 2), not at the first connection.
         try configuration.checkClient()
         let remoteHost = command.host ?? "localhost"
