@@ -24,7 +24,7 @@ public final class IOLoop: EventLoop, @unchecked Sendable {
     private enum State { case open, closing, closed }
 
     private struct Shared {
-        var tasks: [@Sendable () -> Void] = []
+        var tasks: [Work] = []
         /// The loop is in (or about to enter) epoll_wait with nothing queued: a task needs a wakeup.
         var sleeping = false
         var state = State.open
@@ -39,6 +39,19 @@ public final class IOLoop: EventLoop, @unchecked Sendable {
         case callback(any NIOScheduledCallbackHandler)
     }
 
+    /// A queued task: a closure, or a Swift job to run on a task executor (no closure to allocate).
+    private enum Work: @unchecked Sendable {
+        case closure(() -> Void)
+        case job(UnownedJob, UnownedTaskExecutor)
+
+        func run() {
+            switch self {
+            case .closure(let body): body()
+            case .job(let job, let executor): job.runSynchronously(on: executor)
+            }
+        }
+    }
+
     private let shared = NIOLockedValueBox(Shared())
     private let epollFD: CInt
     private let wakeFD: CInt
@@ -47,9 +60,9 @@ public final class IOLoop: EventLoop, @unchecked Sendable {
     public let name: String
 
     // Touched on the loop's thread only.
-    private var localTasks: [() -> Void] = []
-    private var runningTasks: [() -> Void] = []
-    private var remoteBatch: [@Sendable () -> Void] = []
+    private var localTasks: [Work] = []
+    private var runningTasks: [Work] = []
+    private var remoteBatch: [Work] = []
     private var timers = TimerHeap<TimerAction>()
     private var handlers: [CInt: IOReadinessHandler] = [:]
     private var eventData = [UInt64](repeating: 0, count: 64)
@@ -112,14 +125,24 @@ public final class IOLoop: EventLoop, @unchecked Sendable {
     public var inEventLoop: Bool { pthread_equal(pthread_self(), threadID) != 0 }
 
     public func execute(_ task: @escaping @Sendable () -> Void) {
+        enqueue(.closure(task))
+    }
+
+    /// Runs `job` on the loop as a job of `executor` (a task executor whose jobs run here): what
+    /// `execute { job.runSynchronously(on: executor) }` does, without a closure per job.
+    public func enqueue(_ job: UnownedJob, on executor: UnownedTaskExecutor) {
+        enqueue(.job(job, executor))
+    }
+
+    private func enqueue(_ work: Work) {
         if inEventLoop {
-            localTasks.append(task)
+            localTasks.append(work)
             return
         }
         let wake = shared.withLockedValue { shared -> Bool in
             // A shut-down loop runs nothing more, as NIO's loops refuse work then.
             guard shared.state != .closed else { return false }
-            shared.tasks.append(task)
+            shared.tasks.append(work)
             let wake = shared.sleeping
             shared.sleeping = false
             return wake
@@ -130,7 +153,7 @@ public final class IOLoop: EventLoop, @unchecked Sendable {
     /// `execute` for a closure that need not be Sendable, queued from the loop itself.
     public func _executeIsolatedUnsafeUnchecked(_ task: @escaping () -> Void) {
         precondition(inEventLoop, "_executeIsolatedUnsafeUnchecked off the loop")
-        localTasks.append(task)
+        localTasks.append(.closure(task))
     }
 
     private func wakeUp() {
@@ -326,13 +349,13 @@ public final class IOLoop: EventLoop, @unchecked Sendable {
         var budget = Self.tasksPerTurn
         if !remoteBatch.isEmpty {
             budget -= remoteBatch.count
-            for task in remoteBatch { task() }
+            for work in remoteBatch { work.run() }
             remoteBatch.removeAll(keepingCapacity: true)
         }
         while !localTasks.isEmpty, budget > 0 {
             swap(&localTasks, &runningTasks)
             budget -= runningTasks.count
-            for task in runningTasks { task() }
+            for work in runningTasks { work.run() }
             runningTasks.removeAll(keepingCapacity: true)
         }
         return closing && localTasks.isEmpty
@@ -344,17 +367,17 @@ public final class IOLoop: EventLoop, @unchecked Sendable {
     private func shutDown() {
         // Work queued until the state says closed still runs; then nothing more is taken.
         while true {
-            let tasks = shared.withLockedValue { shared -> [@Sendable () -> Void] in
+            let tasks = shared.withLockedValue { shared -> [Work] in
                 let tasks = shared.tasks
                 shared.tasks = []
                 if tasks.isEmpty { shared.state = .closed }
                 return tasks
             }
             guard !tasks.isEmpty || !localTasks.isEmpty else { break }
-            for task in tasks { task() }
+            for work in tasks { work.run() }
             while !localTasks.isEmpty {
                 swap(&localTasks, &runningTasks)
-                for task in runningTasks { task() }
+                for work in runningTasks { work.run() }
                 runningTasks.removeAll()
             }
         }
@@ -367,7 +390,7 @@ public final class IOLoop: EventLoop, @unchecked Sendable {
         // Futures completed by the cancellations above ran their callbacks here.
         while !localTasks.isEmpty {
             swap(&localTasks, &runningTasks)
-            for task in runningTasks { task() }
+            for work in runningTasks { work.run() }
             runningTasks.removeAll()
         }
         Glibc.close(epollFD)

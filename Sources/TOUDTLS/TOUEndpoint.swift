@@ -1,3 +1,4 @@
+import DatagramIO
 import DTLS
 import Logging
 import NIOConcurrencyHelpers
@@ -596,9 +597,12 @@ extension DatagramBootstrap {
 /// resumes from the loop's own I/O without a wakeup of another thread.
 final class EventLoopTaskExecutor: TaskExecutor, Sendable {
     let loop: EventLoop
+    /// `loop` when it is DatagramIO's: jobs go into its queue as they are.
+    private let ioLoop: IOLoop?
 
     private init(loop: EventLoop) {
         self.loop = loop
+        self.ioLoop = loop as? IOLoop
     }
 
     /// One executor per loop, so a task's preference tells which loop it runs on. TOUConnection's
@@ -625,6 +629,10 @@ final class EventLoopTaskExecutor: TaskExecutor, Sendable {
 
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
-        loop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+        if let ioLoop {
+            ioLoop.enqueue(job, on: asUnownedTaskExecutor())
+        } else {
+            loop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+        }
     }
 }

@@ -113,4 +113,27 @@ struct IOLoopTests {
         }
         #expect(await OnLoop(loop.executor).check(loop))
     }
+
+    /// Jobs queued as jobs, no closure each: the path EventLoopTaskExecutor takes on an IOLoop.
+    final class JobExecutor: TaskExecutor {
+        let loop: IOLoop
+        init(_ loop: IOLoop) { self.loop = loop }
+        func enqueue(_ job: consuming ExecutorJob) { loop.enqueue(UnownedJob(job), on: asUnownedTaskExecutor()) }
+    }
+
+    @Test("a task preferring a task executor on the loop runs there, before and after suspending")
+    func taskExecutorJobs() async throws {
+        let loop = Self.loop
+        let executor = JobExecutor(loop)
+        let onLoop = await withTaskExecutorPreference(executor) { () async -> [Bool] in
+            var seen = [loop.inEventLoop]
+            for _ in 0..<100 {
+                // A future completed on the loop: the task resumes there through a job.
+                try? await loop.submit {}.get()
+                seen.append(loop.inEventLoop)
+            }
+            return seen
+        }
+        #expect(onLoop.count == 101 && onLoop.allSatisfy { $0 })
+    }
 }

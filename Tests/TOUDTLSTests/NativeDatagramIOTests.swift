@@ -202,4 +202,30 @@ struct NativeDatagramIOTests {
         #expect(try await server.value)
         try await listener.close()
     }
+
+    @Test("a native listener on all addresses (dual-stack \"::\") serves an IPv4 client (v4-mapped peer) and an IPv6 one")
+    func dualStack() async throws {
+        let plain = Self.native(.plain)
+        let listener = try await TOUListener.bind(port: 0, configuration: plain, workers: 1)
+        let port = try #require(listener.localAddress.port)
+        let server = Task {
+            for await connection in listener.connections {
+                Task {
+                    for try await chunk in connection.inbound { try await connection.write(chunk) }
+                    try await connection.close()
+                }
+            }
+        }
+        for host in ["127.0.0.1", "::1"] {
+            let connection = try await TOUConnection.connect(host: host, port: port, configuration: plain)
+            try await connection.write(ByteBuffer(string: "via \(host)"))
+            try await connection.finishWriting()
+            var answer = ByteBuffer()
+            for try await var chunk in connection.inbound { answer.writeBuffer(&chunk) }
+            try await connection.close()
+            #expect(String(buffer: answer) == "via \(host)")
+        }
+        try await listener.close()
+        server.cancel()
+    }
 }
