@@ -86,8 +86,8 @@ public final class DTLSConnection {
     public var isResumed: Bool { tou_dtls_conn_session_reused(handle) == 1 }
 
     /// Frees OpenSSL's connection object once both sides are known to have completed the
-    /// handshake (the caller's evidence: the peer answered something it sent after verifying our
-    /// Finished), keeping only the record layer: OpenSSL keeps its handshake buffer and state,
+    /// handshake (the caller's evidence: the peer acknowledged data it could only open after both
+    /// Finished messages verified, as TCP's handshake does), keeping only the record layer: OpenSSL keeps its handshake buffer and state,
     /// about 40 KB, for the life of a DTLS connection in case a flight must be resent, and that was
     /// most of what an idle connection held. Afterwards the peer's alerts are opened here, and a
     /// late copy of a handshake flight is dropped and counted. What the connection still answers
