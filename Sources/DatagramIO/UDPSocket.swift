@@ -38,6 +38,9 @@ public struct UDPSocketCounters: Sendable, Equatable {
     public var sendErrors = 0
     /// Times the send buffer was full and the socket waited to be writable.
     public var sendWaits = 0
+    /// Datagrams dropped because `maximumQueuedBytes` were already waiting (a full send buffer
+    /// while a flood is answered, say), as a full socket buffer drops them.
+    public var queueDrops = 0
     public init() {}
 }
 
@@ -75,6 +78,9 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     public var closeFuture: EventLoopFuture<Void> { closePromise.futureResult }
     /// Most messages in one sendmmsg or recvmmsg call.
     public static let maximumBatch = 64
+    /// Most bytes queued while the send buffer is full (twice the default socket send buffer):
+    /// what the endpoint queues beyond that is dropped, so answers to a flood cannot pile up.
+    public static let maximumQueuedBytes = 8 << 20
 
     private var delegate: UDPSocketDelegate?
     private let closePromise: EventLoopPromise<Void>
@@ -94,6 +100,8 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     }
     private var pending: [Pending] = []
     private var pendingHead = 0
+    /// Bytes of `pending[pendingHead...]`.
+    private var pendingBytes = 0
     private var waitingForWritable = false
     private var sendArrays = MessageArrays()
 
@@ -123,27 +131,27 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
 
     /// A socket bound to `address`. Any thread; `start` it on `loop`.
     public static func bind(to address: SocketAddress, on loop: IOLoop, options: Options = Options()) throws -> UDPSocket {
-        let fd = try makeSocket(family: address.protocol.rawValue, options: options)
-        let result = address.withSockAddr { Glibc.bind(fd, $0, socklen_t($1)) }
-        guard result == 0 else {
-            let code = errno
-            Glibc.close(fd)
-            throw IOError(errnoCode: code, reason: "bind")
-        }
+        let fd = try makeSocket(for: address, options: options, "bind") { Glibc.bind($0, $1, $2) }
         return UDPSocket(loop: loop, fd: fd, remote: nil, options: options)
     }
 
     /// A socket connected to `address` (the kernel picks the local address and port, and reports
     /// ICMP errors for that peer). Any thread; `start` it on `loop`.
     public static func connect(to address: SocketAddress, on loop: IOLoop, options: Options = Options()) throws -> UDPSocket {
+        let fd = try makeSocket(for: address, options: options, "connect") { Glibc.connect($0, $1, $2) }
+        return UDPSocket(loop: loop, fd: fd, remote: address, options: options)
+    }
+
+    /// A new socket of `address`'s family, given `address` by `call` (bind or connect).
+    private static func makeSocket(for address: SocketAddress, options: Options, _ reason: String,
+                                   _ call: (CInt, UnsafePointer<sockaddr>, socklen_t) -> CInt) throws -> CInt {
         let fd = try makeSocket(family: address.protocol.rawValue, options: options)
-        let result = address.withSockAddr { Glibc.connect(fd, $0, socklen_t($1)) }
-        guard result == 0 else {
+        guard address.withSockAddr({ call(fd, $0, socklen_t($1)) }) == 0 else {
             let code = errno
             Glibc.close(fd)
-            throw IOError(errnoCode: code, reason: "connect")
+            throw IOError(errnoCode: code, reason: reason)
         }
-        return UDPSocket(loop: loop, fd: fd, remote: address, options: options)
+        return fd
     }
 
     private static func makeSocket(family: CInt, options: Options) throws -> CInt {
@@ -287,6 +295,11 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     /// `segmentSize` > 0 a run of datagrams of that size (the last may be shorter). `flush` sends.
     public func enqueue(_ data: ByteBuffer, segmentSize: Int = 0, to address: SocketAddress?) {
         guard fd >= 0 else { return }
+        guard pendingBytes + data.readableBytes <= Self.maximumQueuedBytes else {
+            counters.queueDrops += segmentSize > 0 ? (data.readableBytes + segmentSize - 1) / segmentSize : 1
+            return
+        }
+        pendingBytes += data.readableBytes
         let address = remoteAddress == nil ? address : nil
         guard segmentSize > 0, data.readableBytes > segmentSize else {
             pending.append(Pending(data: data, segmentSize: 0, address: address))
@@ -325,8 +338,9 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
             counters.sendCalls += 1
             let sent = dio_sendmmsg(fd, sendArrays.messages, CUnsignedInt(count))
             if sent > 0 {
-                for index in 0..<Int(sent) where pending[pendingHead + index].segmentSize > 0 {
-                    counters.segmentedSends += 1
+                for index in 0..<Int(sent) {
+                    if pending[pendingHead + index].segmentSize > 0 { counters.segmentedSends += 1 }
+                    pendingBytes -= pending[pendingHead + index].data.readableBytes
                 }
                 counters.messagesSent += Int(sent)
                 pendingHead += Int(sent)
@@ -336,6 +350,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
         }
         pending.removeAll(keepingCapacity: true)
         pendingHead = 0
+        pendingBytes = 0
     }
 
     private func prepare(_ index: Int, _ message: Pending) {
@@ -401,6 +416,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
             return false
         default:
             counters.sendErrors += 1
+            pendingBytes -= first.data.readableBytes
             pendingHead += 1
             delegate?.socketError(IOError(errnoCode: code, reason: "sendmmsg"))
             return fd >= 0
@@ -429,6 +445,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
         fd = -1
         pending.removeAll()
         pendingHead = 0
+        pendingBytes = 0
         let delegate = self.delegate
         self.delegate = nil
         let promise = closePromise

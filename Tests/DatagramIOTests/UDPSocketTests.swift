@@ -227,6 +227,26 @@ struct UDPSocketTests {
         try await pair.close()
     }
 
+    @Test("what waits to be sent is bounded: datagrams beyond maximumQueuedBytes are dropped and counted, the rest leave")
+    func queueBounded() async throws {
+        let pair = try await SocketPair.make(loops: Self.loops)
+        let destination = try #require(pair.receiver.localAddress)
+        let size = 1000
+        let fits = UDPSocket.maximumQueuedBytes / size
+        let (queued, counters) = try await on(pair.sender.loop) { () -> (Int, UDPSocketCounters) in
+            // Queued without a flush, as while the send buffer is full.
+            for index in 0..<(fits + 10) { pair.sender.enqueue(buffer(payload(index, length: size)), to: destination) }
+            let queued = pair.sender.pendingCount
+            pair.sender.flush()
+            return (queued, pair.sender.counters)
+        }
+        #expect(queued == fits)
+        #expect(counters.queueDrops == 10)
+        #expect(counters.messagesSent == fits)
+        #expect(try await on(pair.sender.loop) { pair.sender.pendingCount } == 0)
+        try await pair.close()
+    }
+
     @Test("a datagram too large for UDP is refused (EMSGSIZE), counted, and the socket goes on")
     func oversizedSend() async throws {
         let pair = try await SocketPair.make(loops: Self.loops)
