@@ -114,7 +114,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
         self.receiveBatch = min(Self.maximumBatch, max(1, options.receiveBatch))
         self.receiveSlot = max(64, options.receiveSlot)
         self.receiveBuffer = ByteBufferAllocator().buffer(capacity: receiveBatch * receiveSlot)
-        self.segmentationOffload = options.segmentationOffload && dio_udp_segment_supported(fd) != 0
+        self.segmentationOffload = options.segmentationOffload && Self.kernelSegments
         if options.receiveOffload { receiveOffload = dio_enable_receive_offload(fd) == 0 }
         self.localAddress = Self.localAddress(of: fd)
     }
@@ -208,6 +208,22 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
         receiveSlot = max(64, slot)
         receiveBuffer = ByteBufferAllocator().buffer(capacity: receiveBatch * receiveSlot)
     }
+
+    /// Asks for UDP_GRO from the next read on (the slots must then hold 64 KiB); false where the
+    /// kernel refuses, and datagrams keep arriving one by one.
+    @discardableResult
+    public func enableReceiveOffload() -> Bool {
+        if !receiveOffload, fd >= 0 { receiveOffload = dio_enable_receive_offload(fd) == 0 }
+        return receiveOffload
+    }
+
+    /// Whether the kernel has UDP GSO is the same for every socket: asked once per process.
+    private static let kernelSegments: Bool = {
+        let fd = Glibc.socket(AF_INET, CInt(SOCK_DGRAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { Glibc.close(fd) }
+        return dio_udp_segment_supported(fd) != 0
+    }()
 
     public func setReadsPerWakeup(_ reads: Int) {
         readsPerWakeup = max(1, reads)

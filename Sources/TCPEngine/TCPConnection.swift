@@ -279,6 +279,9 @@ public struct TCPConnection {
 
     public var readableBytes: Int { receiveBuffer.readableBytes }
 
+    /// An ACK is due now (not only on the delayed-ACK timer): `pollTransmit` will send one.
+    public var acknowledgmentDue: Bool { ackNow }
+
     /// In-order data, up to `maximumBytes`. Reading reopens the receive window; an ACK announces it
     /// once it has grown by a meaningful amount.
     public mutating func read(maximumBytes: Int) -> ByteBuffer? {

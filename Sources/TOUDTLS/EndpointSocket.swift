@@ -37,8 +37,9 @@ protocol EndpointSocket: AnyObject, Sendable {
     /// Asks for a receive queue of `bytes` (beyond the system's limit if privileged); returns
     /// what the kernel granted.
     func requestReceiveQueue(_ bytes: Int) -> Int?
-    /// Reads up to `batch` datagrams of up to `slot` bytes per call from now on.
-    func setReceiveBatch(_ batch: Int, slot: Int)
+    /// Reads up to `batch` datagrams of up to `slot` bytes per call from now on, with GRO if
+    /// `coalescing` (where it was not on from the start).
+    func receiveInBulk(batch: Int, slot: Int, coalescing: Bool)
     func setReadsPerWakeup(_ reads: UInt)
     /// Attaches a classic BPF program (`count` struct sock_filter at `instructions`, which must
     /// stay valid until the future completes) to the socket's SO_REUSEPORT group.
@@ -156,7 +157,8 @@ final class NIOEndpointSocket: EndpointSocket, @unchecked Sendable {
         return try? options.getOption(.socketOption(.so_rcvbuf))
     }
 
-    func setReceiveBatch(_ batch: Int, slot: Int) {
+    func receiveInBulk(batch: Int, slot: Int, coalescing: Bool) {
+        // GRO came with the bootstrap (`DatagramBootstrap.endpoint`).
         guard let options = channel.syncOptions else { return }
         try? options.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: slot * batch))
         try? options.setOption(.datagramVectorReadMessageCount, value: batch)
@@ -192,9 +194,9 @@ final class NativeEndpointSocket: EndpointSocket, UDPSocketDelegate, @unchecked 
     private static func options(_ endpoint: TOUEndpoint) -> UDPSocket.Options {
         var options = UDPSocket.Options()
         let configuration = endpoint.configuration
-        options.receiveOffload = configuration.segmentationOffload
-        options.segmentationOffload = configuration.segmentationOffload
         let batch = endpoint.receiveBatch()
+        options.receiveOffload = batch.coalescing
+        options.segmentationOffload = configuration.segmentationOffload
         options.receiveBatch = batch.count
         options.receiveSlot = batch.slot
         options.readsPerWakeup = Int(endpoint.readsPerWakeup)
@@ -249,8 +251,10 @@ final class NativeEndpointSocket: EndpointSocket, UDPSocketDelegate, @unchecked 
         return socket.getOption(level: SOL_SOCKET, name: SO_RCVBUF).map(Int.init)
     }
 
-    func setReceiveBatch(_ batch: Int, slot: Int) {
-        socket.setReceiveBatch(batch, slot: slot)
+    func receiveInBulk(batch: Int, slot: Int, coalescing: Bool) {
+        // Without GRO a slot needs to hold one datagram only.
+        let coalesces = coalescing && socket.enableReceiveOffload()
+        socket.setReceiveBatch(batch, slot: coalesces ? slot : min(slot, endpoint.configuration.receiveSlot(coalescing: false)))
     }
 
     func setReadsPerWakeup(_ reads: UInt) {

@@ -231,8 +231,13 @@ public final class TOUConnection: Sendable {
     }
 
     /// Half-closes: a FIN follows everything written so far. Reading goes on.
-    public func finishWriting() async throws {
+    public nonisolated(nonsending) func finishWriting() async throws {
         let core = self.core
+        if endpoint.loop.inEventLoop {
+            // On the loop already: the FIN joins what the loop sends next (an ACK, say).
+            endpoint.withCore(core) { core, now in core.finishWriting(now: now) }
+            return
+        }
         try await endpoint.loop.submit { [endpoint] in
             endpoint.withCore(core) { core, now in core.finishWriting(now: now) }
         }.get()
@@ -242,9 +247,9 @@ public final class TOUConnection: Sendable {
     /// once our data is acknowledged and the session has closed (or throws; after
     /// `configuration.closeTimeout` the connection is reset and `TOUError.timedOut` thrown).
     /// Cancelling the task while it waits resets the connection at once and throws `CancellationError`.
-    public func close() async throws {
+    public nonisolated(nonsending) func close() async throws {
         let promise = endpoint.loop.makePromise(of: Void.self)
-        endpoint.loop.execute { self.closeOnLoop(promise: promise) }
+        onLoop { self.closeOnLoop(promise: promise) }
         try await withTaskCancellationHandler {
             try await promise.futureResult.get()
         } onCancel: {

@@ -394,9 +394,9 @@ final class TOUEndpoint: @unchecked Sendable {
         readsInWakeup += 1
     }
 
-    /// A client starts reading one datagram per call into one small buffer (a connection that
-    /// only sets up and exchanges a little needs no more), and takes the bulk batch of recvmmsg
-    /// slots once data arrives faster: a coalesced read, or a wakeup that used all its reads.
+    /// A client starts with a small receive buffer (a connection that only sets up and exchanges
+    /// a little needs no more), and takes the bulk batch of recvmmsg slots once data arrives
+    /// faster: a coalesced read, or a wakeup that brought `readsPerWakeup` datagrams.
     private(set) var receivesInBulk: Bool
     @exclusivity(unchecked) private var bulkReceiveWanted = false
     @exclusivity(unchecked) private var readsInWakeup: UInt = 0
@@ -407,17 +407,28 @@ final class TOUEndpoint: @unchecked Sendable {
         guard bulkReceiveWanted, !receivesInBulk, let socket else { return }
         receivesInBulk = true
         let batch = configuration.receiveBatch(coalescing: receiveCoalescing, onePeer: role == .client)
-        socket.setReceiveBatch(batch.count, slot: configuration.receiveSlot(coalescing: receiveCoalescing))
+        socket.receiveInBulk(batch: batch.count, slot: configuration.receiveSlot(coalescing: receiveCoalescing),
+                             coalescing: receiveCoalescing)
     }
 
     private var receiveCoalescing: Bool { configuration.segmentationOffload && System.supportsUDPReceiveOffload }
 
-    /// The receive batch a new socket starts with: one slot for a client (see `receivesInBulk`).
-    func receiveBatch() -> (count: Int, slot: Int) {
+    /// The receive batch a new socket starts with (see `receivesInBulk`). A client's own socket
+    /// turns GRO on only for bulk, so until then it reads a few datagrams per call into small
+    /// slots: a read that finds fewer than a batch needs no second call to learn the socket is
+    /// empty. SwiftNIO's channel takes GRO from its bootstrap, so there a client reads one
+    /// coalesced slot per call from the start.
+    func receiveBatch() -> (count: Int, slot: Int, coalescing: Bool) {
+        if !receivesInBulk, loop is IOLoop {
+            return (Self.smallReceiveBatch, configuration.receiveSlot(coalescing: false), false)
+        }
         let slot = configuration.receiveSlot(coalescing: receiveCoalescing)
-        guard receivesInBulk else { return (1, slot) }
-        return (configuration.receiveBatch(coalescing: receiveCoalescing, onePeer: false).count, slot)
+        guard receivesInBulk else { return (1, slot, receiveCoalescing) }
+        return (configuration.receiveBatch(coalescing: receiveCoalescing, onePeer: false).count, slot, receiveCoalescing)
     }
+
+    /// A handshake flight or a small response: a client's datagrams before it reads in bulk.
+    static let smallReceiveBatch = 4
 
     /// The socket is open: a listener asks for a deep receive queue (all its sessions share it)
     /// and learns what it got.
@@ -445,9 +456,66 @@ final class TOUEndpoint: @unchecked Sendable {
     }
 
     func endReadBatch() {
-        answerBatch()
+        if datagramsInBatch <= Self.datagramsInShortRead {
+            answerAfterApplications()
+        } else {
+            answerBatch()
+        }
         inReadBatch = false
         if !receivesInBulk { receiveInBulkIfWanted() }
+    }
+
+    static let datagramsInShortRead = 8
+    /// Sessions that told their applications what arrived and answer once those have acted.
+    @exclusivity(unchecked) private var answersDue: [ConnectionCore] = []
+
+    /// After a short read the sessions report what arrived (waking the readers) and answer only
+    /// once the tasks that woke have run: an application that reacts at once (an echo, a
+    /// request's reply, a FIN after a response) sends its data with the ACK in one segment, and
+    /// everything leaves in one sendmmsg. After a long read the ACKs leave at once, so that a
+    /// sender in bulk is not kept waiting on our reader.
+    ///
+    /// A target still in its handshake answers at once (its Finished and SYN-ACK go ahead of
+    /// anything its application does with the connection, a refusal's reset included); only the
+    /// flush waits.
+    private func answerAfterApplications() {
+        datagramsInBatch = 0
+        guard !batchSessions.isEmpty else { return flush() }
+        let now = NIODeadline.now()
+        let firstDue = !answerQueued
+        for core in batchSessions {
+            core.awaitingBatchEnd = false
+            guard demultiplexer[core.session.localSID] === core else { continue }
+            if core.session.role == .target, core.session.tcp.map({ $0.state == .synReceived }) ?? true {
+                core.session.pump(now: now)
+                drive(core, now: now)
+                continue
+            }
+            core.session.takeIn(now: now)
+            drive(core, now: now)
+            answersDue.append(core)
+        }
+        batchSessions.removeAll(keepingCapacity: true)
+        guard firstDue else { return }
+        answerQueued = true
+        loop.execute { [self] in answerDue() }
+    }
+
+    @exclusivity(unchecked) private var answerQueued = false
+
+    /// The answers `answerAfterApplications` left for later; a session whose application already
+    /// wrote (which pumped it) has nothing left to answer.
+    private func answerDue() {
+        var now: NIODeadline?
+        for core in answersDue where !core.session.pumpedSinceTakeIn && demultiplexer[core.session.localSID] === core {
+            let time = now ?? .now()
+            now = time
+            core.session.pump(now: time)
+            drive(core, now: time)
+        }
+        answersDue.removeAll(keepingCapacity: true)
+        answerQueued = false
+        flush()
     }
 
     /// Lets every session that took datagrams since the last answer reply (ACKs, new data).

@@ -437,9 +437,11 @@ final class TOUSession {
     }
 
     func read(maximumBytes: Int, now: NIODeadline) -> ByteBuffer? {
+        let acknowledgmentWasDue = tcp?.acknowledgmentDue ?? false
         guard let data = tcp?.read(maximumBytes: maximumBytes) else { return nil }
-        // Reading opens the window; let the engine announce it.
-        pump(now: now)
+        // Reading opens the window: announce it if it grew enough. An ACK that was due already
+        // leaves with the answer that follows every arrival, perhaps on the reader's own reply.
+        if !acknowledgmentWasDue, tcp?.acknowledgmentDue == true { pump(now: now) }
         return data
     }
 
@@ -465,9 +467,13 @@ final class TOUSession {
 
     // MARK: The pump
 
+    /// False from `takeIn` until the next `pump`.
+    private(set) var pumpedSinceTakeIn = true
+
     /// Moves everything that can move: DTLS events and plaintext into TCP, TCP output into DTLS
     /// records and GUE datagrams, and the closing rules.
     func pump(now: NIODeadline) {
+        pumpedSinceTakeIn = true
         absorb(now: now)
         // Handshake records first: the target's Finished goes ahead of its SYN-ACK in one flight.
         drainDTLS()
@@ -530,8 +536,29 @@ final class TOUSession {
         }
     }
 
+    /// Takes in what `receive` brought and reports its events (data to read, the connection
+    /// established), sending nothing: the endpoint lets the application act on them before it
+    /// pumps, so that an answer or a FIN written at once carries the ACK.
+    func takeIn(now: NIODeadline) {
+        pumpedSinceTakeIn = false
+        absorb(now: now)
+        reportTCPEvents()
+    }
+
     private func driveTCP(now: NIODeadline) {
         guard tcp != nil else { return }
+        reportTCPEvents()
+        transmitPaused = false
+        while let segment = tcp?.pollTransmit(now: now) {
+            send(segment)
+            if outbound.completedRuns > 0 {
+                transmitPaused = true
+                break
+            }
+        }
+    }
+
+    private func reportTCPEvents() {
         while let event = tcp?.pollEvent() {
             switch event {
             case .connected:
@@ -560,14 +587,6 @@ final class TOUSession {
                     fail(.timedOut("the peer acknowledged nothing for \(seconds) s (the user timeout)"))
                 case .aborted: break
                 }
-            }
-        }
-        transmitPaused = false
-        while let segment = tcp?.pollTransmit(now: now) {
-            send(segment)
-            if outbound.completedRuns > 0 {
-                transmitPaused = true
-                break
             }
         }
     }

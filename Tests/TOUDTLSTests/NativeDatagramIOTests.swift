@@ -49,6 +49,47 @@ struct NativeDatagramIOTests {
                                            client: EndToEndTests.clientConfiguration(), bytes: 1 << 20)
     }
 
+    /// Both ends on one loop, so that what one side sends in a sendmmsg is all there when the
+    /// other reads: the listener's SYN-ACK and echo leave together, and the client, which finishes
+    /// writing as soon as it has the echo, sends the ACK they call for on its FIN.
+    @Test("an application that answers at once sends its answer with the session's ACK: 6 datagrams from a client that closes after one echo")
+    func answerCarriesTheAcknowledgment() async throws {
+        let group = try IOLoopGroup(loopCount: 1, name: "OneLoop")
+        let loop = group.next()
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0,
+                                                  configuration: Self.native(EndToEndTests.serverConfiguration()),
+                                                  workers: 1, group: group) { connection in
+            Task(executorPreference: connection.taskExecutor) {
+                for try await chunk in connection.inbound { try await connection.write(chunk) }
+                try await connection.close()
+            }
+        }
+        let port = try #require(listener.localAddress.port)
+        let (echo, sent, socket) = try await withTaskExecutorPreference(EventLoopTaskExecutor.of(loop)) {
+            let connection = try await TOUConnection.connect(host: "127.0.0.1", port: port,
+                                                             configuration: Self.native(EndToEndTests.clientConfiguration()),
+                                                             initialData: ByteBuffer(string: "x"), on: loop)
+            let socket = (connection.endpoint.socket as? NativeEndpointSocket)?.socket
+            var inbound = connection.inbound.makeAsyncIterator()
+            let echo = try await inbound.next()
+            try await connection.finishWriting()
+            while try await inbound.next() != nil {}
+            try await connection.close()
+            return (echo, await connection.endpointCounters.datagramsSent, socket)
+        }
+        let client = try #require(socket)
+        let counters = try await loop.submit { client.counters }.get()
+        try await listener.close()
+        try await group.shutdownGracefully()
+        #expect(echo == ByteBuffer(string: "x"))
+        // ClientHello, Finished flight, SYN with the byte, FIN with the ACK, ACK of the FIN, close_notify.
+        #expect(sent == 6)
+        // A few datagrams per recvmmsg, and no second call after one that found fewer than a batch.
+        #expect(counters.datagramsReceived == 6)
+        #expect(counters.receiveCalls == 4)
+        #expect(!client.receiveOffload)  // GRO only once data comes in bulk
+    }
+
     @Test("request/response under the connection's task executor: both ends on their IOLoops, no thread switch")
     func requestResponse() async throws {
         let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0,

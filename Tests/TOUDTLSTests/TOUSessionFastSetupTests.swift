@@ -150,6 +150,33 @@ struct TOUSessionFastSetupTests {
         #expect(pair.initiator.droppedCount == 0)
     }
 
+    @Test("reading the answer sends nothing: the ACK of the SYN-ACK rides on the initiator's FIN")
+    func acknowledgmentRidesOnTheFIN() throws {
+        let pair = try Self.requestPair()
+        pair.toInitiator = { _, payload in payload.startsWithApplicationData ? .hold : .deliver }
+        try pair.run()
+        let target = try #require(pair.target)
+        #expect(Self.readAll(target) == String(buffer: Self.request))
+        #expect(target.write(Self.answer, now: .now()) == Self.answer.readableBytes)
+        try pair.run()
+        #expect(pair.heldForInitiator.count == 2)  // SYN-ACK and answer
+        // Both arrive in one read: taken in, not yet answered (the endpoint lets the application act first).
+        let now = NIODeadline.now()
+        for (header, payload) in pair.heldForInitiator {
+            pair.initiator.receive(header: header, payload: payload, from: TOUSessionTests.serverAddress, now: now)
+        }
+        pair.heldForInitiator.removeAll()
+        #expect(Self.readAll(pair.initiator) == String(buffer: Self.answer))
+        let sentBefore = pair.fromInitiator.count
+        pair.initiator.finishWriting(now: now)
+        pair.toInitiator = { _, _ in .deliver }
+        try pair.run()
+        // One segment, FIN and ACK: reading did not send the ACK that was due on its own.
+        #expect(pair.fromInitiator.count - sentBefore == 1)
+        #expect(target.tcp?.state == .closeWait)
+        #expect(pair.initiator.tcp?.stats.retransmissions == 0)
+    }
+
     /// A peer using the earlier sequence (no padding, SYN only after the whole DTLS handshake, no
     /// data on it, no answer before ESTABLISHED) interoperates in either role.
     @Test("the earlier SYN-after-handshake sequence still works in both roles", arguments: [true, false])
