@@ -701,7 +701,11 @@ static SSL_CTX *new_base_ctx(int server, char *err, size_t cap) {
         tou_set_msg(err, cap, "cannot create the datagram BIO method");
         return NULL;
     }
-    SSL_CTX *ctx = SSL_CTX_new(server ? DTLS_server_method() : DTLS_client_method());
+    /* A client parses the server's certificate on every full handshake: it does so in the lean
+     * context (tou_libctx.c). A server parses one only with client certificates, and signs with
+     * a key read in the default context, which costs it more in another context than it saves. */
+    SSL_CTX *ctx = server ? SSL_CTX_new(DTLS_server_method())
+                          : SSL_CTX_new_ex(tou_lean_libctx(), NULL, DTLS_client_method());
     if (ctx == NULL) {
         tou_drain_errors(err, cap, "cannot create SSL_CTX");
         return NULL;

@@ -10,6 +10,9 @@
 
 #include <openssl/ssl.h>
 
+/* The library context the shim's SSL_CTXs use (tou_libctx.c); NULL means OpenSSL's default. */
+OSSL_LIB_CTX *tou_lean_libctx(void);
+
 /* Session-ticket keys of a server context (tou_tickets.c). */
 typedef struct tou_ticket_keys tou_ticket_keys;
 

@@ -150,6 +150,42 @@ import Testing
         #expect(detail.hasPrefix("the private key is encrypted; passphrase-protected keys are not supported"))
     }
 
+    // MARK: key types
+
+    /// A client parses the server's certificate in a library context that keeps only the decoders
+    /// and key types DTLS needs (the shim's tou_libctx.c): each key type a server may use still
+    /// verifies there, for its certificate, its CA's signature and its ServerKeyExchange.
+    @Test(.enabled(if: opensslCommand != nil, "the openssl command is not installed"),
+          arguments: [["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+                      ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+                      ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]])
+    func serverKeyTypesVerify(keyOptions: [String]) throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-keys-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+        try "subjectAltName=DNS:localhost\n".write(toFile: path("ext"), atomically: true, encoding: .utf8)
+        _ = try runOpenSSL(["genpkey"] + keyOptions + ["-out", path("ca.key")])
+        _ = try runOpenSSL(["req", "-x509", "-key", path("ca.key"), "-subj", "/CN=key type test CA", "-days", "2",
+                            "-out", path("ca.pem")])
+        _ = try runOpenSSL(["genpkey"] + keyOptions + ["-out", path("server.key")])
+        _ = try runOpenSSL(["req", "-new", "-key", path("server.key"), "-subj", "/CN=localhost", "-out", path("server.csr")])
+        _ = try runOpenSSL(["x509", "-req", "-in", path("server.csr"), "-CA", path("ca.pem"), "-CAkey", path("ca.key"),
+                            "-CAcreateserial", "-days", "2", "-extfile", path("ext"), "-out", path("server.pem")])
+        func bytes(_ name: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: path(name)))) }
+        let server = try DTLSContext.server(certificateChainPEM: bytes("server.pem"), privateKeyPEM: bytes("server.key"))
+        let client = try DTLSContext.client(trustRootsPEM: bytes("ca.pem"))
+        let pair = try Pair(client: client, server: server)
+        pair.handshake()
+        #expect(pair.clientEvents == [.handshakeCompleted])
+        #expect(pair.serverEvents == [.handshakeCompleted])
+        // And one it must not trust: the same certificate under another CA's roots.
+        let untrusting = try DTLSContext.client(trustRootsPEM: Certs.bytes("ca.pem"))
+        let refused = try Pair(client: untrusting, server: server)
+        refused.handshake()
+        #expect(!refused.clientEvents.contains(.handshakeCompleted))
+    }
+
     // MARK: public-key pinning
 
     @Test(.enabled(if: opensslCommand != nil, "the openssl command is not installed"))
