@@ -165,6 +165,18 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
         if closeTimer == nil {
             closeTimer = loop.assumeIsolated().scheduleTask(in: timeout) { onTimeout() }
         }
+        completeCloseIfLingering()
+    }
+
+    /// A close is complete once TCP is in TIME-WAIT: all we sent is acknowledged and the peer's
+    /// stream has ended. The session lingers on by itself to acknowledge a resent FIN and to
+    /// trade close_notify (the closing rules); nobody needs to wait for that.
+    func completeCloseIfLingering() {
+        guard !closePromises.isEmpty, session.tcp?.state == .timeWait else { return }
+        closeTimer?.cancel()
+        closeTimer = nil
+        for promise in closePromises { promise.succeed(()) }
+        closePromises.removeAll()
     }
 
     /// Completes `promise` with the outcome once the connection has ended (at once if it has).

@@ -244,8 +244,10 @@ public final class TOUConnection: Sendable {
     }
 
     /// Ends the connection gracefully: finishes writing, discards unread inbound bytes, and returns
-    /// once our data is acknowledged and the session has closed (or throws; after
-    /// `configuration.closeTimeout` the connection is reset and `TOUError.timedOut` thrown).
+    /// once our data is acknowledged and the peer has finished too (TCP's TIME-WAIT, whose linger
+    /// and close_notify the connection sees to by itself; `waitUntilEnded` waits for those as well),
+    /// or throws; after `configuration.closeTimeout` the connection is reset and
+    /// `TOUError.timedOut` thrown.
     /// Cancelling the task while it waits resets the connection at once and throws `CancellationError`.
     public nonisolated(nonsending) func close() async throws {
         let promise = endpoint.loop.makePromise(of: Void.self)

@@ -270,6 +270,7 @@ final class TOUEndpoint: @unchecked Sendable {
             remove(core)
         } else {
             if role == .listener { session.limitReceiveWindow(to: windowShare) }
+            core.completeCloseIfLingering()
             armTimer(core)
         }
         flushIfOutsideReadBatch()

@@ -141,6 +141,8 @@ struct CatRunner: Sendable {
             try await receive(connection)
             try await senderOrFailure(sender, connection)
             try await connection.close()
+            // The process exits next: the closing rules' close_notify must be on the wire by then.
+            try await connection.waitUntilEnded()
         } catch {
             sender.cancel()
             progress?.cancel()

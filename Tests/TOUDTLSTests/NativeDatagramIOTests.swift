@@ -52,7 +52,7 @@ struct NativeDatagramIOTests {
     /// Both ends on one loop, so that what one side sends in a sendmmsg is all there when the
     /// other reads: the listener's SYN-ACK and echo leave together, and the client, which finishes
     /// writing as soon as it has the echo, sends the ACK they call for on its FIN.
-    @Test("an application that answers at once sends its answer with the session's ACK: 6 datagrams from a client that closes after one echo")
+    @Test("an application that answers at once sends its answer with the session's ACK: 6 datagrams from a client that closes after one echo; close() returns in TIME-WAIT")
     func answerCarriesTheAcknowledgment() async throws {
         let group = try IOLoopGroup(loopCount: 1, name: "OneLoop")
         let loop = group.next()
@@ -65,7 +65,7 @@ struct NativeDatagramIOTests {
             }
         }
         let port = try #require(listener.localAddress.port)
-        let (echo, sent, socket) = try await withTaskExecutorPreference(EventLoopTaskExecutor.of(loop)) {
+        let (echo, sent, socket, lingered) = try await withTaskExecutorPreference(EventLoopTaskExecutor.of(loop)) {
             let connection = try await TOUConnection.connect(host: "127.0.0.1", port: port,
                                                              configuration: Self.native(EndToEndTests.clientConfiguration()),
                                                              initialData: ByteBuffer(string: "x"), on: loop)
@@ -75,8 +75,13 @@ struct NativeDatagramIOTests {
             try await connection.finishWriting()
             while try await inbound.next() != nil {}
             try await connection.close()
-            return (echo, await connection.endpointCounters.datagramsSent, socket)
+            // close() returned in TIME-WAIT, before the close_notify exchange (this task runs on
+            // the loop, before the listener could read our last ACK).
+            let lingered = connection.core.session.tcp?.state == .timeWait && !connection.core.session.isFinished
+            try await connection.waitUntilEnded()
+            return (echo, await connection.endpointCounters.datagramsSent, socket, lingered)
         }
+        #expect(lingered)
         let client = try #require(socket)
         let counters = try await loop.submit { client.counters }.get()
         try await listener.close()
