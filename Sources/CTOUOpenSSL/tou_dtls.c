@@ -619,6 +619,19 @@ static int load_chain_and_key(SSL_CTX *ctx, const uint8_t *chain, size_t chain_l
     }
     char leaf_subject[192];
     name_string(X509_get_subject_name(leaf), leaf_subject, sizeof leaf_subject);
+    /* OpenSSL offers no EdDSA signature algorithm in DTLS 1.2: every handshake would end in
+     * "no shared cipher". Say so now. */
+    EVP_PKEY *leaf_key = X509_get0_pubkey(leaf);
+    if (leaf_key != NULL && (EVP_PKEY_is_a(leaf_key, "ED25519") || EVP_PKEY_is_a(leaf_key, "ED448"))) {
+        char m[TOU_ERR_CAP];
+        snprintf(m, sizeof m, "the certificate \"%s\" (the first in the %s) has an %s key, which OpenSSL's "
+                 "DTLS 1.2 cannot sign handshakes with; use an ECDSA (P-256, P-384) or RSA key",
+                 leaf_subject, chain_what, EVP_PKEY_is_a(leaf_key, "ED25519") ? "Ed25519" : "Ed448");
+        X509_free(leaf);
+        BIO_free(bio);
+        tou_set_msg(err, cap, m);
+        return 0;
+    }
     int ok = SSL_CTX_use_certificate(ctx, leaf);
     X509_free(leaf);
     if (!ok) {

@@ -186,6 +186,22 @@ import Testing
         #expect(!refused.clientEvents.contains(.handshakeCompleted))
     }
 
+    @Test(.enabled(if: opensslCommand != nil, "the openssl command is not installed"), arguments: ["ED25519", "ED448"])
+    func edDSACertificateIsRefusedWithReason(algorithm: String) throws {
+        // OpenSSL's DTLS 1.2 has no EdDSA signature algorithm: a context with such a key would fail every handshake.
+        let key = try runOpenSSL(["genpkey", "-algorithm", algorithm])
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("toudtls-eddsa-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let keyPath = directory.appendingPathComponent("key.pem").path
+        try Data(key).write(to: URL(fileURLWithPath: keyPath))
+        let certificate = try runOpenSSL(["req", "-x509", "-key", keyPath, "-subj", "/CN=localhost", "-days", "2"])
+        let name = algorithm == "ED25519" ? "Ed25519" : "Ed448"
+        let expected = "the certificate \"CN=localhost\" (the first in the certificate chain) has an \(name) key, which "
+            + "OpenSSL's DTLS 1.2 cannot sign handshakes with; use an ECDSA (P-256, P-384) or RSA key"
+        #expect(configurationDetail { try DTLSContext.server(certificateChainPEM: certificate, privateKeyPEM: key) } == expected)
+    }
+
     // MARK: public-key pinning
 
     @Test(.enabled(if: opensslCommand != nil, "the openssl command is not installed"))
