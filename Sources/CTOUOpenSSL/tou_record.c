@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
 
 /* DTLS 1.2 application-data records protected here instead of through SSL_write/SSL_read: the
@@ -136,6 +137,17 @@ void tou_aead_set_limits(tou_aead *a, uint64_t usage_limit, uint64_t failed_open
     a->failed_limit = failed_open_limit;
 }
 
+/* The record's AAD for OpenSSL's TLS record mode, set as a parameter: EVP_CIPHER_CTX_ctrl would
+ * also read the tag length (16 for GCM) back through a second, costlier parameter lookup, on every
+ * record. */
+static int set_tls_aad(EVP_CIPHER_CTX *ctx, uint8_t aad[13]) {
+    OSSL_PARAM params[2] = {
+        OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TLS1_AAD, aad, 13),
+        OSSL_PARAM_construct_end(),
+    };
+    return EVP_CIPHER_CTX_set_params(ctx, params) == 1;
+}
+
 long tou_aead_seal(tou_aead *a, uint8_t type, const uint8_t *p1, size_t n1, const uint8_t *p2, size_t n2,
                    uint8_t *out, size_t out_cap) {
     size_t plain = n1 + n2;
@@ -165,7 +177,7 @@ long tou_aead_seal(tou_aead *a, uint8_t type, const uint8_t *p1, size_t n1, cons
         uint8_t aad[13];
         record_aad(out, 8 + plain, aad); /* OpenSSL takes the nonce's 8 bytes off the length */
         if (!a->iv_ready
-            || EVP_CIPHER_CTX_ctrl(a->ctx, EVP_CTRL_AEAD_TLS1_AAD, sizeof aad, aad) != 16
+            || !set_tls_aad(a->ctx, aad)
             || EVP_Cipher(a->ctx, out + 13, out + 13, (unsigned int)body) <= 0
             /* The nonce came from the context's counter: it must be this record's sequence. */
             || memcmp(out + 13, out + 3, 8) != 0) {
@@ -208,7 +220,7 @@ long tou_aead_open(tou_aead *a, const uint8_t *record, size_t record_len, uint8_
         uint8_t aad[13];
         record_aad(record, body, aad); /* OpenSSL takes the nonce and tag off the length */
         memcpy(out, record + 13, body);
-        if (EVP_CIPHER_CTX_ctrl(a->ctx, EVP_CTRL_AEAD_TLS1_AAD, sizeof aad, aad) != 16
+        if (!set_tls_aad(a->ctx, aad)
             || EVP_Cipher(a->ctx, out, out, (unsigned int)body) <= 0) { /* 0 or -1: not authentic */
             OPENSSL_cleanse(out, body);
             a->failed_opens++;

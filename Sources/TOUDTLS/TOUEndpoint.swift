@@ -142,8 +142,7 @@ final class TOUEndpoint: @unchecked Sendable {
 
     /// What the socket read: one datagram, or with `segmentSize` > 0 several the kernel joined.
     func datagramArrived(_ data: ByteBuffer, segmentSize: Int, from remoteAddress: SocketAddress) {
-        beginReadBatch()
-        let now = NIODeadline.now()
+        let now = beginReadBatch()
         guard segmentSize > 0, data.readableBytes > segmentSize else {
             receive(data, from: remoteAddress, now: now)
             return
@@ -390,10 +389,17 @@ final class TOUEndpoint: @unchecked Sendable {
         }
     }
 
-    func beginReadBatch() {
-        inReadBatch = true
+    /// The time the read batch began: the clock is read once per batch, not per datagram.
+    private func beginReadBatch() -> NIODeadline {
+        if !inReadBatch {
+            inReadBatch = true
+            batchBegan = .now()
+        }
         readsInWakeup += 1
+        return batchBegan
     }
+
+    @exclusivity(unchecked) private var batchBegan = NIODeadline.uptimeNanoseconds(0)
 
     /// A client starts with a small receive buffer (a connection that only sets up and exchanges
     /// a little needs no more), and takes the bulk batch of recvmmsg slots once data arrives
