@@ -493,7 +493,7 @@ final class TOUEndpoint: @unchecked Sendable {
         for core in batchSessions {
             core.awaitingBatchEnd = false
             guard demultiplexer[core.session.localSID] === core else { continue }
-            if core.session.role == .target, core.session.tcp.map({ $0.state == .synReceived }) ?? true {
+            if core.session.role == .target, core.session.tcp == nil || core.session.tcp?.state == .synReceived {
                 core.session.pump(now: now)
                 drive(core, now: now)
                 continue
