@@ -297,6 +297,9 @@ extension TCPConnection {
         } else if let newest, !newest.retransmitted {
             sample = now - newest.sentAt
         }
+        // A time from before the send (a caller's clock read too early) measures nothing; as a
+        // sample it would take the minimum RTT, and RACK's reordering window with it, below zero.
+        if let measured = sample, measured < .nanoseconds(0) { sample = nil }
         var coarse = false
         if sample == nil, timestampsEnabled, let echo = segment.options.timestamps?.echoReply, echo != 0 {
             // An echo from the future or from before the connection is not a measurement.

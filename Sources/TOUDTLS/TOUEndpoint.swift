@@ -142,7 +142,10 @@ final class TOUEndpoint: @unchecked Sendable {
 
     /// What the socket read: one datagram, or with `segmentSize` > 0 several the kernel joined.
     func datagramArrived(_ data: ByteBuffer, segmentSize: Int, from remoteAddress: SocketAddress) {
-        let now = beginReadBatch()
+        beginReadBatch()
+        // Read per datagram: a long batch answers (and sends) as it goes, and an ACK read later in
+        // it may cover a segment sent after the batch began.
+        let now = NIODeadline.now()
         guard segmentSize > 0, data.readableBytes > segmentSize else {
             receive(data, from: remoteAddress, now: now)
             return
@@ -389,17 +392,10 @@ final class TOUEndpoint: @unchecked Sendable {
         }
     }
 
-    /// The time the read batch began: the clock is read once per batch, not per datagram.
-    private func beginReadBatch() -> NIODeadline {
-        if !inReadBatch {
-            inReadBatch = true
-            batchBegan = .now()
-        }
+    private func beginReadBatch() {
+        inReadBatch = true
         readsInWakeup += 1
-        return batchBegan
     }
-
-    @exclusivity(unchecked) private var batchBegan = NIODeadline.uptimeNanoseconds(0)
 
     /// A client starts with a small receive buffer (a connection that only sets up and exchanges
     /// a little needs no more), and takes the bulk batch of recvmmsg slots once data arrives

@@ -48,6 +48,20 @@ import TOUWire
     }
 }
 
+@Suite struct RTTSampleTests {
+    @Test func anAckHandedInWithATimeFromBeforeTheSendMeasuresNothing() {
+        var c = establishedConnection()
+        let smoothed = c.rtt.smoothed, minimum = c.minimumRTT
+        _ = c.write(bytes("a"))
+        _ = c.drain(at: at(50))
+        // The caller read its clock before the segment went out (a batch's time, say).
+        c.receive(fromPeer(ack: localISS &+ 2), now: at(40))
+        #expect(c.rtt.smoothed == smoothed)
+        #expect(c.minimumRTT == minimum)
+        #expect(c.minimumRTT.map { $0 >= .nanoseconds(0) } ?? true)
+    }
+}
+
 @Suite struct KeepAliveTests {
     @Test func idleConnectionIsProbedAndTimesOut() {
         var configuration = classicConfiguration()
