@@ -116,7 +116,40 @@ static int lean_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
     return *provctx != NULL;
 }
 
+int tou_lean_libctx_allowed(const char *const *names, size_t count) {
+    int has_default = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (strcmp(names[i], "default") == 0) {
+            has_default = 1;
+        } else if (strcmp(names[i], "base") != 0) {
+            return 0;
+        }
+    }
+    return has_default;
+}
+
+struct provider_names {
+    const char *names[16];
+    size_t count;
+    int overflow;
+};
+
+static int collect_provider_name(OSSL_PROVIDER *provider, void *arg) {
+    struct provider_names *seen = arg;
+    if (seen->count == sizeof seen->names / sizeof seen->names[0]) {
+        seen->overflow = 1;
+        return 0;
+    }
+    seen->names[seen->count++] = OSSL_PROVIDER_get0_name(provider);
+    return 1;
+}
+
 static void tou_lean_init_once(void) {
+    /* The process's configuration (openssl.cnf) decides the providers: only a plain default
+     * provider is seen through the lean context; FIPS, legacy or others keep OpenSSL's own. */
+    struct provider_names loaded = { .count = 0, .overflow = 0 };
+    OSSL_PROVIDER_do_all(NULL, collect_provider_name, &loaded);
+    if (loaded.overflow || !tou_lean_libctx_allowed(loaded.names, loaded.count)) return;
     OSSL_PROVIDER *deflt = OSSL_PROVIDER_load(NULL, "default");
     if (deflt == NULL) return;
     int no_cache = 0;

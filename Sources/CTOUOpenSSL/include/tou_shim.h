@@ -26,6 +26,11 @@ int tou_hmac_key_sha256(const tou_hmac_key *key, const uint8_t *data, size_t dat
  * public-key pin holds). Returns 1 on success, 0 with a message in err. */
 int tou_public_key_sha256(const uint8_t *pem, size_t pem_len, uint8_t out[32], char *err, size_t err_cap);
 
+/* Whether client contexts may run in the lean library context (tou_libctx.c) when the process's
+ * OpenSSL has the providers `names` (count of them) loaded: only when those are OpenSSL's default
+ * (and base) provider, so that a configuration that loads FIPS or any other provider is obeyed. */
+int tou_lean_libctx_allowed(const char *const *names, size_t count);
+
 /* Cryptographically secure random bytes. Returns 1 on success, 0 on failure. */
 int tou_random_bytes(uint8_t *out, size_t len);
 
