@@ -252,9 +252,8 @@ final class NativeEndpointSocket: EndpointSocket, UDPSocketDelegate, @unchecked 
     }
 
     func receiveInBulk(batch: Int, slot: Int, coalescing: Bool) {
-        // Without GRO a slot needs to hold one datagram only.
-        let coalesces = coalescing && socket.enableReceiveOffload()
-        socket.setReceiveBatch(batch, slot: coalesces ? slot : min(slot, endpoint.configuration.receiveSlot(coalescing: false)))
+        if coalescing { socket.enableReceiveOffload() }
+        socket.setReceiveBatch(batch, slot: slot)
     }
 
     func setReadsPerWakeup(_ reads: UInt) {

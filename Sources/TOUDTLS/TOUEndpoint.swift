@@ -459,11 +459,7 @@ final class TOUEndpoint: @unchecked Sendable {
     }
 
     func endReadBatch() {
-        if datagramsInBatch <= Self.datagramsInShortRead {
-            answerAfterApplications()
-        } else {
-            answerBatch()
-        }
+        answerBatch(afterApplications: datagramsInBatch <= Self.datagramsInShortRead)
         inReadBatch = false
         if !receivesInBulk { receiveInBulkIfWanted() }
     }
@@ -471,43 +467,43 @@ final class TOUEndpoint: @unchecked Sendable {
     static let datagramsInShortRead = 8
     /// Sessions that told their applications what arrived and answer once those have acted.
     @exclusivity(unchecked) private var answersDue: [ConnectionCore] = []
-
-    /// After a short read the sessions report what arrived (waking the readers) and answer only
-    /// once the tasks that woke have run: an application that reacts at once (an echo, a
-    /// request's reply, a FIN after a response) sends its data with the ACK in one segment, and
-    /// everything leaves in one sendmmsg. After a long read the ACKs leave at once, so that a
-    /// sender in bulk is not kept waiting on our reader.
-    ///
-    /// A target still in its handshake answers at once (its Finished and SYN-ACK go ahead of
-    /// anything its application does with the connection, a refusal's reset included); only the
-    /// flush waits.
-    private func answerAfterApplications() {
-        datagramsInBatch = 0
-        guard !batchSessions.isEmpty else { return flush() }
-        let now = NIODeadline.now()
-        let firstDue = !answerQueued
-        for core in batchSessions {
-            core.awaitingBatchEnd = false
-            guard demultiplexer[core.session.localSID] === core else { continue }
-            if core.session.role == .target, core.session.tcp == nil || core.session.tcp?.state == .synReceived {
-                core.session.pump(now: now)
-                drive(core, now: now)
-                continue
-            }
-            core.session.takeIn(now: now)
-            drive(core, now: now)
-            answersDue.append(core)
-        }
-        batchSessions.removeAll(keepingCapacity: true)
-        guard firstDue else { return }
-        answerQueued = true
-        loop.execute { [self] in answerDue() }
-    }
-
     @exclusivity(unchecked) private var answerQueued = false
 
-    /// The answers `answerAfterApplications` left for later; a session whose application already
-    /// wrote (which pumped it) has nothing left to answer.
+    /// Lets every session that took datagrams since the last answer reply (ACKs, new data).
+    ///
+    /// `afterApplications` (a short read): the sessions report what arrived (waking the readers)
+    /// and answer only once the tasks that woke have run, so an application that reacts at once
+    /// (an echo, a request's reply, a FIN after a response) sends its data with the ACK in one
+    /// segment, and everything leaves in one sendmmsg. After a long read the ACKs leave at once,
+    /// so that a sender in bulk is not kept waiting on our reader. A target still in its handshake
+    /// answers at once either way (see `TOUSession.answersAtOnce`); only its flush waits.
+    private func answerBatch(afterApplications: Bool = false) {
+        datagramsInBatch = 0
+        let deferring = afterApplications && !batchSessions.isEmpty
+        if !batchSessions.isEmpty {
+            let now = NIODeadline.now()
+            for core in batchSessions {
+                core.awaitingBatchEnd = false
+                guard demultiplexer[core.session.localSID] === core else { continue }
+                if deferring, !core.session.answersAtOnce {
+                    core.session.takeIn(now: now)
+                    answersDue.append(core)
+                } else {
+                    core.session.pump(now: now)
+                }
+                drive(core, now: now)
+            }
+            batchSessions.removeAll(keepingCapacity: true)
+        }
+        guard deferring else { return flush() }
+        if !answerQueued {
+            answerQueued = true
+            loop.execute { [self] in answerDue() }
+        }
+    }
+
+    /// The answers `answerBatch(afterApplications:)` left for later; a session whose application
+    /// already wrote (which pumped it) has nothing left to answer.
     private func answerDue() {
         var now: NIODeadline?
         for core in answersDue where !core.session.pumpedSinceTakeIn && demultiplexer[core.session.localSID] === core {
@@ -518,22 +514,6 @@ final class TOUEndpoint: @unchecked Sendable {
         }
         answersDue.removeAll(keepingCapacity: true)
         answerQueued = false
-        flush()
-    }
-
-    /// Lets every session that took datagrams since the last answer reply (ACKs, new data).
-    private func answerBatch() {
-        datagramsInBatch = 0
-        if !batchSessions.isEmpty {
-            let now = NIODeadline.now()
-            for core in batchSessions {
-                core.awaitingBatchEnd = false
-                guard demultiplexer[core.session.localSID] === core else { continue }
-                core.session.pump(now: now)
-                drive(core, now: now)
-            }
-            batchSessions.removeAll(keepingCapacity: true)
-        }
         flush()
     }
 

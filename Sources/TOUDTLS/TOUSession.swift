@@ -411,6 +411,11 @@ final class TOUSession {
 
     var isEstablished: Bool { establishedReported }
 
+    /// A target still in its handshake answers a read at once, not after its application acts:
+    /// its Finished and SYN-ACK go ahead of anything the application does with the connection
+    /// (a refusal's reset included).
+    var answersAtOnce: Bool { role == .target && (tcp == nil || tcp?.state == .synReceived) }
+
     /// Bounds the TCP window this session offers (see `TCPConnection.receiveWindowCap`).
     func limitReceiveWindow(to cap: Int) {
         if let current = tcp?.receiveWindowCap, current != cap { tcp?.receiveWindowCap = cap }
@@ -592,8 +597,7 @@ final class TOUSession {
     }
 
     private func applyClosingRules(now: NIODeadline) {
-        // `tcp` is read in place, never bound: a copy of the connection is a copy of all its state.
-        guard !isFinished, tcp != nil else {
+        guard !isFinished, let tcp else {
             if peerCloseNotifyReceived && !isFinished {
                 fail(.protocolError("the peer closed the DTLS session before any TCP connection"))
             }
@@ -601,7 +605,7 @@ final class TOUSession {
         }
         if peerCloseNotifyReceived {
             // The peer only says close_notify once it has our FIN and its own FIN is done.
-            if tcp?.hasReceivedFIN == true {
+            if tcp.hasReceivedFIN {
                 sendCloseNotifyAndFinish()
             } else {
                 fail(.truncated)
@@ -613,9 +617,9 @@ final class TOUSession {
             sendCloseNotifyAndFinish()
             return
         }
-        if tcp?.state == .timeWait && lingerDeadline == nil, let rto = tcp?.retransmissionTimeout {
+        if tcp.state == .timeWait && lingerDeadline == nil {
             // Active closer: keep re-acknowledging a retransmitted FIN for a while, not 2*MSL.
-            let threeRTO = rto * 3
+            let threeRTO = tcp.retransmissionTimeout * 3
             lingerDeadline = now + max(.seconds(2), threeRTO)
         }
     }
