@@ -597,7 +597,9 @@ final class TOUSession {
     }
 
     private func applyClosingRules(now: NIODeadline) {
-        guard !isFinished, let tcp else {
+        // `tcp` is read in place, not bound: binding copies the whole connection struct, a
+        // memcpy of all its state on every pump.
+        guard !isFinished, tcp != nil else {
             if peerCloseNotifyReceived && !isFinished {
                 fail(.protocolError("the peer closed the DTLS session before any TCP connection"))
             }
@@ -605,7 +607,7 @@ final class TOUSession {
         }
         if peerCloseNotifyReceived {
             // The peer only says close_notify once it has our FIN and its own FIN is done.
-            if tcp.hasReceivedFIN {
+            if tcp?.hasReceivedFIN == true {
                 sendCloseNotifyAndFinish()
             } else {
                 fail(.truncated)
@@ -617,9 +619,9 @@ final class TOUSession {
             sendCloseNotifyAndFinish()
             return
         }
-        if tcp.state == .timeWait && lingerDeadline == nil {
+        if tcp?.state == .timeWait && lingerDeadline == nil, let rto = tcp?.retransmissionTimeout {
             // Active closer: keep re-acknowledging a retransmitted FIN for a while, not 2*MSL.
-            let threeRTO = tcp.retransmissionTimeout * 3
+            let threeRTO = rto * 3
             lingerDeadline = now + max(.seconds(2), threeRTO)
         }
     }
