@@ -380,7 +380,7 @@ final class TOUSession {
         consider(lingerDeadline)
         if parameters.idleTimeout > .zero { consider(lastReceived + parameters.idleTimeout) }
         consider(dtls?.nextDeadline)
-        consider(tcp?.nextDeadline)
+        consider(tcp.nextDeadlineInPlace())
         return deadline
     }
 
@@ -401,7 +401,7 @@ final class TOUSession {
         if let deadline = dtls?.nextDeadline, now >= deadline {
             dtls?.handleTimeout(now: now)
         }
-        if let deadline = tcp?.nextDeadline, now >= deadline {
+        if let deadline = tcp.nextDeadlineInPlace(), now >= deadline {
             tcp?.handleTimeout(now: now)
         }
         pump(now: now)
@@ -730,4 +730,13 @@ extension TimeAmount {
 extension SocketAddress {
     /// IPv4, or IPv4 seen through a dual-stack socket as ::ffff:a.b.c.d.
     var isIPv4OrMapped: Bool { IPAddressBytes(from: self)?.isIPv4Mapped ?? false }
+}
+
+extension Optional<TCPConnection> {
+    /// `nextDeadline` read through an inout access: `tcp?.nextDeadline` on the session's stored
+    /// property copies the whole connection struct (three memcpys and a retain per buffer) before
+    /// calling the getter, about 5% of a request/response process's CPU.
+    fileprivate mutating func nextDeadlineInPlace() -> NIODeadline? {
+        self?.nextDeadline
+    }
 }
