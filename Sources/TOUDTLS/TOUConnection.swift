@@ -76,13 +76,7 @@ public final class TOUConnection: Sendable {
     package static func connect(host: String, port: Int, configuration: TOUConfiguration,
                                 initialData: ByteBuffer? = nil, on loop: EventLoop?) async throws -> TOUConnection {
         try configuration.validate()
-        guard (1...65_535).contains(port) else {
-            throw TOUError.invalidConfiguration("port \(port) is outside 1...65535")
-        }
-        if let initialData, initialData.readableBytes > configuration.sendBufferSize {
-            throw TOUError.invalidConfiguration("initial data of \(initialData.readableBytes) bytes exceeds the "
-                                                + "\(configuration.sendBufferSize)-byte send buffer")
-        }
+        try checkConnect(port: port, initialData: initialData, configuration: configuration)
         let context: DTLSContext? = configuration.security == .dtls ? try configuration.makeClientContext() : nil
         try Task.checkCancellation()
         let addresses: [SocketAddress]
@@ -95,6 +89,17 @@ public final class TOUConnection: Sendable {
                                  context: context, initialData: initialData, loop: loop)
     }
 
+    /// The peer's port and the initial data fit.
+    static func checkConnect(port: Int, initialData: ByteBuffer?, configuration: TOUConfiguration) throws {
+        guard (1...65_535).contains(port) else {
+            throw TOUError.invalidConfiguration("port \(port) is outside 1...65535")
+        }
+        if let initialData, initialData.readableBytes > configuration.sendBufferSize {
+            throw TOUError.invalidConfiguration("initial data of \(initialData.readableBytes) bytes exceeds the "
+                                                + "\(configuration.sendBufferSize)-byte send buffer")
+        }
+    }
+
     /// One connection attempt to `remote`: its own endpoint and UDP socket, closed again unless
     /// the attempt succeeds.
     /// On `loop` (the caller's preferred executor's, see `nextTaskExecutor()`), else any.
@@ -102,13 +107,25 @@ public final class TOUConnection: Sendable {
                         context: DTLSContext?, initialData: ByteBuffer?, loop: EventLoop? = nil) async throws -> TOUConnection {
         let loop = loop ?? nextLoop(configuration.datagramIO)
         let endpoint = TOUEndpoint(loop: loop, role: .client, configuration: configuration, dtlsContext: context)
+        // The session starts on the loop as soon as the socket is there: one hop for both.
+        let opened = endpoint.openSocket(connectingTo: remote)
+        return try await handshake(on: endpoint, once: opened, to: remote, host: host, port: port,
+                                   configuration: configuration, initialData: initialData) {
+            opened.whenSuccess { endpoint.closeSocketIfOpen() }
+        }
+    }
+
+    /// Starts a session to `remote` on `endpoint` once `ready` succeeds (its socket is open) and
+    /// returns the connection once both handshakes are done; calls `abandon` when it fails.
+    static func handshake(on endpoint: TOUEndpoint, once ready: EventLoopFuture<Void>, to remote: SocketAddress,
+                          host: String, port: Int, configuration: TOUConfiguration, initialData: ByteBuffer?,
+                          abandon: () -> Void) async throws -> TOUConnection {
+        let loop = endpoint.loop
         let serverName = configuration.serverName(connectingTo: host)
         let promise = loop.makePromise(of: TOUConnection.self)
         let cache = configuration.security == .dtls ? configuration.sessionCache : nil
         let saved = cache?.session(serverName: serverName, port: port)
-        // The session starts on the loop as soon as the socket is there: one hop for both.
-        let opened = endpoint.openSocket(connectingTo: remote)
-        opened.whenComplete { result in
+        ready.whenComplete { result in
             switch result {
             case .success:
                 endpoint.startClientSession(serverName: serverName, peer: remote, innerRemotePort: UInt16(port),
@@ -127,10 +144,10 @@ public final class TOUConnection: Sendable {
             if let fresh = connection.resumableSession { cache?.insert(fresh, port: port) }
             return connection
         } catch let error as CancellationError {
-            opened.whenSuccess { endpoint.closeSocketIfOpen() }
+            abandon()
             throw error
         } catch let error as TOUError {
-            opened.whenSuccess { endpoint.closeSocketIfOpen() }
+            abandon()
             // A session that led to a failed handshake is not offered again; one that never met the
             // server (unreachable, no answer, one family in Happy Eyeballs, abandoned) still may be.
             switch error {
@@ -139,7 +156,7 @@ public final class TOUConnection: Sendable {
             }
             throw error
         } catch {
-            opened.whenSuccess { endpoint.closeSocketIfOpen() }
+            abandon()
             throw TOUError.socketError("\(error)")
         }
     }

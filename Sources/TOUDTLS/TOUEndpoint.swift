@@ -19,6 +19,12 @@ final class TOUEndpoint: @unchecked Sendable {
 
     let loop: EventLoop
     let role: Role
+    /// Client: many connections share the socket (`TOUClientEndpoint`), which is bound, not
+    /// connected, and outlives each of them; otherwise it is one connection's and closes with it.
+    let isShared: Bool
+    /// Many peers at once: a listener, or a client endpoint its connections share. They read in
+    /// bulk, share out the receive queue, and read more per wakeup as sessions add up.
+    private var servesManyPeers: Bool { role == .listener || isShared }
     let configuration: TOUConfiguration
     let parameters: SessionParameters
     let dtlsContext: DTLSContext?
@@ -75,11 +81,12 @@ final class TOUEndpoint: @unchecked Sendable {
     }
 
     init(loop: EventLoop, role: Role, configuration: TOUConfiguration, dtlsContext: DTLSContext?,
-         worker: Int = 0, of workerCount: Int = 1, budget: SessionBudget = SessionBudget()) {
+         worker: Int = 0, of workerCount: Int = 1, budget: SessionBudget = SessionBudget(), shared: Bool = false) {
         self.loop = loop
         self.role = role
-        self.readsPerWakeup = role == .client ? 4 : 1
-        self.receivesInBulk = role != .client
+        self.isShared = role == .client && shared
+        self.readsPerWakeup = role == .client && !shared ? 4 : 1
+        self.receivesInBulk = role != .client || shared
         self.configuration = configuration
         self.parameters = SessionParameters(configuration)
         self.dtlsContext = dtlsContext
@@ -94,11 +101,17 @@ final class TOUEndpoint: @unchecked Sendable {
 
     // MARK: Client
 
-    /// Starts the one session of a client endpoint; the promise completes once TCP is established.
+    /// Starts a client session (the only one, unless the endpoint is shared); the promise
+    /// completes once TCP is established.
     func startClientSession(serverName: String, peer: SocketAddress, innerRemotePort: UInt16,
                             resuming saved: TOUSavedSession? = nil, initialData: ByteBuffer? = nil,
                             promise: EventLoopPromise<TOUConnection>) {
-        guard !connectCancelled else {
+        if isShared {
+            guard accepting, socket != nil else {
+                promise.fail(TOUError.closed)
+                return
+            }
+        } else if connectCancelled {
             promise.fail(CancellationError())
             closeSocket()
             return
@@ -111,12 +124,13 @@ final class TOUEndpoint: @unchecked Sendable {
                                               resuming: saved?.saved, initialData: initialData, now: now)
         } catch {
             promise.fail(error)
-            closeSocket()
+            if !isShared { closeSocket() }
             return
         }
         let core = ConnectionCore(session: session)
         core.connectPromise = promise
         demultiplexer.insert(core, sid: session.localSID)
+        adaptReadsPerWakeup()
         drive(core, now: now)
     }
 
@@ -124,8 +138,9 @@ final class TOUEndpoint: @unchecked Sendable {
     /// it is abandoned (the session ends, the socket closes) and `promise` fails with
     /// `CancellationError`. A connection already established is left to its owner.
     func cancelConnect(_ promise: EventLoopPromise<TOUConnection>) {
-        // The socket may still be opening: the session must then not start at all.
-        connectCancelled = true
+        // The socket may still be opening: the session must then not start at all. (A shared
+        // socket is open: the session started before this ran.)
+        if !isShared { connectCancelled = true }
         promise.fail(CancellationError())
         let target = ObjectIdentifier(promise.futureResult)
         for core in Array(demultiplexer.handles) {
@@ -271,7 +286,7 @@ final class TOUEndpoint: @unchecked Sendable {
             }
             remove(core)
         } else {
-            if role == .listener { session.limitReceiveWindow(to: windowShare) }
+            if servesManyPeers { session.limitReceiveWindow(to: windowShare) }
             core.completeCloseIfLingering()
             armTimer(core)
         }
@@ -301,7 +316,7 @@ final class TOUEndpoint: @unchecked Sendable {
         core.timer = nil
         demultiplexer.remove(sid: core.session.localSID, admissionKey: core.admissionKey, now: .now())
         adaptReadsPerWakeup()
-        if role == .client || (!accepting && demultiplexer.count == 0) {
+        if (role == .client && !isShared) || (!accepting && demultiplexer.count == 0) {
             // Let the final datagrams leave before the socket goes.
             flush()
             closeSocket()
@@ -409,7 +424,7 @@ final class TOUEndpoint: @unchecked Sendable {
         readsInWakeup = 0
         guard bulkReceiveWanted, !receivesInBulk, let socket else { return }
         receivesInBulk = true
-        let batch = configuration.receiveBatch(coalescing: receiveCoalescing, onePeer: role == .client)
+        let batch = configuration.receiveBatch(coalescing: receiveCoalescing, onePeer: !servesManyPeers)
         socket.receiveInBulk(batch: batch.count, slot: configuration.receiveSlot(coalescing: receiveCoalescing),
                              coalescing: receiveCoalescing)
     }
@@ -436,7 +451,7 @@ final class TOUEndpoint: @unchecked Sendable {
     /// The socket is open: a listener asks for a deep receive queue (all its sessions share it)
     /// and learns what it got.
     func socketActive() {
-        guard role == .listener, let socket else { return }
+        guard servesManyPeers, let socket else { return }
         // Beyond net.core.rmem_max only with CAP_NET_ADMIN; otherwise SO_RCVBUF's 4 MiB stands.
         if let granted = socket.requestReceiveQueue(16 << 20), granted > 0 {
             // The kernel doubles the request for its own overhead; about half carries payload.
@@ -451,7 +466,7 @@ final class TOUEndpoint: @unchecked Sendable {
     private(set) var readsPerWakeup: UInt
 
     private func adaptReadsPerWakeup() {
-        guard role == .listener else { return }
+        guard servesManyPeers else { return }
         let wanted: UInt = demultiplexer.count > 8 ? 4 : 1
         guard wanted != readsPerWakeup, let socket else { return }
         readsPerWakeup = wanted

@@ -77,13 +77,19 @@ struct CommonOptions: ParsableArguments {
 extension TOUDatagramIO: ExpressibleByArgument {}
 
 /// Connects with at most `gate`'s permits of handshakes in flight; failures are logged and counted.
+/// Through `shared`'s socket if given, else each on a socket of its own.
 func connectThroughGate(_ gate: ConnectGate, options: CommonOptions, configuration: TOUConfiguration,
+                        through shared: TOUClientEndpoint? = nil,
                         tally: Tally, watchdog: Watchdog) async -> TOUConnection? {
     await gate.acquire()
     let result: Result<TOUConnection, Error>
     do {
-        result = .success(try await TOUConnection.connect(host: options.host, port: options.port,
-                                                          configuration: configuration))
+        if let shared {
+            result = .success(try await shared.connect(host: options.host, port: options.port))
+        } else {
+            result = .success(try await TOUConnection.connect(host: options.host, port: options.port,
+                                                              configuration: configuration))
+        }
     } catch {
         result = .failure(error)
     }
@@ -102,15 +108,17 @@ func connectThroughGate(_ gate: ConnectGate, options: CommonOptions, configurati
     }
 }
 
-/// Opens `count` connections with at most `concurrency` handshakes in flight; returns those that opened.
-func openConnections(_ count: Int, concurrency: Int, options: CommonOptions, tally: Tally,
-                     watchdog: Watchdog) async -> [TOUConnection] {
+/// Opens `count` connections with at most `concurrency` handshakes in flight; returns those that
+/// opened. With `sharing` endpoints, the connections take turns among their sockets.
+func openConnections(_ count: Int, concurrency: Int, options: CommonOptions, sharing endpoints: [TOUClientEndpoint] = [],
+                     tally: Tally, watchdog: Watchdog) async -> [TOUConnection] {
     let gate = ConnectGate(permits: concurrency)
     let configuration = options.clientConfiguration
     return await withTaskGroup(of: TOUConnection?.self) { group in
-        for _ in 0..<count {
+        for index in 0..<count {
+            let shared = endpoints.isEmpty ? nil : endpoints[index % endpoints.count]
             group.addTask {
-                await connectThroughGate(gate, options: options, configuration: configuration,
+                await connectThroughGate(gate, options: options, configuration: configuration, through: shared,
                                          tally: tally, watchdog: watchdog)
             }
         }

@@ -28,11 +28,15 @@ struct RequestResponse: AsyncParsableCommand, ArgumentChecking {
     @Option(help: "Handshakes in flight at once while opening the connections.")
     var connectConcurrency: Int = 64
 
+    @Option(help: "UDP sockets the connections share (TOUClientEndpoint), each on its own event loop; 0: a socket per connection.")
+    var sharedSockets: Int = 0
+
     func checkArguments() throws {
         try options.requirePort()
         guard connections > 0, seconds > 0, warmupSeconds >= 0 else {
             throw ValidationError("--connections and --seconds must be positive, --warmup-seconds not negative")
         }
+        guard sharedSockets >= 0 else { throw ValidationError("--shared-sockets must not be negative") }
     }
 
     func run() async throws {
@@ -117,8 +121,13 @@ struct RequestResponse: AsyncParsableCommand, ArgumentChecking {
     }
 
     func openAll(tally: Tally, watchdog: Watchdog) async throws -> [TOUConnection] {
+        var endpoints: [TOUClientEndpoint] = []
+        for _ in 0..<sharedSockets {
+            endpoints.append(try await TOUClientEndpoint.bind(host: options.host.contains(":") ? "::" : "0.0.0.0",
+                                                              configuration: options.clientConfiguration))
+        }
         let opened = await openConnections(connections, concurrency: connectConcurrency, options: options,
-                                           tally: tally, watchdog: watchdog)
+                                           sharing: endpoints, tally: tally, watchdog: watchdog)
         guard opened.count == connections else {
             throw BenchError.failed("only \(opened.count) of \(connections) connections opened")
         }
