@@ -100,6 +100,13 @@ public final class DTLSConnection {
         deadline = nil
     }
 
+    /// Lets go of the unused rest of the memory full-size records are decrypted into (the
+    /// plaintext already read out keeps its part), so that a connection gone quiet holds none.
+    /// Call it at the end of a batch of datagrams, not after each.
+    public func releaseReceiveArena() {
+        records?.releaseArena()
+    }
+
     /// True once `releaseHandshakeState` freed OpenSSL's object.
     public var handshakeStateReleased: Bool { released != nil }
 

@@ -68,14 +68,22 @@ final class RecordLayer {
         }
     }
 
-    /// Authenticates and decrypts one whole record (header included) into a new buffer; nil if it
-    /// does not authenticate.
+    /// Authenticates and decrypts one whole record (header included); nil if it does not
+    /// authenticate. A full-size record's plaintext is a slice of the shared `arena`, a small
+    /// one's a buffer of its own.
     func open(_ record: UnsafeRawBufferPointer, allocator: ByteBufferAllocator) -> ByteBuffer? {
         // The whole body: AES-GCM decrypts it in place (see tou_aead_open), the rest needs less.
         let room = max(record.count - 13, 0)
-        var plaintext = allocator.buffer(capacity: room)
         var length = -1
         var start = 0
+        if room >= PlaintextArena.smallestRecord {
+            let out = arena.space(room, allocator: allocator)
+            length = tou_aead_open(opener, record.baseAddress?.assumingMemoryBound(to: UInt8.self), record.count,
+                                   out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count, &start)
+            guard length >= 0 else { return nil }
+            return arena.take(skipping: start, length: length)
+        }
+        var plaintext = allocator.buffer(capacity: room)
         plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out in
             length = tou_aead_open(opener, record.baseAddress?.assumingMemoryBound(to: UInt8.self), record.count,
                                    out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count, &start)
@@ -84,6 +92,14 @@ final class RecordLayer {
         guard length >= 0 else { return nil }
         plaintext.moveReaderIndex(forwardBy: start)
         return plaintext
+    }
+
+    private var arena = PlaintextArena()
+
+    /// Lets go of the arena's unused rest (the slices handed out keep their part): a connection
+    /// that has gone quiet holds none.
+    func releaseArena() {
+        arena = PlaintextArena()
     }
 
     /// Tests only: the counter restarted at `sequence`, to reach the end of the sequence space.
@@ -95,5 +111,48 @@ final class RecordLayer {
     func setLimits(usage: UInt64, failedOpens: UInt64) {
         tou_aead_set_limits(sealer, usage, UInt64.max)
         tou_aead_set_limits(opener, UInt64.max, failedOpens)
+    }
+}
+
+/// Memory that full-size records are decrypted into one after another, each record's plaintext
+/// handed out as a slice: one allocation per 64 KiB instead of one per record (a full record's
+/// buffer is past malloc's per-thread cache, and allocating and freeing them took 9% of a bulk
+/// receiver's CPU).
+///
+/// The slices share the buffer's storage, so the buffer is never written through ByteBuffer's API
+/// (that would copy it whole). The bytes past `used`, which no slice covers, are written through
+/// `base`, taken while the buffer was new and unshared; its storage stays where it is for as long
+/// as `buffer` holds it, since nothing resizes it.
+struct PlaintextArena {
+    /// Smaller records (request/response) take a buffer each: one that small comes from malloc's
+    /// per-thread cache, and a connection that moves little holds no arena.
+    static let smallestRecord = 1_024
+    static let size = 64 << 10
+
+    private var buffer: ByteBuffer?
+    private var base: UnsafeMutableRawPointer?
+    private var used = 0
+
+    /// At least `count` bytes to write one record into; a new buffer when the current one has no room.
+    mutating func space(_ count: Int, allocator: ByteBufferAllocator) -> UnsafeMutableRawBufferPointer {
+        if let base, let buffer, buffer.writerIndex - used >= count {
+            return UnsafeMutableRawBufferPointer(start: base + used, count: count)
+        }
+        var fresh = allocator.buffer(capacity: max(count, Self.size))
+        let capacity = fresh.capacity
+        base = fresh.withUnsafeMutableWritableBytes { $0.baseAddress }
+        // Every byte becomes sliceable; only the written ones are ever handed out.
+        fresh.moveWriterIndex(to: capacity)
+        buffer = fresh
+        used = 0
+        return UnsafeMutableRawBufferPointer(start: base! + used, count: count)
+    }
+
+    /// The `length` bytes written `skipping` bytes into the last `space`, as a slice; the space
+    /// up to their end is used.
+    mutating func take(skipping offset: Int, length: Int) -> ByteBuffer? {
+        guard let slice = buffer?.getSlice(at: used + offset, length: length) else { return nil }
+        used += offset + length
+        return slice
     }
 }

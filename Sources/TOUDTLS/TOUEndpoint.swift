@@ -500,6 +500,7 @@ final class TOUEndpoint: @unchecked Sendable {
             for core in batchSessions {
                 core.awaitingBatchEnd = false
                 guard demultiplexer[core.session.localSID] === core else { continue }
+                core.session.endReceiveBatch()
                 if deferring, !core.session.answersAtOnce {
                     core.session.takeIn(now: now)
                     answersDue.append(core)

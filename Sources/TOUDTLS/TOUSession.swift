@@ -416,6 +416,12 @@ final class TOUSession {
     /// (a refusal's reset included).
     var answersAtOnce: Bool { role == .target && (tcp == nil || tcp?.state == .synReceived) }
 
+    /// A batch of datagrams has been taken in: the DTLS connection lets go of the rest of its
+    /// receive arena (see `DTLSConnection.releaseReceiveArena`).
+    func endReceiveBatch() {
+        dtls?.releaseReceiveArena()
+    }
+
     /// Bounds the TCP window this session offers (see `TCPConnection.receiveWindowCap`).
     func limitReceiveWindow(to cap: Int) {
         if let current = tcp?.receiveWindowCap, current != cap { tcp?.receiveWindowCap = cap }

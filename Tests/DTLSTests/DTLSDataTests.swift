@@ -50,6 +50,35 @@ import Testing
         #expect(server.droppedRecords == 0)
     }
 
+    @Test func fullSizeRecordsShareMemoryWithoutOverwritingEachOther() throws {
+        // Full-size records are decrypted back to back into shared 64 KiB buffers: each plaintext
+        // handed out stays intact while later ones are opened, forgeries between them included,
+        // across buffers, a 16 KiB record, and a release of the buffer in between.
+        let (pair, server) = try establishedPair()
+        var held: [ByteBuffer] = []
+        var expected: [ByteBuffer] = []
+        for index in 0..<120 {
+            let payload = ByteBuffer.pattern(index == 60 ? 16_384 : 1_024 + 3 * index, seed: UInt8(index))
+            try pair.client.writeApplicationData(payload)
+            let datagram = try #require(pair.client.pollDatagram())
+            if index % 25 == 7 {
+                // A forged copy first: it fails, and takes neither the space nor the sequence number.
+                var forged = datagram
+                forged.setInteger(forged.getInteger(at: 40, as: UInt8.self)! ^ 0x80, at: 40)
+                server.receiveDatagram(forged, now: pair.now)
+                #expect(server.readApplicationData() == nil)
+            }
+            server.receiveDatagram(datagram, now: pair.now)
+            held.append(try #require(server.readApplicationData()))
+            expected.append(payload)
+            if index == 90 { server.releaseReceiveArena() }
+        }
+        #expect(held.count == expected.count)
+        let damaged = zip(held, expected).enumerated().filter { $0.element.0 != $0.element.1 }.map(\.offset)
+        #expect(damaged == [], "records whose plaintext changed after it was handed out")
+        #expect(server.droppedRecords == 5)
+    }
+
     @Test func tamperedRecordIsDroppedAndCounted() throws {
         let (pair, server) = try establishedPair()
         try pair.client.writeApplicationData(ByteBuffer(string: "secret"))
