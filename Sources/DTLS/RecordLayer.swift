@@ -94,7 +94,7 @@ final class RecordLayer {
         return plaintext
     }
 
-    private var arena = PlaintextArena()
+    @exclusivity(unchecked) private var arena = PlaintextArena()
 
     /// Lets go of the arena's unused rest (the slices handed out keep their part): a connection
     /// that has gone quiet holds none.

@@ -59,14 +59,15 @@ public final class IOLoop: EventLoop, @unchecked Sendable {
     private var threadID = pthread_t()
     public let name: String
 
-    // Touched on the loop's thread only.
-    private var localTasks: [Work] = []
-    private var runningTasks: [Work] = []
-    private var remoteBatch: [Work] = []
-    private var timers = TimerHeap<TimerAction>()
-    private var handlers: [CInt: IOReadinessHandler] = [:]
-    private var eventData = [UInt64](repeating: 0, count: 64)
-    private var eventFlags = [UInt32](repeating: 0, count: 64)
+    // Touched on the loop's thread only, for every task and readiness event; no access to them
+    // spans running a task or a handler, so the runtime's access checks are left out.
+    @exclusivity(unchecked) private var localTasks: [Work] = []
+    @exclusivity(unchecked) private var runningTasks: [Work] = []
+    @exclusivity(unchecked) private var remoteBatch: [Work] = []
+    @exclusivity(unchecked) private var timers = TimerHeap<TimerAction>()
+    @exclusivity(unchecked) private var handlers: [CInt: IOReadinessHandler] = [:]
+    @exclusivity(unchecked) private var eventData = [UInt64](repeating: 0, count: 64)
+    @exclusivity(unchecked) private var eventFlags = [UInt32](repeating: 0, count: 64)
 
     /// Starts the loop's thread; returns once it runs.
     public init(name: String = "DatagramIO") throws {
