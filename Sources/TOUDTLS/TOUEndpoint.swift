@@ -536,7 +536,8 @@ final class TOUEndpoint: @unchecked Sendable {
     /// The socket reported an error: port unreachable (ICMP) ends a client's handshake at once.
     func socketError(_ error: Error) {
         if let ioError = error as? IOError, ioError.errnoCode == ECONNREFUSED { portUnreachableSeen = true }
-        guard role == .client, let ioError = error as? IOError, ioError.errnoCode == ECONNREFUSED else {
+        // (A shared socket is not connected: an error there could not be told apart by peer.)
+        guard role == .client, !isShared, let ioError = error as? IOError, ioError.errnoCode == ECONNREFUSED else {
             logger.debug("socket error", metadata: ["error": "\(error)"])
             return
         }

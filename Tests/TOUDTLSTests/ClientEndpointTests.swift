@@ -75,6 +75,43 @@ struct ClientEndpointTests {
         try await server.close()
     }
 
+    @Test("the attempts of one shared socket spread over a listener's two workers, and nothing is handed between them")
+    func attemptsSpreadOverWorkers() async throws {
+        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration(),
+                                                  workers: 2)
+        let port = try #require(listener.localAddress.port)
+        let serving = Task {
+            await listener.serve { connection in
+                do {
+                    for try await chunk in connection.inbound { try await connection.write(chunk) }
+                    try await connection.close()
+                } catch {}
+            }
+        }
+        let endpoint = try await TOUClientEndpoint.bind(host: "127.0.0.1", configuration: E2E.clientConfiguration())
+        let intact = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for index in 0..<16 {
+                group.addTask {
+                    let connection = try await endpoint.connect(host: "127.0.0.1", port: port)
+                    return try await Self.echo(connection, bytes: 16 << 10, seed: UInt64(index))
+                }
+            }
+            return try await group.reduce(into: [Bool]()) { $0.append($1) }
+        }
+        #expect(intact == Array(repeating: true, count: 16))
+        let workers = await listener.workerCounters
+        // From one address and port the kernel's hash would pick one worker for every attempt; the
+        // steering program picks by S instead (16 random SIDs all on one worker: 1 in 32,768).
+        if listener.steersBySessionID {
+            #expect(workers.map(\.sessionsAccepted).allSatisfy { $0 > 0 }, "\(workers.map(\.sessionsAccepted))")
+            #expect(workers.map(\.misroutedDatagrams) == [0, 0])
+        }
+        #expect(workers.map(\.sessionsAccepted).reduce(0, +) == 16)
+        try await endpoint.close()
+        try await listener.close()
+        await serving.value
+    }
+
     @Test("a closed connection leaves the others running; close waits for the last, then connect throws closed")
     func closingOneLeavesTheOthers() async throws {
         let server = try await EchoServer()
