@@ -131,21 +131,23 @@ struct PlaintextArena {
 
     private var buffer: ByteBuffer?
     private var base: UnsafeMutableRawPointer?
+    private var capacity = 0
     private var used = 0
 
     /// At least `count` bytes to write one record into; a new buffer when the current one has no room.
     mutating func space(_ count: Int, allocator: ByteBufferAllocator) -> UnsafeMutableRawBufferPointer {
-        if let base, let buffer, buffer.writerIndex - used >= count {
+        if let base, capacity - used >= count {
             return UnsafeMutableRawBufferPointer(start: base + used, count: count)
         }
         var fresh = allocator.buffer(capacity: max(count, Self.size))
-        let capacity = fresh.capacity
-        base = fresh.withUnsafeMutableWritableBytes { $0.baseAddress }
+        let start = fresh.withUnsafeMutableWritableBytes { $0.baseAddress! }
         // Every byte becomes sliceable; only the written ones are ever handed out.
-        fresh.moveWriterIndex(to: capacity)
+        fresh.moveWriterIndex(to: fresh.capacity)
+        capacity = fresh.capacity
         buffer = fresh
+        base = start
         used = 0
-        return UnsafeMutableRawBufferPointer(start: base! + used, count: count)
+        return UnsafeMutableRawBufferPointer(start: start, count: count)
     }
 
     /// The `length` bytes written `skipping` bytes into the last `space`, as a slice; the space
