@@ -60,4 +60,30 @@ struct BenchHandshakesTests {
         let amplification = try #require(counters["largest_amplification"] as? Double, "\(counters)")
         #expect(amplification > 0 && amplification <= 3, "\(counters)")
     }
+
+    @Test("rr --shared-sockets 2 runs its connections over two client sockets, as bench/compare's rr200 does")
+    func requestResponseOverSharedSockets() throws {
+        let server = try CLIProcess(["serve", "--port", "0", "--certs", CLIProcess.certs], tool: "toudtls-bench")
+        defer { server.terminate() }
+        var hello: [String: Any] = [:]
+        for _ in 0..<1500 where hello.isEmpty {
+            if let line = server.outputText.split(separator: "\n").first,
+               let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
+                hello = object
+            }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        let port = try #require(hello["listening"] as? Int, "serve said: \(server.outputText) \(server.errorOutput)")
+        let client = try CLIProcess(["rr", "--port", "\(port)", "--certs", CLIProcess.certs, "--connections", "8",
+                                     "--shared-sockets", "2", "--seconds", "0.5", "--warmup-seconds", "0.1"],
+                                    tool: "toudtls-bench")
+        #expect(client.wait(timeout: 120) == 0, "stderr: \(client.errorOutput)")
+        let result = try client.lastJSONObject()
+        #expect((result["transactions"] as? Int ?? 0) > 8, "\(result)")
+        kill(server.process.processIdentifier, SIGTERM)
+        #expect(server.wait(timeout: 30) == 0, "stderr: \(server.errorOutput)")
+        let counters = try server.lastJSONObject()
+        #expect(counters["sessions_accepted"] as? Int == 8, "\(counters)")
+        #expect(counters["dropped"] as? Int == 0, "\(counters)")
+    }
 }
