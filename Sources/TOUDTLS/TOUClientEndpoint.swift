@@ -86,6 +86,13 @@ public final class TOUClientEndpoint: Sendable {
     /// `withTaskExecutorPreference(taskExecutor)` connects, reads and writes without a thread switch.
     public var taskExecutor: any TaskExecutor { endpoint.taskExecutor }
 
+    /// Dropping the endpoint closes it as `close()` does, without waiting: its connections run
+    /// on, and the socket closes after the last of them.
+    deinit {
+        let endpoint = self.endpoint
+        endpoint.loop.execute { endpoint.stopAccepting(promise: nil) }
+    }
+
     /// Connects no more (`connect` throws `TOUError.closed`) and ends attempts still in their
     /// handshakes; returns once the last connection has ended and the socket is closed.
     public func close() async throws {

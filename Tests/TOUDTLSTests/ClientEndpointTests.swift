@@ -136,6 +136,26 @@ struct ClientEndpointTests {
         try await server.close()
     }
 
+    @Test("a dropped endpoint keeps its connection running, and its socket closes after the connection ends")
+    func droppedEndpointClosesAfterItsConnections() async throws {
+        let server = try await EchoServer()
+        var endpoint: TOUClientEndpoint? = try await TOUClientEndpoint.bind(host: "127.0.0.1",
+                                                                            configuration: E2E.clientConfiguration())
+        let connection = try await endpoint!.connect(host: "127.0.0.1", port: server.port)
+        let shared = connection.endpoint
+        endpoint = nil
+        #expect(try await Self.echo(connection, bytes: 256 << 10, seed: 9))
+        try await connection.waitUntilEnded()
+        // The last session is gone: the socket goes with it (on the loop, just after).
+        var open = true
+        for _ in 0..<200 where open {
+            open = try await shared.loop.submit { shared.socket != nil }.get()
+            if open { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(!open, "the shared socket is still open")
+        try await server.close()
+    }
+
     @Test("an attempt at a port where nothing listens times out; the endpoint still connects elsewhere")
     func nothingListening() async throws {
         let server = try await EchoServer()
