@@ -74,24 +74,27 @@ final class RecordLayer {
     func open(_ record: UnsafeRawBufferPointer, allocator: ByteBufferAllocator) -> ByteBuffer? {
         // The whole body: AES-GCM decrypts it in place (see tou_aead_open), the rest needs less.
         let room = max(record.count - 13, 0)
-        var length = -1
         var start = 0
         if room >= PlaintextArena.smallestRecord {
-            let out = arena.space(room, allocator: allocator)
-            length = tou_aead_open(opener, record.baseAddress?.assumingMemoryBound(to: UInt8.self), record.count,
-                                   out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count, &start)
-            guard length >= 0 else { return nil }
-            return arena.take(skipping: start, length: length)
+            let length = open(record, into: arena.space(room, allocator: allocator), plaintextAt: &start)
+            return length >= 0 ? arena.take(skipping: start, length: length) : nil
         }
         var plaintext = allocator.buffer(capacity: room)
+        var length = -1
         plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out in
-            length = tou_aead_open(opener, record.baseAddress?.assumingMemoryBound(to: UInt8.self), record.count,
-                                   out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count, &start)
+            length = open(record, into: out, plaintextAt: &start)
             return length >= 0 ? start + length : 0
         }
         guard length >= 0 else { return nil }
         plaintext.moveReaderIndex(forwardBy: start)
         return plaintext
+    }
+
+    /// The plaintext's length (-1: not authentic); it starts `plaintextAt` bytes into `out`.
+    private func open(_ record: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer,
+                      plaintextAt start: inout Int) -> Int {
+        tou_aead_open(opener, record.baseAddress?.assumingMemoryBound(to: UInt8.self), record.count,
+                      out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count, &start)
     }
 
     @exclusivity(unchecked) private var arena = PlaintextArena()

@@ -41,19 +41,12 @@ public final class TOUClientEndpoint: Sendable {
         let endpoint = TOUEndpoint(loop: TOUConnection.nextLoop(configuration.datagramIO), role: .client,
                                    configuration: configuration, dtlsContext: context, shared: true)
         do {
-            try await endpoint.openSocket(boundTo: address, reusePort: false).get()
-            let local = try await endpoint.loop.submit {
-                guard let local = endpoint.socket?.localAddress else {
-                    throw TOUError.socketError("the socket closed at once")
-                }
-                return local
-            }.get()
+            let socket = try await TOUListener.bindSocket(endpoint, to: address, fallbackToIPv4: false, shared: false)
+            guard let local = socket.localAddress else { throw TOUError.socketError("the socket has no local address") }
             return TOUClientEndpoint(endpoint: endpoint, configuration: configuration, localAddress: local)
-        } catch let error as TOUError {
-            throw error
         } catch {
             endpoint.closeSocketIfOpen()
-            throw TOUError.socketError("cannot bind UDP \(address.ipAndPort): \(AddressText.describe(error))")
+            throw error
         }
     }
 
@@ -89,16 +82,13 @@ public final class TOUClientEndpoint: Sendable {
     /// Dropping the endpoint closes it as `close()` does, without waiting: its connections run
     /// on, and the socket closes after the last of them.
     deinit {
-        let endpoint = self.endpoint
-        endpoint.loop.execute { endpoint.stopAccepting(promise: nil) }
+        _ = endpoint.stopAcceptingOnLoop()
     }
 
     /// Connects no more (`connect` throws `TOUError.closed`) and ends attempts still in their
     /// handshakes; returns once the last connection has ended and the socket is closed.
     public func close() async throws {
-        let promise = endpoint.loop.makePromise(of: Void.self)
-        endpoint.loop.execute { [endpoint] in endpoint.stopAccepting(promise: promise) }
-        try await promise.futureResult.get()
+        try await endpoint.stopAcceptingOnLoop().get()
     }
 
     /// The socket's counters, including datagrams dropped by reason.

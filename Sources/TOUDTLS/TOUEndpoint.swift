@@ -85,8 +85,9 @@ final class TOUEndpoint: @unchecked Sendable {
         self.loop = loop
         self.role = role
         self.isShared = role == .client && shared
-        self.readsPerWakeup = role == .client && !shared ? 4 : 1
-        self.receivesInBulk = role != .client || shared
+        let manyPeers = role == .listener || isShared  // servesManyPeers, before self is whole
+        self.readsPerWakeup = manyPeers ? 1 : 4
+        self.receivesInBulk = manyPeers
         self.configuration = configuration
         self.parameters = SessionParameters(configuration)
         self.dtlsContext = dtlsContext
@@ -316,7 +317,7 @@ final class TOUEndpoint: @unchecked Sendable {
         core.timer = nil
         demultiplexer.remove(sid: core.session.localSID, admissionKey: core.admissionKey, now: .now())
         adaptReadsPerWakeup()
-        if (role == .client && !isShared) || (!accepting && demultiplexer.count == 0) {
+        if !servesManyPeers || (!accepting && demultiplexer.count == 0) {
             // Let the final datagrams leave before the socket goes.
             flush()
             closeSocket()
@@ -536,8 +537,8 @@ final class TOUEndpoint: @unchecked Sendable {
     /// The socket reported an error: port unreachable (ICMP) ends a client's handshake at once.
     func socketError(_ error: Error) {
         if let ioError = error as? IOError, ioError.errnoCode == ECONNREFUSED { portUnreachableSeen = true }
-        // (A shared socket is not connected: an error there could not be told apart by peer.)
-        guard role == .client, !isShared, let ioError = error as? IOError, ioError.errnoCode == ECONNREFUSED else {
+        // Only a client's own, connected socket: on a shared one the error names no peer.
+        guard !servesManyPeers, let ioError = error as? IOError, ioError.errnoCode == ECONNREFUSED else {
             logger.debug("socket error", metadata: ["error": "\(error)"])
             return
         }
@@ -546,6 +547,13 @@ final class TOUEndpoint: @unchecked Sendable {
             core.session.abort(now: now, error: .unreachable("\(core.session.peerAddress.ipAndPort) refused (ICMP port unreachable)"))
             drive(core, now: now)
         }
+    }
+
+    /// `stopAccepting` from any thread; the future completes once the socket has closed.
+    func stopAcceptingOnLoop() -> EventLoopFuture<Void> {
+        let promise = loop.makePromise(of: Void.self)
+        loop.execute { [self] in stopAccepting(promise: promise) }
+        return promise.futureResult
     }
 
     /// Listener close: stop admitting; the socket closes once the last session has ended.

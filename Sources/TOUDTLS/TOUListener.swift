@@ -148,11 +148,11 @@ public final class TOUListener: Sendable {
         try await probe.close()
     }
 
-    /// One worker's socket. No SO_REUSEADDR: on UDP it lets a second process bind the same port
+    /// One worker's socket (or a `TOUClientEndpoint`'s). No SO_REUSEADDR: on UDP it lets a second process bind the same port
     /// and take part of its traffic, so a port that is taken fails with "address in use".
     /// SO_REUSEPORT only where this listener's own workers share the port (the kernel lets only
     /// sockets of the same user join, and the first bind still fails on a port in use).
-    private static func bindSocket(_ endpoint: TOUEndpoint, to address: SocketAddress, fallbackToIPv4: Bool,
+    static func bindSocket(_ endpoint: TOUEndpoint, to address: SocketAddress, fallbackToIPv4: Bool,
                                    shared: Bool) async throws -> EndpointSocket {
         func bind(_ address: SocketAddress) async throws -> EndpointSocket {
             try await endpoint.openSocket(boundTo: address, reusePort: shared).get()
@@ -190,11 +190,7 @@ public final class TOUListener: Sendable {
 
     /// Stops accepting new connections; the sockets close once every accepted connection has ended.
     public func close() async throws {
-        let closed = endpoints.map { endpoint in
-            let promise = endpoint.loop.makePromise(of: Void.self)
-            endpoint.loop.execute { endpoint.stopAccepting(promise: promise) }
-            return promise.futureResult
-        }
+        let closed = endpoints.map { $0.stopAcceptingOnLoop() }
         for future in closed { try await future.get() }
     }
 

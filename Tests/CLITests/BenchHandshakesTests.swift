@@ -19,16 +19,8 @@ struct BenchHandshakesTests {
     /// unseen; now full handshakes are the default and --resume asks for resumed ones.
     @Test("full handshakes by default, every one resumed with --resume; CPU and counters reported; serve prints its counters at SIGTERM")
     func fullAndResumed() throws {
-        let server = try CLIProcess(["serve", "--port", "0", "--certs", CLIProcess.certs], tool: "toudtls-bench")
+        let (server, hello) = try CLIProcess.benchServe()
         defer { server.terminate() }
-        var hello: [String: Any] = [:]
-        for _ in 0..<1500 where hello.isEmpty {
-            if let line = server.outputText.split(separator: "\n").first,
-               let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
-                hello = object
-            }
-            Thread.sleep(forTimeInterval: 0.02)
-        }
         let port = try #require(hello["listening"] as? Int, "serve said: \(server.outputText) \(server.errorOutput)")
         let pid = try #require(hello["pid"] as? Int)
 
@@ -63,16 +55,8 @@ struct BenchHandshakesTests {
 
     @Test("rr --shared-sockets 2 runs its connections over two client sockets, as bench/compare's rr200 does")
     func requestResponseOverSharedSockets() throws {
-        let server = try CLIProcess(["serve", "--port", "0", "--certs", CLIProcess.certs], tool: "toudtls-bench")
+        let (server, hello) = try CLIProcess.benchServe()
         defer { server.terminate() }
-        var hello: [String: Any] = [:]
-        for _ in 0..<1500 where hello.isEmpty {
-            if let line = server.outputText.split(separator: "\n").first,
-               let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
-                hello = object
-            }
-            Thread.sleep(forTimeInterval: 0.02)
-        }
         let port = try #require(hello["listening"] as? Int, "serve said: \(server.outputText) \(server.errorOutput)")
         let client = try CLIProcess(["rr", "--port", "\(port)", "--certs", CLIProcess.certs, "--connections", "8",
                                      "--shared-sockets", "2", "--seconds", "0.5", "--warmup-seconds", "0.1"],

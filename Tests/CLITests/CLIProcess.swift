@@ -43,6 +43,20 @@ struct CLIProcess {
         }
     }
 
+    /// `toudtls-bench serve --port 0 ... EXTRA` and its first line (`listening`, `pid`), once it
+    /// printed it (empty if it never did: the caller's `#require` says so with its output).
+    static func benchServe(_ extra: [String] = []) throws -> (CLIProcess, hello: [String: Any]) {
+        let server = try CLIProcess(["serve", "--port", "0", "--certs", certs] + extra, tool: "toudtls-bench")
+        for _ in 0..<1500 {
+            if let line = server.outputText.split(separator: "\n").first,
+               let hello = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
+                return (server, hello)
+            }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return (server, [:])
+    }
+
     /// With `closeStdout`, the reading end of stdout is closed at once, so the process's writes
     /// to stdout fail (EPIPE) as they would after `| head -c 0`.
     /// `environment` is added to (and overrides) the test process's own environment; `stdinPipe`

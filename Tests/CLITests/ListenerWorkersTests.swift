@@ -10,16 +10,8 @@ import Glibc
 struct ListenerWorkersTests {
     /// `serve` and its port (nil if it never said), once it printed its first line.
     static func serve(_ extra: [String]) throws -> (CLIProcess, Int?) {
-        let server = try CLIProcess(["serve", "--port", "0", "--certs", CLIProcess.certs] + extra, tool: "toudtls-bench")
-        for _ in 0..<1500 {
-            if let line = server.outputText.split(separator: "\n").first,
-               let hello = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-               let port = hello["listening"] as? Int {
-                return (server, port)
-            }
-            Thread.sleep(forTimeInterval: 0.02)
-        }
-        return (server, nil)
+        let (server, hello) = try CLIProcess.benchServe(extra)
+        return (server, hello["listening"] as? Int)
     }
 
     /// SIGTERM to `serve`, then the counters it prints last.

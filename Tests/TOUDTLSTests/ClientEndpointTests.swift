@@ -10,37 +10,34 @@ import TOUWire
 struct ClientEndpointTests {
     typealias E2E = EndToEndTests
 
-    /// A listener that echoes every connection until its FIN; reports the source port of each.
+    /// A listener that echoes every connection until its FIN (`listener.serve`); reports the
+    /// source port of each.
     final class EchoServer: Sendable {
         let listener: TOUListener
         let port: Int
         let peerPorts = LockedBox<[Int]>([])
-        private let task: Task<Void, Never>
+        private let serving: Task<Void, Never>
 
-        init() async throws {
-            let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration())
+        init(workers: Int = 1) async throws {
+            let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration(),
+                                                      workers: workers)
             self.listener = listener
             self.port = try #require(listener.localAddress.port)
             let peerPorts = self.peerPorts
-            task = Task {
-                await withTaskGroup(of: Void.self) { group in
-                    for await connection in listener.connections {
-                        peerPorts.withLock { $0.append(connection.remoteAddress.port ?? 0) }
-                        group.addTask {
-                            do {
-                                for try await chunk in connection.inbound { try await connection.write(chunk) }
-                                try await connection.finishWriting()
-                                try await connection.close()
-                            } catch {}
-                        }
-                    }
+            serving = Task {
+                await listener.serve { connection in
+                    peerPorts.withLock { $0.append(connection.remoteAddress.port ?? 0) }
+                    do {
+                        for try await chunk in connection.inbound { try await connection.write(chunk) }
+                        try await connection.close()
+                    } catch {}
                 }
             }
         }
 
         func close() async throws {
             try await listener.close()
-            await task.value
+            await serving.value
         }
     }
 
@@ -77,28 +74,19 @@ struct ClientEndpointTests {
 
     @Test("the attempts of one shared socket spread over a listener's two workers, and nothing is handed between them")
     func attemptsSpreadOverWorkers() async throws {
-        let listener = try await TOUListener.bind(host: "127.0.0.1", port: 0, configuration: E2E.serverConfiguration(),
-                                                  workers: 2)
-        let port = try #require(listener.localAddress.port)
-        let serving = Task {
-            await listener.serve { connection in
-                do {
-                    for try await chunk in connection.inbound { try await connection.write(chunk) }
-                    try await connection.close()
-                } catch {}
-            }
-        }
+        let server = try await EchoServer(workers: 2)
         let endpoint = try await TOUClientEndpoint.bind(host: "127.0.0.1", configuration: E2E.clientConfiguration())
         let intact = try await withThrowingTaskGroup(of: Bool.self) { group in
             for index in 0..<16 {
                 group.addTask {
-                    let connection = try await endpoint.connect(host: "127.0.0.1", port: port)
+                    let connection = try await endpoint.connect(host: "127.0.0.1", port: server.port)
                     return try await Self.echo(connection, bytes: 16 << 10, seed: UInt64(index))
                 }
             }
             return try await group.reduce(into: [Bool]()) { $0.append($1) }
         }
         #expect(intact == Array(repeating: true, count: 16))
+        let listener = server.listener
         let workers = await listener.workerCounters
         // From one address and port the kernel's hash would pick one worker for every attempt; the
         // steering program picks by S instead (16 random SIDs all on one worker: 1 in 32,768).
@@ -108,8 +96,7 @@ struct ClientEndpointTests {
         }
         #expect(workers.map(\.sessionsAccepted).reduce(0, +) == 16)
         try await endpoint.close()
-        try await listener.close()
-        await serving.value
+        try await server.close()
     }
 
     @Test("a closed connection leaves the others running; close waits for the last, then connect throws closed")
