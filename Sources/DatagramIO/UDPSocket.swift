@@ -106,6 +106,9 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     /// Bytes of `pending[pendingHead...]`.
     @exclusivity(unchecked) private var pendingBytes = 0
     @exclusivity(unchecked) private var waitingForWritable = false
+    /// A send met ECONNREFUSED: nothing more is sent, and the socket closes once queued
+    /// datagrams are read.
+    private var refused = false
     @exclusivity(unchecked) private var sendArrays = MessageArrays()
 
     private init(loop: IOLoop, fd: CInt, remote: SocketAddress?, options: Options) {
@@ -313,7 +316,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     /// Queues `data` for `address` (ignored on a connected socket): one datagram, or with
     /// `segmentSize` > 0 a run of datagrams of that size (the last may be shorter). `flush` sends.
     public func enqueue(_ data: ByteBuffer, segmentSize: Int = 0, to address: SocketAddress?) {
-        guard fd >= 0 else { return }
+        guard fd >= 0, !refused else { return }
         guard pendingBytes + data.readableBytes <= Self.maximumQueuedBytes else {
             counters.queueDrops += segmentSize > 0 ? (data.readableBytes + segmentSize - 1) / segmentSize : 1
             return
@@ -347,7 +350,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     /// Sends everything queued, as few sendmmsg calls as it takes. A full send buffer leaves the
     /// rest queued until the socket is writable.
     public func flush() {
-        guard fd >= 0, !waitingForWritable else { return }
+        guard fd >= 0, !waitingForWritable, !refused else { return }
         while pendingHead < pending.count {
             let count = min(Self.maximumBatch, pending.count - pendingHead)
             sendArrays.reserve(count)
@@ -429,9 +432,14 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
             pending.replaceSubrange(pendingHead...pendingHead, with: singles)
             return true
         case ECONNREFUSED where remoteAddress != nil:
-            // The peer's port is closed (ICMP): the socket is of no more use, as NIO's is not.
-            delegate?.socketError(IOError(errnoCode: code, reason: "sendmmsg"))
-            close()
+            // The peer's port is closed (ICMP): the socket is of no more use, as NIO's is not. What
+            // the peer sent before it closed may still be queued (a TCP RST that says why), so
+            // that is read first, on the loop's next turn, outside this flush.
+            refused = true
+            pending.removeAll()
+            pendingHead = 0
+            pendingBytes = 0
+            loop.execute { [self] in closeAfterRefusal(code) }
             return false
         default:
             counters.sendErrors += 1
@@ -440,6 +448,15 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
             delegate?.socketError(IOError(errnoCode: code, reason: "sendmmsg"))
             return fd >= 0
         }
+    }
+
+    /// Delivers what is queued, then reports the refusal and closes (unless a delivery closed it).
+    private func closeAfterRefusal(_ code: CInt) {
+        guard fd >= 0 else { return }
+        readable()
+        guard fd >= 0 else { return }
+        delegate?.socketError(IOError(errnoCode: code, reason: "sendmmsg"))
+        close()
     }
 
     public func writable() {

@@ -321,6 +321,44 @@ struct UDPSocketTests {
         #expect(events.closed)
     }
 
+    @Test("a send that meets the refusal first delivers what the peer sent before it closed, then reports ECONNREFUSED and closes")
+    func refusalAfterQueuedDatagrams() async throws {
+        // The peer is a plain socket, driven from the client's loop, so that the client cannot
+        // read what it sends before the refusal.
+        let peer = socket(AF_INET, CInt(SOCK_DGRAM.rawValue), 0)
+        try #require(peer >= 0)
+        let any = try SocketAddress(ipAddress: "127.0.0.1", port: 0)
+        guard any.withSockAddr({ Glibc.bind(peer, $0, socklen_t($1)) }) == 0 else {
+            Glibc.close(peer)
+            Issue.record("bind: \(errno)")
+            return
+        }
+        var storage = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(peer, $0, &length) } }
+        let peerAddress = SocketAddress(storage, host: "127.0.0.1")
+        let client = try UDPSocket.connect(to: peerAddress, on: Self.loops.1)
+        let clientAddress = try #require(client.localAddress)
+        let events = Recorder()
+        try await on(Self.loops.1) {
+            try client.start(delegate: events)
+            // The peer's last words (a TCP RST, say), then its port closes; the client's first
+            // send draws the ICMP error and the second meets it, all in one loop turn.
+            let sent = clientAddress.withSockAddr { sendto(peer, [9, 9, 9] as [UInt8], 3, 0, $0, socklen_t($1)) }
+            #expect(sent == 3)
+            Glibc.close(peer)
+            client.enqueue(buffer([1]), to: nil)
+            client.flush()
+            usleep(50_000)
+            client.enqueue(buffer([2]), to: nil)
+            client.flush()
+        }
+        try await client.closeFuture.get()
+        #expect(events.datagrams.map(\.bytes) == [[9, 9, 9]])
+        #expect(events.errors == [ECONNREFUSED])
+        #expect(events.closed)
+    }
+
     @Test("many peers: each datagram carries its own sender's address (the address cache tells them apart)")
     func manyPeers() async throws {
         let receiver = try UDPSocket.bind(to: SocketAddress(ipAddress: "127.0.0.1", port: 0), on: Self.loops.0)

@@ -67,7 +67,8 @@ struct ClientEndpointTests {
         // One source port for all of them: the endpoint's.
         #expect(server.peerPorts.current == Array(repeating: endpoint.localAddress.port, count: 16))
         let counters = await endpoint.counters
-        #expect(counters.datagramsReceived > 16 * 200)
+        // The endpoint's own count: at least the 256 KiB echoes' full-size datagrams (~190 each).
+        #expect(counters.datagramsReceived > 16 * 150)
         try await endpoint.close()
         try await server.close()
     }
