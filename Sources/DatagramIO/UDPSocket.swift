@@ -68,15 +68,21 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     public let loop: IOLoop
     // `@exclusivity(unchecked)` on the state every datagram touches: the runtime's access checks
     // were 4-6% of a bulk receiver's CPU, and no access to these spans a call out of the socket
-    // (the delegate gets copies; the arrays' pointers are read before the system call).
-    @exclusivity(unchecked) public private(set) var fd: CInt
-    @exclusivity(unchecked) public private(set) var localAddress: SocketAddress?
+    // (the delegate gets copies; the arrays' pointers are read before the system call). Other
+    // modules read getters: their direct reads of a stored property would be checked regardless.
+    public var fd: CInt { _fd }
+    @exclusivity(unchecked) private var _fd: CInt
+    public var localAddress: SocketAddress? { _localAddress }
+    @exclusivity(unchecked) private var _localAddress: SocketAddress?
     /// The peer of a connected socket.
     public let remoteAddress: SocketAddress?
-    @exclusivity(unchecked) public private(set) var counters = UDPSocketCounters()
+    public var counters: UDPSocketCounters { _counters }
+    @exclusivity(unchecked) private var _counters: UDPSocketCounters = UDPSocketCounters()
     /// Whether runs still go out as one GSO send each.
-    @exclusivity(unchecked) public private(set) var segmentationOffload: Bool
-    @exclusivity(unchecked) public private(set) var receiveOffload = false
+    public var segmentationOffload: Bool { _segmentationOffload }
+    @exclusivity(unchecked) private var _segmentationOffload: Bool
+    public var receiveOffload: Bool { _receiveOffload }
+    @exclusivity(unchecked) private var _receiveOffload: Bool = false
     public var isOpen: Bool { fd >= 0 }
     public var closeFuture: EventLoopFuture<Void> { closePromise.futureResult }
     /// Most messages in one sendmmsg or recvmmsg call.
@@ -113,16 +119,16 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
 
     private init(loop: IOLoop, fd: CInt, remote: SocketAddress?, options: Options) {
         self.loop = loop
-        self.fd = fd
+        self._fd = fd
         self.remoteAddress = remote
         self.closePromise = loop.makePromise(of: Void.self)
         self.readsPerWakeup = max(1, options.readsPerWakeup)
         self.receiveBatch = min(Self.maximumBatch, max(1, options.receiveBatch))
         self.receiveSlot = max(64, options.receiveSlot)
         self.receiveBuffer = ByteBufferAllocator().buffer(capacity: receiveBatch * receiveSlot)
-        self.segmentationOffload = options.segmentationOffload && Self.kernelSegments
-        if options.receiveOffload { receiveOffload = dio_enable_receive_offload(fd) == 0 }
-        self.localAddress = Self.localAddress(of: fd)
+        self._segmentationOffload = options.segmentationOffload && Self.kernelSegments
+        if options.receiveOffload { _receiveOffload = dio_enable_receive_offload(fd) == 0 }
+        self._localAddress = Self.localAddress(of: fd)
     }
 
     deinit {
@@ -219,7 +225,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     /// kernel refuses, and datagrams keep arriving one by one.
     @discardableResult
     public func enableReceiveOffload() -> Bool {
-        if !receiveOffload, fd >= 0 { receiveOffload = dio_enable_receive_offload(fd) == 0 }
+        if !receiveOffload, fd >= 0 { _receiveOffload = dio_enable_receive_offload(fd) == 0 }
         return receiveOffload
     }
 
@@ -266,7 +272,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
                 }
                 receiveMessages[index] = dio_mmsghdr(msg_hdr: header, msg_len: 0)
             }
-            counters.receiveCalls += 1
+            _counters.receiveCalls += 1
             let count = dio_recvmmsg(fd, receiveMessages, CUnsignedInt(batch))
             if count < 0 {
                 let code = errno
@@ -281,7 +287,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
             for index in 0..<Int(count) {
                 let header = receiveMessages[index].msg_hdr
                 guard header.msg_flags & CInt(MSG_TRUNC) == 0 else {
-                    counters.truncated += 1
+                    _counters.truncated += 1
                     continue
                 }
                 let peer: SocketAddress
@@ -290,7 +296,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
                 } else if let address = peers.address(UnsafeRawPointer(receiveNames + index), length: Int(header.msg_namelen)) {
                     peer = address
                 } else {
-                    counters.unreadableAddresses += 1
+                    _counters.unreadableAddresses += 1
                     continue
                 }
                 let length = Int(receiveMessages[index].msg_len)
@@ -300,8 +306,8 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
                     if segmentSize >= length { segmentSize = 0 }
                 }
                 guard let datagram = receiveBuffer.getSlice(at: index * slot, length: length) else { continue }
-                counters.datagramsReceived += 1
-                if segmentSize > 0 { counters.coalescedReceives += 1 }
+                _counters.datagramsReceived += 1
+                if segmentSize > 0 { _counters.coalescedReceives += 1 }
                 delivered = true
                 delegate.received(datagram, segmentSize: segmentSize, from: peer)
                 // The delegate may have closed the socket.
@@ -318,7 +324,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     public func enqueue(_ data: ByteBuffer, segmentSize: Int = 0, to address: SocketAddress?) {
         guard fd >= 0, !refused else { return }
         guard pendingBytes + data.readableBytes <= Self.maximumQueuedBytes else {
-            counters.queueDrops += segmentSize > 0 ? (data.readableBytes + segmentSize - 1) / segmentSize : 1
+            _counters.queueDrops += segmentSize > 0 ? (data.readableBytes + segmentSize - 1) / segmentSize : 1
             return
         }
         pendingBytes += data.readableBytes
@@ -357,14 +363,14 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
             for index in 0..<count {
                 prepare(index, pending[pendingHead + index])
             }
-            counters.sendCalls += 1
+            _counters.sendCalls += 1
             let sent = dio_sendmmsg(fd, sendArrays.messages, CUnsignedInt(count))
             if sent > 0 {
                 for index in 0..<Int(sent) {
-                    if pending[pendingHead + index].segmentSize > 0 { counters.segmentedSends += 1 }
+                    if pending[pendingHead + index].segmentSize > 0 { _counters.segmentedSends += 1 }
                     pendingBytes -= pending[pendingHead + index].data.readableBytes
                 }
-                counters.messagesSent += Int(sent)
+                _counters.messagesSent += Int(sent)
                 pendingHead += Int(sent)
                 continue
             }
@@ -405,14 +411,14 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
         case EINTR:
             return true
         case EAGAIN, EWOULDBLOCK, ENOBUFS:
-            counters.sendWaits += 1
+            _counters.sendWaits += 1
             waitingForWritable = true
             loop.setInterest(fd, writable: true)
             return false
         case EIO where first.segmentSize > 0, EINVAL where first.segmentSize > 0, EOPNOTSUPP where first.segmentSize > 0:
             // This path cannot segment (no checksum offload, a device without it): never again.
-            counters.segmentationRefusals += 1
-            segmentationOffload = false
+            _counters.segmentationRefusals += 1
+            _segmentationOffload = false
             var rest: [Pending] = []
             rest.reserveCapacity(pending.count - pendingHead)
             for message in pending[pendingHead...] {
@@ -442,7 +448,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
             loop.execute { [self] in closeAfterRefusal(code) }
             return false
         default:
-            counters.sendErrors += 1
+            _counters.sendErrors += 1
             pendingBytes -= first.data.readableBytes
             pendingHead += 1
             delegate?.socketError(IOError(errnoCode: code, reason: "sendmmsg"))
@@ -478,7 +484,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
         guard fd >= 0 else { return }
         loop.deregister(fd)
         Glibc.close(fd)
-        fd = -1
+        _fd = -1
         pending.removeAll()
         pendingHead = 0
         pendingBytes = 0

@@ -79,7 +79,6 @@ final class TOUSession {
     /// Bytes a data record adds to its plaintext, known once the handshake is done.
     @exclusivity(unchecked) private var dataRecordOverhead = 0
     @exclusivity(unchecked) private var events: Deque<SessionEvent> = []
-    @exclusivity(unchecked) private var segmentScratch: ByteBuffer
     private let allocator = ByteBufferAllocator()
 
     @exclusivity(unchecked) private(set) var isFinished = false
@@ -125,8 +124,6 @@ final class TOUSession {
         self.parameters = parameters
         self.ipHeaderLength = peer.isIPv4OrMapped ? 20 : 40
         self.innerRemotePort = innerRemotePort
-        // A TCP header with options (at most 60 bytes): every session has one, idle or not.
-        self.segmentScratch = ByteBufferAllocator().buffer(capacity: 64)
         self.handshakeDeadline = now + parameters.handshakeTimeout
         self.lastReceived = now
     }
@@ -666,21 +663,22 @@ final class TOUSession {
         switch parameters.security {
         case .dtls:
             guard let dtls, dtls.canWriteApplicationData else { return }
-            segmentScratch.clear()
-            segment.writeHeader(into: &segmentScratch)
-            let tcpHeader = segmentScratch
             let header = GUEHeader.secure(carryingHandshake: false, localSID: localSID, remoteSID: remoteSID)
-            let size = header.encodedLength + dataRecordOverhead + tcpHeader.readableBytes + segment.payload.readableBytes
+            let size = header.encodedLength + dataRecordOverhead + segment.headerLength + segment.payload.readableBytes
             var failure: DTLSError?
-            // Encrypted straight into the run that leaves as one GSO write.
-            outbound.appendDatagram(size: size) { buffer in
-                let start = buffer.writerIndex
-                header.write(into: &buffer)
-                do throws(DTLSError) {
-                    try dtls.writeApplicationData(header: tcpHeader, payload: segment.payload, appendingTo: &buffer)
-                } catch {
-                    buffer.moveWriterIndex(to: start)
-                    failure = error
+            // The TCP header on the stack; encrypted with the payload straight into the run that
+            // leaves as one GSO write.
+            withUnsafeTemporaryAllocation(byteCount: TCPSegment.maximumHeaderLength, alignment: 8) { scratch in
+                let tcpHeader = UnsafeRawBufferPointer(rebasing: scratch[..<segment.writeHeader(to: scratch.baseAddress!)])
+                outbound.appendDatagram(size: size) { buffer in
+                    let start = buffer.writerIndex
+                    header.write(into: &buffer)
+                    do throws(DTLSError) {
+                        try dtls.writeApplicationData(header: tcpHeader, payload: segment.payload, appendingTo: &buffer)
+                    } catch {
+                        buffer.moveWriterIndex(to: start)
+                        failure = error
+                    }
                 }
             }
             if let failure {

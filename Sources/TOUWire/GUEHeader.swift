@@ -154,8 +154,26 @@ public struct GUEHeader: Sendable, Hashable {
     /// from `buffer` (leaving the payload) and returns it. On error `buffer` is left untouched.
     /// The transform's Info field is not checked: the wire format lists no drop rule for it.
     public static func parse(from buffer: inout ByteBuffer, mode: TOUMode) throws(GUEDropReason) -> GUEHeader {
-        let start = buffer.readerIndex
-        guard let first = buffer.getInteger(at: start, as: UInt32.self) else { throw .truncated }
+        // One look at the bytes: each ByteBuffer.getInteger would bring its own bounds and run-time
+        // exclusivity checks, five times per datagram.
+        let parsed: Result<(header: GUEHeader, length: Int), GUEDropReason> = buffer.withUnsafeReadableBytes { raw in
+            do throws(GUEDropReason) {
+                return .success(try parse(raw, mode: mode))
+            } catch {
+                return .failure(error)
+            }
+        }
+        let (header, length) = try parsed.get()
+        buffer.moveReaderIndex(forwardBy: length)
+        return header
+    }
+
+    /// The header at the start of `raw`, and its length.
+    static func parse(_ raw: UnsafeRawBufferPointer, mode: TOUMode) throws(GUEDropReason)
+        -> (header: GUEHeader, length: Int)
+    {
+        guard raw.count >= 4 else { throw .truncated }
+        let first = UInt32(bigEndian: raw.loadUnaligned(as: UInt32.self))
 
         let firstByte = UInt8(truncatingIfNeeded: first >> 24)
         guard firstByte >> 6 == 0 else { throw .badVariant }
@@ -169,7 +187,7 @@ public struct GUEHeader: Sendable, Hashable {
         let hasS = flags & flagS != 0
         let hasD = flags & flagD != 0
         guard hlen == (hasT ? 1 : 0) + (hasS ? 2 : 0) + (hasD ? 2 : 0) else { throw .badHeaderLength }
-        guard buffer.readableBytes >= 4 + 4 * hlen else { throw .truncated }
+        guard raw.count >= 4 + 4 * hlen else { throw .truncated }
 
         switch mode {
         case .secure:
@@ -181,12 +199,12 @@ public struct GUEHeader: Sendable, Hashable {
         }
         guard hasS || hasD else { throw .noSessionID }
 
-        // Lengths were checked above, so these reads cannot fail; `?? 0` keeps it crash-free anyway.
-        var offset = start + 4
+        // The length was checked against hlen above, so every read below is in bounds.
+        var offset = 4
         var transform: GUETransform?
         if hasT {
-            let type = buffer.getInteger(at: offset, as: UInt8.self) ?? 0
-            let payloadType = buffer.getInteger(at: offset + 1, as: UInt8.self) ?? 0
+            let type = raw[offset]
+            let payloadType = raw[offset + 1]
             guard type == GUETransform.dtlsTCP.type, payloadType == GUETransform.dtlsTCP.payloadType else {
                 throw .badTransform
             }
@@ -195,15 +213,14 @@ public struct GUEHeader: Sendable, Hashable {
         }
         var source: UInt64?
         if hasS {
-            source = buffer.getInteger(at: offset, as: UInt64.self) ?? 0
+            source = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
             offset += 8
         }
         var destination: UInt64?
         if hasD {
-            destination = buffer.getInteger(at: offset, as: UInt64.self) ?? 0
+            destination = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
             offset += 8
         }
-        buffer.moveReaderIndex(to: offset)
-        return GUEHeader(proto: proto, transform: transform, sourceSID: source, destinationSID: destination)
+        return (GUEHeader(proto: proto, transform: transform, sourceSID: source, destinationSID: destination), offset)
     }
 }

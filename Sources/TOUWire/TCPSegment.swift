@@ -55,6 +55,7 @@ public struct TCPSegment: Sendable, Hashable {
     }
 
     public static let minimumHeaderLength = 20
+    public static let maximumHeaderLength = 60
 
     /// Header bytes including options (20 to 60).
     public var headerLength: Int { Self.minimumHeaderLength + options.encodedLength }
@@ -70,37 +71,34 @@ public struct TCPSegment: Sendable, Hashable {
     {
         let length = bytes.readableBytes
         guard length >= minimumHeaderLength else { throw .truncated(length: length) }
-        let header: (UInt16, UInt16, UInt32, UInt32, UInt8, UInt8, UInt16, UInt16, UInt16)
-        // Safe: length >= 20 was checked above.
-        guard
-            let fields = bytes.getMultipleIntegers(
-                at: bytes.readerIndex,
-                as: (UInt16, UInt16, UInt32, UInt32, UInt8, UInt8, UInt16, UInt16, UInt16).self)
-        else { throw .truncated(length: length) }
-        header = fields
-        let dataOffsetWords = Int(header.4 >> 4)
-        let headerLength = dataOffsetWords * 4
-        guard dataOffsetWords >= 5, headerLength <= length else {
-            throw .badDataOffset(words: dataOffsetWords, length: length)
-        }
-        if checksum == .addressFree, InternetChecksum.addressFreeTCP(segment: bytes) != 0 {
-            throw .badChecksum(received: header.7)
-        }
-        let options: TCPOptions
-        if headerLength > minimumHeaderLength {
-            let result: Result<TCPOptions, TCPParseError> = bytes.withUnsafeReadableBytes { raw in
-                let optionBytes = UnsafeRawBufferPointer(
-                    rebasing: raw[minimumHeaderLength..<headerLength])
+        // The header in one look at the bytes: a ByteBuffer read per part would bring its own
+        // bounds and run-time exclusivity checks.
+        typealias Header = (fields: (UInt16, UInt16, UInt32, UInt32, UInt8, UInt16, UInt16), options: TCPOptions, length: Int)
+        let parsed: Result<Header, TCPParseError> = bytes.withUnsafeReadableBytes { raw in
+            func field<T: FixedWidthInteger>(_ offset: Int, _: T.Type) -> T {
+                T(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: T.self))
+            }
+            let dataOffsetWords = Int(raw[12] >> 4)
+            let headerLength = dataOffsetWords * 4
+            guard dataOffsetWords >= 5, headerLength <= length else {
+                return .failure(.badDataOffset(words: dataOffsetWords, length: length))
+            }
+            if checksum == .addressFree, InternetChecksum.addressFreeTCP(segmentBytes: raw) != 0 {
+                return .failure(.badChecksum(received: field(16, UInt16.self)))
+            }
+            var options = TCPOptions()
+            if headerLength > minimumHeaderLength {
                 do throws(TCPParseError) {
-                    return .success(try TCPOptions.parse(optionBytes))
+                    options = try TCPOptions.parse(UnsafeRawBufferPointer(rebasing: raw[minimumHeaderLength..<headerLength]))
                 } catch {
                     return .failure(error)
                 }
             }
-            options = try result.get()
-        } else {
-            options = TCPOptions()
+            let fields = (field(0, UInt16.self), field(2, UInt16.self), field(4, UInt32.self), field(8, UInt32.self),
+                          raw[13], field(14, UInt16.self), field(18, UInt16.self))
+            return .success((fields, options, headerLength))
         }
+        let (header, options, headerLength) = try parsed.get()
         let payload =
             bytes.getSlice(at: bytes.readerIndex + headerLength, length: length - headerLength)
             ?? ByteBuffer()
@@ -109,9 +107,9 @@ public struct TCPSegment: Sendable, Hashable {
             destinationPort: header.1,
             sequenceNumber: header.2,
             acknowledgmentNumber: header.3,
-            flags: TCPFlags(rawValue: header.5),
-            window: header.6,
-            urgentPointer: header.8,
+            flags: TCPFlags(rawValue: header.4),
+            window: header.5,
+            urgentPointer: header.6,
             options: options,
             payload: payload)
     }
@@ -119,22 +117,28 @@ public struct TCPSegment: Sendable, Hashable {
     /// Appends the header and options only, checksum zero: for a caller that protects the header
     /// and `payload` together without joining them (DTLS records carry no TCP checksum).
     public func writeHeader(into buffer: inout ByteBuffer) {
-        let length = headerLength
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: headerLength) { raw in
             guard let base = raw.baseAddress else { return 0 }
-            var writer = RawWriter(base)
-            writer.put(sourcePort)
-            writer.put(destinationPort)
-            writer.put(sequenceNumber)
-            writer.put(acknowledgmentNumber)
-            writer.put(UInt8(length / 4) << 4)
-            writer.put(flags.rawValue)
-            writer.put(window)
-            writer.put(UInt16(0))
-            writer.put(urgentPointer)
-            options.write(to: &writer)
-            return length
+            return writeHeader(to: base)
         }
+    }
+
+    /// Writes the header (checksum zero) to `base`, which has room for `headerLength` bytes (at
+    /// most `maximumHeaderLength`); returns that length.
+    public func writeHeader(to base: UnsafeMutableRawPointer) -> Int {
+        let length = headerLength
+        var writer = RawWriter(base)
+        writer.put(sourcePort)
+        writer.put(destinationPort)
+        writer.put(sequenceNumber)
+        writer.put(acknowledgmentNumber)
+        writer.put(UInt8(length / 4) << 4)
+        writer.put(flags.rawValue)
+        writer.put(window)
+        writer.put(UInt16(0))
+        writer.put(urgentPointer)
+        options.write(to: &writer)
+        return length
     }
 
     /// Appends the segment (header, options, payload) to `buffer`.
