@@ -28,7 +28,9 @@ final class ConnectionCore: @unchecked Sendable {  // confined to the endpoint's
     /// when the connection ended, instead of waiting on promises.
     weak var observer: (any TOUConnectionObserver)?
     @exclusivity(unchecked) private var pendingRead: PendingRead?
-    private var closePromises: [EventLoopPromise<Void>] = []
+    /// Read on every drive (`completeCloseIfLingering`); completed from a copy, never while
+    /// being appended to.
+    @exclusivity(unchecked) private var closePromises: [EventLoopPromise<Void>] = []
     /// `waitUntilEnded` callers: completed with the outcome, whoever ends the connection.
     private var endPromises: [EventLoopPromise<Void>] = []
     private var closeTimer: Scheduled<Void>?
