@@ -114,7 +114,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
     @exclusivity(unchecked) private var waitingForWritable = false
     /// A send met ECONNREFUSED: nothing more is sent, and the socket closes once queued
     /// datagrams are read.
-    private var refused = false
+    @exclusivity(unchecked) private var refused = false
     @exclusivity(unchecked) private var sendArrays = MessageArrays()
 
     private init(loop: IOLoop, fd: CInt, remote: SocketAddress?, options: Options) {
