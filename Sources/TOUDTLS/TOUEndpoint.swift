@@ -24,7 +24,7 @@ final class TOUEndpoint: @unchecked Sendable {
     let isShared: Bool
     /// Many peers at once: a listener, or a client endpoint its connections share. They read in
     /// bulk, share out the receive queue, and read more per wakeup as sessions add up.
-    private var servesManyPeers: Bool { role == .listener || isShared }
+    private let servesManyPeers: Bool
     let configuration: TOUConfiguration
     let parameters: SessionParameters
     let dtlsContext: DTLSContext?
@@ -85,9 +85,9 @@ final class TOUEndpoint: @unchecked Sendable {
         self.loop = loop
         self.role = role
         self.isShared = role == .client && shared
-        let manyPeers = role == .listener || isShared  // servesManyPeers, before self is whole
-        self.readsPerWakeup = manyPeers ? 1 : 4
-        self.receivesInBulk = manyPeers
+        self.servesManyPeers = role == .listener || isShared
+        self.readsPerWakeup = servesManyPeers ? 1 : 4
+        self.receivesInBulk = servesManyPeers
         self.configuration = configuration
         self.parameters = SessionParameters(configuration)
         self.dtlsContext = dtlsContext

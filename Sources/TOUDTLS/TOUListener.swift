@@ -148,12 +148,13 @@ public final class TOUListener: Sendable {
         try await probe.close()
     }
 
-    /// One worker's socket (or a `TOUClientEndpoint`'s). No SO_REUSEADDR: on UDP it lets a second process bind the same port
-    /// and take part of its traffic, so a port that is taken fails with "address in use".
-    /// SO_REUSEPORT only where this listener's own workers share the port (the kernel lets only
-    /// sockets of the same user join, and the first bind still fails on a port in use).
+    /// One worker's socket (or a `TOUClientEndpoint`'s). No SO_REUSEADDR: on UDP it lets a second
+    /// process bind the same port and take part of its traffic, so a port that is taken fails with
+    /// "address in use". SO_REUSEPORT only where this listener's own workers share the port (the
+    /// kernel lets only sockets of the same user join, and the first bind still fails on a port in
+    /// use).
     static func bindSocket(_ endpoint: TOUEndpoint, to address: SocketAddress, fallbackToIPv4: Bool,
-                                   shared: Bool) async throws -> EndpointSocket {
+                           shared: Bool) async throws -> EndpointSocket {
         func bind(_ address: SocketAddress) async throws -> EndpointSocket {
             try await endpoint.openSocket(boundTo: address, reusePort: shared).get()
             return try await endpoint.loop.submit {

@@ -310,15 +310,19 @@ struct UDPSocketTests {
         #expect(client.isOpen)
         // A refusal met by a send (the loop busy meanwhile, so the error is still pending then)
         // closes the socket, as SwiftNIO's does.
-        try await on(Self.loops.1) {
-            client.enqueue(buffer([4]), to: nil)
-            client.flush()
-            usleep(50_000)
-            client.enqueue(buffer([5]), to: nil)
-            client.flush()
-        }
+        try await on(Self.loops.1) { Self.sendTwiceAcrossTheICMPError(client) }
         try await client.closeFuture.get()
         #expect(events.closed)
+    }
+
+    /// Two one-byte sends 50 ms apart in one loop turn, to a closed port: the first draws the ICMP
+    /// error, and the second meets it while nothing has read it.
+    static func sendTwiceAcrossTheICMPError(_ client: UDPSocket) {
+        client.enqueue(buffer([1]), to: nil)
+        client.flush()
+        usleep(50_000)
+        client.enqueue(buffer([2]), to: nil)
+        client.flush()
     }
 
     @Test("a send that meets the refusal first delivers what the peer sent before it closed, then reports ECONNREFUSED and closes")
@@ -347,11 +351,7 @@ struct UDPSocketTests {
             let sent = clientAddress.withSockAddr { sendto(peer, [9, 9, 9] as [UInt8], 3, 0, $0, socklen_t($1)) }
             #expect(sent == 3)
             Glibc.close(peer)
-            client.enqueue(buffer([1]), to: nil)
-            client.flush()
-            usleep(50_000)
-            client.enqueue(buffer([2]), to: nil)
-            client.flush()
+            Self.sendTwiceAcrossTheICMPError(client)
         }
         try await client.closeFuture.get()
         #expect(events.datagrams.map(\.bytes) == [[9, 9, 9]])
