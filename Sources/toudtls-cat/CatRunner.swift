@@ -126,8 +126,9 @@ struct CatRunner: Sendable {
     /// the session has closed.
     private func serve(_ connection: TOUConnection, sendStandardInput: Bool) async throws {
         // Not a task group: a blocking stdin read cannot be cancelled, and a failed connection
-        // must not wait for the next line of input before we exit.
-        let sender = Task {
+        // must not wait for the next line of input before we exit. Both directions run on the
+        // connection's loop: its reads and writes then complete without a hop to another thread.
+        let sender = Task(executorPreference: connection.taskExecutor) {
             if sendStandardInput {
                 while let chunk = try await streams.read() {
                     try await connection.write(chunk)
@@ -138,7 +139,7 @@ struct CatRunner: Sendable {
         let report = TransferReport(connection: connection)
         let progress = command.verbose ? report.progressWhileTerminal() : nil
         do {
-            try await receive(connection)
+            try await withTaskExecutorPreference(connection.taskExecutor) { try await receive(connection) }
             try await senderOrFailure(sender, connection)
             try await connection.close()
             // The process exits next: the closing rules' close_notify must be on the wire by then.
