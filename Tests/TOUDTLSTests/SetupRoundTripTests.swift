@@ -41,9 +41,12 @@ struct SetupRoundTripTests {
     }
 
     /// Connects through `relay` with one byte to send first (on the SYN), and waits for the echo.
+    /// Both sides run on event loops, not in Swift's cooperative pool (a thread per core, which
+    /// tests running beside this one can keep busy): an echo written late would leave after the
+    /// client's next datagram, and an answer read late would count datagrams that came after it.
     static func measure(_ listener: TOUListener, through relay: DelayRelay,
                         client: TOUConfiguration) async throws -> Measurement {
-        let server = Task {
+        let server = Task(executorPreference: listener.taskExecutor) {
             var connections = listener.connections.makeAsyncIterator()
             guard let connection = await connections.next() else { return }
             do {
@@ -53,14 +56,17 @@ struct SetupRoundTripTests {
             }
         }
         let start = DelayRelay.now()
-        let connection = try await TOUConnection.connect(host: "127.0.0.1", port: Int(relay.port), configuration: client,
-                                                         initialData: ByteBuffer(string: "x"))
-        var inbound = connection.inbound.makeAsyncIterator()
-        let answer = try await inbound.next()
-        let answered = DelayRelay.now()
+        let (answer, answered, resumed) = try await withTaskExecutorPreference(TOUConnection.nextTaskExecutor()) {
+            let connection = try await TOUConnection.connect(host: "127.0.0.1", port: Int(relay.port),
+                                                             configuration: client, initialData: ByteBuffer(string: "x"))
+            var inbound = connection.inbound.makeAsyncIterator()
+            let answer = try await inbound.next()
+            let answered = DelayRelay.now()
+            let resumed = connection.isResumed
+            await connection.abort()
+            return (answer, answered, resumed)
+        }
         #expect(answer?.readableBytes ?? 0 >= 1)
-        let resumed = connection.isResumed
-        await connection.abort()
         await server.value
 
         let record = relay.forwarded.filter { $0.arrived >= start && $0.forwarded <= answered }
