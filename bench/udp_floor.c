@@ -115,6 +115,14 @@ static int epoll_for(int fd) {
     return ep;
 }
 
+/* Blocks until the socket is readable: 0 if a signal came first (the caller checks for stop). */
+static int wait_readable(int ep) {
+    struct epoll_event ev;
+    if (epoll_wait(ep, &ev, 1, -1) >= 0) return 1;
+    if (errno != EINTR) die("epoll_wait");
+    return 0;
+}
+
 static void big_buffer(int fd, int option, int forced, int bytes) {
     if (setsockopt(fd, SOL_SOCKET, forced, &bytes, sizeof bytes) < 0)
         setsockopt(fd, SOL_SOCKET, option, &bytes, sizeof bytes);
@@ -153,11 +161,7 @@ static int rr_server(const char *host, int port) {
     struct mmsghdr msgs[RECV_BATCH], omsgs[RECV_BATCH];
     long answered = 0, dropped = 0;
     while (!stop_requested) {
-        struct epoll_event ev;
-        if (epoll_wait(ep, &ev, 1, -1) < 0) {
-            if (errno == EINTR) continue;
-            die("epoll_wait");
-        }
+        if (!wait_readable(ep)) continue;
         for (;;) {
             for (int i = 0; i < RECV_BATCH; i++) {
                 iov[i] = (struct iovec){ in[i], sizeof in[i] };
@@ -271,11 +275,7 @@ static int bulk_recv(const char *host, int port) {
     int peer_known = 0, finished = 0;
     uint64_t announced = 0;
     while (!finished && !stop_requested) {
-        struct epoll_event ev;
-        if (epoll_wait(ep, &ev, 1, -1) < 0) {
-            if (errno == EINTR) continue;
-            die("epoll_wait");
-        }
+        if (!wait_readable(ep)) continue;
         for (;;) {
             for (int i = 0; i < RECV_BATCH; i++) {
                 iov[i] = (struct iovec){ in[i], GRO_BUFFER };
