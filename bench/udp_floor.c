@@ -123,6 +123,15 @@ static int wait_readable(int ep) {
     return 0;
 }
 
+/* The send buffer is full: waits up to 100 ms for room, then listens for input again. */
+static void wait_writable(int fd, int ep) {
+    struct epoll_event ev = { .events = EPOLLOUT, .data.fd = fd };
+    epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+    epoll_wait(ep, &ev, 1, 100);
+    ev.events = EPOLLIN;
+    epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+}
+
 static void big_buffer(int fd, int option, int forced, int bytes) {
     if (setsockopt(fd, SOL_SOCKET, forced, &bytes, sizeof bytes) < 0)
         setsockopt(fd, SOL_SOCKET, option, &bytes, sizeof bytes);
@@ -401,9 +410,7 @@ static int bulk_send(const char *host, int port) {
             int n = sendmmsg(fd, msgs + done, (unsigned)(count - done), 0);
             if (n < 0) {
                 if (errno == EINTR) continue;
-                if (errno == EAGAIN) { struct epoll_event ev = { .events = EPOLLOUT, .data.fd = fd };
-                    epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev); epoll_wait(ep, &ev, 1, 100);
-                    ev.events = EPOLLIN; epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev); continue; }
+                if (errno == EAGAIN) { wait_writable(fd, ep); continue; }
                 die("sendmmsg");
             }
             done += n;
