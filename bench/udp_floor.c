@@ -299,6 +299,7 @@ static int bulk_recv(const char *host, int port) {
                 size_t len = msgs[i].msg_len, segment = len;
                 for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c))
                     if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO) segment = (size_t)*(int *)CMSG_DATA(c);
+                if (segment == 0) segment = len;  /* never step by nothing */
                 for (size_t at = 0; at < len; at += segment) {
                     size_t this = len - at < segment ? len - at : segment;
                     uint8_t type;

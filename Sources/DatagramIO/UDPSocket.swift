@@ -442,9 +442,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
             // the peer sent before it closed may still be queued (a TCP RST that says why), so
             // that is read first, on the loop's next turn, outside this flush.
             refused = true
-            pending.removeAll()
-            pendingHead = 0
-            pendingBytes = 0
+            dropPending()
             loop.execute { [self] in closeAfterRefusal(code) }
             return false
         default:
@@ -454,6 +452,13 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
             delegate?.socketError(IOError(errnoCode: code, reason: "sendmmsg"))
             return fd >= 0
         }
+    }
+
+    /// Forgets every datagram still queued for sending.
+    private func dropPending() {
+        pending.removeAll()
+        pendingHead = 0
+        pendingBytes = 0
     }
 
     /// Delivers what is queued, then reports the refusal and closes (unless a delivery closed it).
@@ -485,9 +490,7 @@ public final class UDPSocket: IOReadinessHandler, @unchecked Sendable {
         loop.deregister(fd)
         Glibc.close(fd)
         _fd = -1
-        pending.removeAll()
-        pendingHead = 0
-        pendingBytes = 0
+        dropPending()
         let delegate = self.delegate
         self.delegate = nil
         let promise = closePromise

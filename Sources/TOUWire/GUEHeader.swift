@@ -156,14 +156,9 @@ public struct GUEHeader: Sendable, Hashable {
     public static func parse(from buffer: inout ByteBuffer, mode: TOUMode) throws(GUEDropReason) -> GUEHeader {
         // One look at the bytes: each ByteBuffer.getInteger would bring its own bounds and run-time
         // exclusivity checks, five times per datagram.
-        let parsed: Result<(header: GUEHeader, length: Int), GUEDropReason> = buffer.withUnsafeReadableBytes { raw in
-            do throws(GUEDropReason) {
-                return .success(try parse(raw, mode: mode))
-            } catch {
-                return .failure(error)
-            }
+        let (header, length) = try buffer.withUnsafeReadableBytes { raw throws(GUEDropReason) in
+            try parse(raw, mode: mode)
         }
-        let (header, length) = try parsed.get()
         buffer.moveReaderIndex(forwardBy: length)
         return header
     }

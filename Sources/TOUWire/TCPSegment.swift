@@ -73,45 +73,28 @@ public struct TCPSegment: Sendable, Hashable {
         guard length >= minimumHeaderLength else { throw .truncated(length: length) }
         // The header in one look at the bytes: a ByteBuffer read per part would bring its own
         // bounds and run-time exclusivity checks.
-        typealias Header = (fields: (UInt16, UInt16, UInt32, UInt32, UInt8, UInt16, UInt16), options: TCPOptions, length: Int)
-        let parsed: Result<Header, TCPParseError> = bytes.withUnsafeReadableBytes { raw in
+        return try bytes.withUnsafeReadableBytes { raw throws(TCPParseError) -> TCPSegment in
             func field<T: FixedWidthInteger>(_ offset: Int, _: T.Type) -> T {
                 T(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: T.self))
             }
             let dataOffsetWords = Int(raw[12] >> 4)
             let headerLength = dataOffsetWords * 4
             guard dataOffsetWords >= 5, headerLength <= length else {
-                return .failure(.badDataOffset(words: dataOffsetWords, length: length))
+                throw .badDataOffset(words: dataOffsetWords, length: length)
             }
             if checksum == .addressFree, InternetChecksum.addressFreeTCP(segmentBytes: raw) != 0 {
-                return .failure(.badChecksum(received: field(16, UInt16.self)))
+                throw .badChecksum(received: field(16, UInt16.self))
             }
-            var options = TCPOptions()
-            if headerLength > minimumHeaderLength {
-                do throws(TCPParseError) {
-                    options = try TCPOptions.parse(UnsafeRawBufferPointer(rebasing: raw[minimumHeaderLength..<headerLength]))
-                } catch {
-                    return .failure(error)
-                }
-            }
-            let fields = (field(0, UInt16.self), field(2, UInt16.self), field(4, UInt32.self), field(8, UInt32.self),
-                          raw[13], field(14, UInt16.self), field(18, UInt16.self))
-            return .success((fields, options, headerLength))
+            let options = headerLength > minimumHeaderLength
+                ? try TCPOptions.parse(UnsafeRawBufferPointer(rebasing: raw[minimumHeaderLength..<headerLength]))
+                : TCPOptions()
+            return TCPSegment(sourcePort: field(0, UInt16.self), destinationPort: field(2, UInt16.self),
+                              sequenceNumber: field(4, UInt32.self), acknowledgmentNumber: field(8, UInt32.self),
+                              flags: TCPFlags(rawValue: raw[13]), window: field(14, UInt16.self),
+                              urgentPointer: field(18, UInt16.self), options: options,
+                              payload: bytes.getSlice(at: bytes.readerIndex + headerLength, length: length - headerLength)
+                                  ?? ByteBuffer())
         }
-        let (header, options, headerLength) = try parsed.get()
-        let payload =
-            bytes.getSlice(at: bytes.readerIndex + headerLength, length: length - headerLength)
-            ?? ByteBuffer()
-        return TCPSegment(
-            sourcePort: header.0,
-            destinationPort: header.1,
-            sequenceNumber: header.2,
-            acknowledgmentNumber: header.3,
-            flags: TCPFlags(rawValue: header.4),
-            window: header.5,
-            urgentPointer: header.6,
-            options: options,
-            payload: payload)
     }
 
     /// Appends the header and options only, checksum zero: for a caller that protects the header

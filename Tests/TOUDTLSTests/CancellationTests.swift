@@ -17,13 +17,13 @@ struct CancellationTests {
         localPortsConnected(toPort: port)?.count ?? -1
     }
 
-    /// The local ports of the IPv4 UDP sockets connected to 127.0.0.1:`port` (nil if
-    /// /proc/net/udp is unreadable). Tests running beside this one have sockets of their own, and
-    /// one of them may send to a port this test holds once a closed listener's port comes round
-    /// again: a test follows its own socket by its local port.
-    static func localPortsConnected(toPort port: UInt16) -> [UInt16]? {
-        guard let table = ProcCounters.read("/proc/net/udp") else { return nil }
-        let remote = "0100007F:" + String(format: "%04X", port)
+    /// The local ports of the UDP sockets connected to 127.0.0.1:`port`, or with `ipv6` to
+    /// [::1]:`port` (nil if /proc/net/udp or udp6 is unreadable). Tests running beside this one
+    /// have sockets of their own, and one of them may send to a port this test holds once a closed
+    /// listener's port comes round again: a test follows its own socket by its local port.
+    static func localPortsConnected(toPort port: UInt16, ipv6: Bool = false) -> [UInt16]? {
+        guard let table = ProcCounters.read(ipv6 ? "/proc/net/udp6" : "/proc/net/udp") else { return nil }
+        let remote = (ipv6 ? "00000000000000000000000001000000:" : "0100007F:") + String(format: "%04X", port)
         return table.split(separator: "\n").dropFirst().compactMap { line in
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)
             guard fields.count > 2, fields[2] == remote, let colon = fields[1].lastIndex(of: ":") else { return nil }

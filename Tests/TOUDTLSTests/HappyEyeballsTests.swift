@@ -48,12 +48,7 @@ struct HappyEyeballsTests {
 
     /// UDP sockets connected to [::1]:`port` (from /proc/net/udp6).
     static func socketsConnected(toIPv6LoopbackPort port: UInt16) -> Int {
-        guard let table = ProcCounters.read("/proc/net/udp6") else { return -1 }
-        let remote = "00000000000000000000000001000000:" + String(format: "%04X", port)
-        return table.split(separator: "\n").dropFirst().filter { line in
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            return fields.count > 2 && fields[2] == remote
-        }.count
+        CancellationTests.localPortsConnected(toPort: port, ipv6: true)?.count ?? -1
     }
 
     static func address(_ ip: String, _ port: Int) throws -> SocketAddress {
